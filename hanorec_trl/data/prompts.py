@@ -1,0 +1,141 @@
+"""The two prompt templates of the paper (Fig. 6) as TRL conversational messages.
+
+* Ranking prompt (Fig. 6b, HR@K / NDCG@K): the user's history, then the candidates, one ``<image> "title"`` line
+  each; the answer is the target's title in double quotes.
+* AUC prompt (Fig. 6a): watched items, unwatched items, a target item; the answer is "Yes" or "No".
+
+Every listed item contributes one ``{"type": "image"}`` content part, in order, and its image to the returned
+``images`` list: TRL's vision format (``images`` column + image parts), which Qwen2.5-VL's processor expands into
+image tokens. With ``images=None`` (text LLMs) the same prompt is rendered from titles alone, as plain string
+content. All wording lives in :class:`PromptTemplates`; pass your own instance to change it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+YES = "Yes"
+NO = "No"
+
+
+@dataclass(frozen=True)
+class PromptTemplates:
+    """Every piece of prompt wording in one place (paper Fig. 6). Override any field to change the prompts."""
+
+    history_header: str = "The user has watched the following {noun}s:"
+    ranking_question: str = "Please write a {noun} that the user may watch. Below are the candidate {noun}s:"
+    unwatched_header: str = "The {noun}s the user has not watched, which may be those they do not prefer:"
+    auc_question: str = "Whether the user will like the target {noun}:"
+    item_line: str = '"{title}"'
+    answer: str = '"{title}"'
+    noun: str = "movie"
+
+    def title_line(self, title: str) -> str:
+        return self.item_line.format(title=title)
+
+    def answer_text(self, title: str) -> str:
+        """The completion text for an item (the SFT target and every DPO chosen/rejected ranking answer)."""
+        return self.answer.format(title=title)
+
+
+DEFAULT_TEMPLATES = PromptTemplates()
+
+
+def _block(
+    header: str, titles: Sequence[str], images: Sequence[Any] | None, templates: PromptTemplates
+) -> tuple[list[dict], list[Any]]:
+    """Content parts for a header line followed by one ``<image> "title"`` line per item."""
+    parts: list[dict] = [{"type": "text", "text": header + "\n"}]
+    used: list[Any] = []
+    for i, title in enumerate(titles):
+        if images is not None:
+            parts.append({"type": "image"})
+            used.append(images[i])
+            parts.append({"type": "text", "text": " " + templates.title_line(title) + "\n"})
+        else:
+            parts.append({"type": "text", "text": templates.title_line(title) + "\n"})
+    return parts, used
+
+
+def _check_images(name: str, titles: Sequence[str], images: Sequence[Any] | None) -> None:
+    if images is not None and len(images) != len(titles):
+        raise ValueError(f"{name}: {len(titles)} titles but {len(images)} images; give one image per item")
+
+
+def _finish(parts: list[dict], images: list[Any], with_images: bool) -> tuple[list[dict], list[Any] | None]:
+    if with_images:
+        return [{"role": "user", "content": parts}], images
+    text = "".join(p["text"] for p in parts)
+    return [{"role": "user", "content": text}], None
+
+
+def ranking_prompt(
+    history_titles: Sequence[str],
+    candidate_titles: Sequence[str],
+    history_images: Sequence[Any] | None = None,
+    candidate_images: Sequence[Any] | None = None,
+    templates: PromptTemplates = DEFAULT_TEMPLATES,
+) -> tuple[list[dict], list[Any] | None]:
+    """The top-K ranking prompt (paper Fig. 6b) as ``(messages, images)``.
+
+    Give both image lists for a vision-language model (one image per title) or neither for a text LLM, in which case
+    ``images`` is ``None`` and the message content is a plain string.
+    """
+    with_images = history_images is not None or candidate_images is not None
+    if with_images and (history_images is None or candidate_images is None):
+        raise ValueError("ranking_prompt: give images for both the history and the candidates, or for neither")
+    _check_images("history", history_titles, history_images)
+    _check_images("candidates", candidate_titles, candidate_images)
+    noun = templates.noun
+    hist, hist_imgs = _block(templates.history_header.format(noun=noun), history_titles, history_images, templates)
+    cand, cand_imgs = _block(templates.ranking_question.format(noun=noun), candidate_titles, candidate_images, templates)
+    cand[0] = {"type": "text", "text": "\n" + cand[0]["text"]}
+    return _finish(hist + cand, hist_imgs + cand_imgs, with_images)
+
+
+def auc_prompt(
+    watched_titles: Sequence[str],
+    unwatched_titles: Sequence[str],
+    target_title: str,
+    watched_images: Sequence[Any] | None = None,
+    unwatched_images: Sequence[Any] | None = None,
+    target_image: Any | None = None,
+    templates: PromptTemplates = DEFAULT_TEMPLATES,
+) -> tuple[list[dict], list[Any] | None]:
+    """The yes/no prompt for AUC (paper Fig. 6a) as ``(messages, images)``; the answer is :data:`YES` or :data:`NO`."""
+    given = [watched_images is not None, unwatched_images is not None, target_image is not None]
+    with_images = any(given)
+    if with_images and not all(given):
+        raise ValueError("auc_prompt: give images for the watched, unwatched and target items, or for none of them")
+    _check_images("watched", watched_titles, watched_images)
+    _check_images("unwatched", unwatched_titles, unwatched_images)
+    noun = templates.noun
+    blocks = [
+        _block(templates.history_header.format(noun=noun), watched_titles, watched_images, templates),
+        _block(templates.unwatched_header.format(noun=noun), unwatched_titles, unwatched_images, templates),
+        _block(
+            templates.auc_question.format(noun=noun),
+            [target_title],
+            [target_image] if with_images else None,
+            templates,
+        ),
+    ]
+    parts, images = [], []
+    for i, (block_parts, block_images) in enumerate(blocks):
+        if i:
+            block_parts[0] = {"type": "text", "text": "\n" + block_parts[0]["text"]}
+        parts += block_parts
+        images += block_images
+    return _finish(parts, images, with_images)
+
+
+def assistant_message(text: str, with_images: bool = True) -> list[dict]:
+    """A one-turn assistant completion in TRL's conversational format.
+
+    Vision datasets use structured content (a list of text parts), text datasets a plain string, matching the
+    prompt's style so that TRL's chat-template handling treats prompt and completion alike.
+    """
+    content: Any = [{"type": "text", "text": text}] if with_images else text
+    return [{"role": "assistant", "content": content}]
