@@ -64,3 +64,42 @@ def solid_image(seed: int, size: int = 56) -> Image.Image:
     grid = np.linspace(0, 60, size, dtype=np.float32)
     arr = (base[None, None, :] + grid[:, None, None] + grid[None, :, None]) % 255
     return Image.fromarray(arr.astype(np.uint8))
+
+
+TITLES = [
+    "Comedy Night (1999)", "Dark War (1985)", "Love Story (1970)", "Blue City (2001)", "Last King (1994)",
+    "Golden House (1988)", "Secret World (2003)", "Lost Summer (1979)", "Red Star (1996)", "Little Queen (1990)",
+]
+
+
+def preference_rows(n: int = 6, with_images: bool = True, lambdas=None, seed: int = 0) -> list[dict]:
+    """Small ranking-style preference rows (paper Fig. 6b shape: history + candidates, quoted-title answers)."""
+    from hanorec_trl.data.prompts import DEFAULT_TEMPLATES, assistant_message, ranking_prompt
+
+    rng = np.random.default_rng(seed)
+    rows = []
+    for i in range(n):
+        picks = rng.permutation(len(TITLES))
+        hist, cands = picks[:2], picks[2:5]
+        target, negative = cands[0], cands[1 + i % 2]
+        images = (lambda idx: [solid_image(int(j)) for j in idx]) if with_images else (lambda idx: None)
+        prompt, imgs = ranking_prompt(
+            [TITLES[j] for j in hist], [TITLES[j] for j in cands], images(hist), images(cands)
+        )
+        row = {
+            "prompt": prompt,
+            "chosen": assistant_message(DEFAULT_TEMPLATES.answer_text(TITLES[target]), with_images),
+            "rejected": assistant_message(DEFAULT_TEMPLATES.answer_text(TITLES[negative]), with_images),
+        }
+        if with_images:
+            row["images"] = imgs
+        if lambdas is not None:
+            row["hano_lambda"] = float(lambdas[i])
+        rows.append(row)
+    return rows
+
+
+def preference_dataset(**kwargs):
+    from datasets import Dataset
+
+    return Dataset.from_list(preference_rows(**kwargs))

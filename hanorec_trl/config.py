@@ -1,0 +1,138 @@
+"""``HaNoDPOConfig``: TRL's ``DPOConfig`` plus the HaNoRec fields (paper Sec. 3, DESIGN 2.3)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from trl import DPOConfig
+
+from .noise import NOISE_MODES
+from .responsiveness import RESPONSIVENESS_MODES
+
+# Loss types whose per-sample beta' is exactly Eq. 12 ("sft" adds an NLL term that does not involve beta).
+HANO_LOSS_TYPES = {"sigmoid", "sft"}
+
+
+@dataclass
+class HaNoDPOConfig(DPOConfig):
+    r"""
+    Configuration for [`HaNoDPOTrainer`]: every [`~trl.DPOConfig`] field plus the HaNoRec ones.
+
+    beta0 of the paper is TRL's `beta`. Each pair i is trained with the sigmoid DPO loss at
+    `beta'_i = max(eta_B * lambda_i * beta0, beta_floor)` (Eq. 11-12), where `lambda_i` is the offline hardness read
+    from the dataset column `hardness_column` (Eq. 4-6) and `eta_B` the online responsiveness of the current batch
+    (Eq. 7-8). During each training step the policy's LoRA matrices carry Gaussian noise (NoDO, Eq. 10).
+
+    Switching everything off (`use_hardness=False, use_responsiveness=False, lora_noise_std=0`) gives exactly
+    [`~trl.DPOTrainer`] ("w/o ALL" in the paper's ablation).
+
+    Parameters:
+        use_hardness (`bool`, defaults to `True`): read lambda from `hardness_column` (HaRS, Eq. 4-6); off: lambda = 1.
+        hardness_column (`str`, defaults to `"hano_lambda"`): dataset column holding lambda per row.
+        use_responsiveness (`bool`, defaults to `True`): compute eta per batch (Eq. 7-8); off: eta = 1.
+        responsiveness (`str`, defaults to `"ema"`): `"ema"` (DESIGN 2.2) or `"batch"` (the released code's formula).
+        responsiveness_momentum (`float`, defaults to `0.9`): momentum of the running statistics of `"ema"`.
+        responsiveness_warmup (`int`, defaults to `10`): informative batches with eta = 1 while the statistics settle.
+        responsiveness_eps (`float`, defaults to `1e-6`): reward-gap magnitude below which a batch carries no signal.
+        eta_min / eta_max (`float`, *optional*): bounds on eta (off by default).
+        beta_floor (`float`, defaults to `1e-6`): lower bound of beta'.
+        lora_noise_std (`float`, defaults to `0.01`): sigma_n of NoDO (Eq. 10); 0 disables it. The paper's 0.1 is
+            destructive on real models (see docs/trainer.md).
+        lora_noise_mode (`str`, defaults to `"absolute"`): `"absolute"` (paper) or `"relative"` (sigma x RMS of each
+            matrix).
+        lora_noise_seed (`int`, *optional*): seed of the noise; defaults to `seed`.
+    """
+
+    use_hardness: bool = field(
+        default=True,
+        metadata={"help": "Scale beta by the offline hardness lambda read from `hardness_column` (HaRS, Eq. 4-6)."},
+    )
+    hardness_column: str = field(
+        default="hano_lambda",
+        metadata={"help": "Dataset column holding the per-row hardness lambda (see hanorec_trl.add_hardness_column)."},
+    )
+    use_responsiveness: bool = field(
+        default=True,
+        metadata={"help": "Scale beta by the online responsiveness eta of each batch (Eq. 7-8)."},
+    )
+    responsiveness: str = field(
+        default="ema",
+        metadata={
+            "help": "How eta is computed: 'ema' (running statistics, DESIGN 2.2) or 'batch' (the authors' released "
+            "per-batch formula).",
+            "choices": list(RESPONSIVENESS_MODES),
+        },
+    )
+    responsiveness_momentum: float = field(
+        default=0.9, metadata={"help": "Momentum of the running gap scale and data mean used by eta ('ema')."}
+    )
+    responsiveness_warmup: int = field(
+        default=10,
+        metadata={"help": "Number of informative batches during which eta is held at 1 while its statistics settle."},
+    )
+    responsiveness_eps: float = field(
+        default=1e-6, metadata={"help": "Mean |reward gap| below which a batch carries no signal (eta = 1)."}
+    )
+    eta_min: float | None = field(default=None, metadata={"help": "Lower bound on eta (off by default)."})
+    eta_max: float | None = field(default=None, metadata={"help": "Upper bound on eta (off by default)."})
+    beta_floor: float = field(default=1e-6, metadata={"help": "Lower bound of the adaptive beta' (Eq. 11)."})
+    lora_noise_std: float = field(
+        default=0.01,
+        metadata={
+            "help": "Std of the Gaussian noise on the LoRA matrices during each training step (NoDO, Eq. 10); 0 "
+            "disables it. The paper uses 0.1, which is destructive on real models: see docs/trainer.md."
+        },
+    )
+    lora_noise_mode: str = field(
+        default="absolute",
+        metadata={
+            "help": "'absolute' (noise std = lora_noise_std, as in the paper) or 'relative' (std x RMS of each matrix).",
+            "choices": list(NOISE_MODES),
+        },
+    )
+    lora_noise_seed: int | None = field(
+        default=None, metadata={"help": "Seed of the LoRA noise (defaults to `seed`)."}
+    )
+
+    @property
+    def uses_adaptive_beta(self) -> bool:
+        """True when beta varies per sample or per batch (hardness or responsiveness on)."""
+        return self.use_hardness or self.use_responsiveness
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.responsiveness not in RESPONSIVENESS_MODES:
+            raise ValueError(f"responsiveness must be one of {RESPONSIVENESS_MODES}, got {self.responsiveness!r}")
+        if self.lora_noise_mode not in NOISE_MODES:
+            raise ValueError(f"lora_noise_mode must be one of {NOISE_MODES}, got {self.lora_noise_mode!r}")
+        if not self.lora_noise_std >= 0:
+            raise ValueError(f"lora_noise_std must be >= 0, got {self.lora_noise_std}")
+        if not self.beta_floor > 0:
+            raise ValueError(f"beta_floor must be > 0, got {self.beta_floor}")
+        if not 0 <= self.responsiveness_momentum < 1:
+            raise ValueError(f"responsiveness_momentum must be in [0, 1), got {self.responsiveness_momentum}")
+        if self.eta_min is not None and self.eta_max is not None and self.eta_min > self.eta_max:
+            raise ValueError(f"eta_min ({self.eta_min}) is larger than eta_max ({self.eta_max})")
+        if not self.uses_adaptive_beta:
+            return
+        # beta' is per sample and changes every batch: only losses where beta multiplies each pair's own margin
+        # (Eq. 12) are exact with it.
+        unsupported = [t for t in self.loss_type if t not in HANO_LOSS_TYPES]
+        if unsupported:
+            raise ValueError(
+                f"loss_type {unsupported} cannot be used with a per-sample beta' (use_hardness/use_responsiveness): "
+                "HaNoRec's loss is the sigmoid DPO loss (Eq. 12). Use loss_type='sigmoid' (optionally with 'sft'), or "
+                "switch use_hardness and use_responsiveness off to train that loss as plain TRL does."
+            )
+        if self.ld_alpha is not None:
+            raise ValueError(
+                "ld_alpha (LD-DPO length weighting) is not supported with HaNoRec's per-sample beta': it changes the "
+                "log-probabilities that the reward gaps of eta (Eq. 7) are computed from. Set ld_alpha=None, or switch "
+                "use_hardness and use_responsiveness off."
+            )
+        if self.f_divergence_type != "reverse_kl":
+            raise ValueError(
+                f"f_divergence_type={self.f_divergence_type!r} is not supported with HaNoRec's per-sample beta': "
+                "Eq. 7 defines the reward gap through the reverse-KL log-ratio. Use f_divergence_type='reverse_kl', "
+                "or switch use_hardness and use_responsiveness off."
+            )

@@ -1,0 +1,68 @@
+"""HaNo off == trl.DPOTrainer (loss, LoRA gradients, log_history); the adaptive-beta path with beta' = beta0 too.
+
+These tests are the gate for any TRL upgrade: the trainer hands TRL per-sample betas through TRL's private
+`_compute_loss`, so if TRL's internals move these comparisons fail.
+"""
+
+import pytest
+import torch
+from conftest import preference_dataset
+from trainer_utils import GradRecorder, first_batch, lora_grads, losses, make_trainer
+
+from hanorec_trl.models import tiny_qwen2, tiny_qwen2_5_vl
+
+ALL_OFF = dict(use_hardness=False, use_responsiveness=False, lora_noise_std=0.0)
+# Adaptive path switched on, but lambda = 1 and eta = 1 (warm-up), so beta' = beta0 exactly.
+ADAPTIVE_UNIT = dict(use_hardness=True, use_responsiveness=True, responsiveness_warmup=100, lora_noise_std=0.0)
+
+
+def _setup(kind, tiny_tok, tiny_processor):
+    if kind == "vlm":
+        return (lambda: tiny_qwen2_5_vl(tiny_tok)), tiny_processor, True
+    return (lambda: tiny_qwen2(tiny_tok)), tiny_tok, False
+
+
+@pytest.mark.parametrize("kind", ["vlm", "text"])
+@pytest.mark.parametrize("hano_config", [ALL_OFF, ADAPTIVE_UNIT], ids=["all_off", "adaptive_unit"])
+def test_loss_and_gradients_equal_trl(kind, hano_config, tiny_tok, tiny_processor, tmp_path):
+    build, processing, images = _setup(kind, tiny_tok, tiny_processor)
+    ds = preference_dataset(n=4, with_images=images, lambdas=[1.0] * 4)
+    results = []
+    for hano in (False, True):
+        trainer = make_trainer(build(), processing, ds, tmp_path / str(hano), hano=hano,
+                               **(hano_config if hano else {}))
+        batch = first_batch(trainer)
+        trainer.model.train()
+        loss = trainer.compute_loss(trainer.model, batch)
+        loss.backward()
+        metrics = {k: v[-1] for k, v in trainer._metrics["train"].items()}
+        results.append((loss.detach(), lora_grads(trainer.model), metrics))
+    (loss_trl, grads_trl, m_trl), (loss_hano, grads_hano, m_hano) = results
+    assert loss_trl.item() != pytest.approx(0.6931471, abs=1e-6), "policy == reference: the test would be vacuous"
+    torch.testing.assert_close(loss_hano, loss_trl, rtol=0, atol=1e-6)
+    assert grads_trl.keys() == grads_hano.keys() and len(grads_trl) > 0
+    for name in grads_trl:
+        torch.testing.assert_close(grads_hano[name], grads_trl[name], rtol=1e-5, atol=1e-7, msg=name)
+    for key in ("rewards/chosen", "rewards/rejected", "rewards/margins", "logps/chosen", "logps/rejected"):
+        assert m_hano[key] == pytest.approx(m_trl[key], rel=1e-5, abs=1e-7), key
+    if hano_config is ADAPTIVE_UNIT:
+        assert m_hano["hano/eta"] == 1.0 and m_hano["hano/beta_mean"] == pytest.approx(0.1)
+
+
+@pytest.mark.parametrize("kind", ["vlm", "text"])
+def test_log_history_equals_trl_over_steps(kind, tiny_tok, tiny_processor, tmp_path):
+    build, processing, images = _setup(kind, tiny_tok, tiny_processor)
+    ds = preference_dataset(n=6, with_images=images, lambdas=[1.0] * 6)
+    histories, grads = [], []
+    for hano in (False, True):
+        recorder = GradRecorder()
+        trainer = make_trainer(build(), processing, ds, tmp_path / str(hano), hano=hano, callbacks=[recorder],
+                               **(ADAPTIVE_UNIT if hano else {}))
+        trainer.train()
+        histories.append(losses(trainer.state.log_history))
+        grads.append(recorder.grads)
+    assert len(histories[0]) == 3
+    assert histories[1] == pytest.approx(histories[0], rel=1e-6, abs=1e-7)
+    for step_trl, step_hano in zip(*grads, strict=True):
+        for name in step_trl:
+            torch.testing.assert_close(step_hano[name], step_trl[name], rtol=1e-5, atol=1e-7)
