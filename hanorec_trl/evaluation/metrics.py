@@ -1,0 +1,149 @@
+"""Pure recommendation metrics: the target's rank, HR@K, NDCG@K and AUC (paper Sec. 4.1).
+
+Conventions (also in ``docs/evaluation.md``):
+
+* Ranks are 1-based. A ranking row has exactly one relevant item (the target).
+* Ties are pessimistic: the target ranks *below* every other candidate whose score equals its own, i.e.
+  ``rank = 1 + #{j != t : s_j >= s_t}``. A model that scores every candidate alike therefore gets rank
+  ``num_candidates``, never a flattering rank 1; the result does not depend on the candidate order.
+* A row the model could not rank (a generation whose output matched no candidate) has rank ``inf``: it stays in
+  the denominator and counts as a miss at every K.
+* ``HR@K = mean(rank <= K)``, ``NDCG@K = mean(1 / log2(rank + 1) if rank <= K else 0)`` (with a single relevant
+  item the ideal DCG is 1).
+* ``K`` larger than a row's candidate list is an error: every candidate would be "in the top K" and HR@K would be
+  1 by construction, which is almost always a configuration mistake.
+* AUC is the rank statistic (Mann-Whitney U / (n_pos * n_neg)); a tied positive-negative pair counts 1/2.
+  Labels that are all positive or all negative make AUC undefined: a ``ValueError`` says so.
+* The binary AUC of hard predictions (the released code's convention) equals balanced accuracy:
+  ``(TPR + TNR) / 2``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+
+import numpy as np
+
+DEFAULT_KS = (1, 3, 5, 10)
+
+
+def target_rank(scores: Sequence[float], target_index: int) -> int:
+    """The 1-based rank of ``scores[target_index]`` among ``scores`` (higher = better), ties pessimistic."""
+    values = np.asarray(scores, dtype=np.float64)
+    if values.ndim != 1 or values.size == 0:
+        raise ValueError(f"scores must be a non-empty 1-D sequence, got shape {values.shape}")
+    if not 0 <= int(target_index) < values.size:
+        raise ValueError(f"target_index {target_index} is outside the {values.size} candidates")
+    if not np.all(np.isfinite(values)):
+        bad = np.flatnonzero(~np.isfinite(values)).tolist()
+        raise ValueError(f"scores contain non-finite values at candidate positions {bad}")
+    target = values[target_index]
+    others_at_least = int(np.sum(values >= target)) - 1
+    return 1 + others_at_least
+
+
+def _check_k(k: int, num_candidates: int | Sequence[int] | None) -> None:
+    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
+        raise ValueError(f"K must be a positive integer, got {k!r}")
+    if num_candidates is None:
+        return
+    sizes = np.atleast_1d(np.asarray(num_candidates))
+    too_small = np.flatnonzero(sizes < k)
+    if too_small.size:
+        row = int(too_small[0])
+        raise ValueError(
+            f"K={k} exceeds the {int(sizes[row])} candidates of row {row}: HR@{k} would be 1 by construction. "
+            f"Use K <= {int(sizes.min())}."
+        )
+
+
+def _check_ranks(ranks: Iterable[float]) -> np.ndarray:
+    values = np.asarray(list(ranks) if not isinstance(ranks, np.ndarray) else ranks, dtype=np.float64)
+    if values.ndim != 1 or values.size == 0:
+        raise ValueError("ranks must be a non-empty 1-D sequence (one rank per ranking row)")
+    finite = values[np.isfinite(values)]
+    if np.isnan(values).any() or (finite < 1).any() or (finite != np.round(finite)).any():
+        bad = int(np.flatnonzero(np.isnan(values) | (values < 1) | (np.isfinite(values) & (values != np.round(values))))[0])
+        raise ValueError(f"ranks must be integers >= 1 (or inf for an unranked row); row {bad} has {values[bad]!r}")
+    return values
+
+
+def hit_rate_at_k(ranks: Sequence[float], k: int, num_candidates: int | Sequence[int] | None = None) -> float:
+    """HR@K: the fraction of rows whose target ranks within the top ``k`` (``inf`` ranks are misses)."""
+    _check_k(k, num_candidates)
+    values = _check_ranks(ranks)
+    return float(np.mean(values <= k))
+
+
+def ndcg_at_k(ranks: Sequence[float], k: int, num_candidates: int | Sequence[int] | None = None) -> float:
+    """NDCG@K with a single relevant item: ``mean(1/log2(rank+1))`` over rows with ``rank <= k``, 0 otherwise."""
+    _check_k(k, num_candidates)
+    values = _check_ranks(ranks)
+    gains = np.where(values <= k, 1.0 / np.log2(np.minimum(values, k) + 1.0), 0.0)
+    return float(np.mean(gains))
+
+
+def ranking_metrics(
+    ranks: Sequence[float], ks: Sequence[int] = DEFAULT_KS, num_candidates: int | Sequence[int] | None = None
+) -> dict[str, float]:
+    """``{"hr@K": ..., "ndcg@K": ...}`` for every K in ``ks``."""
+    out: dict[str, float] = {}
+    for k in ks:
+        out[f"hr@{k}"] = hit_rate_at_k(ranks, k, num_candidates)
+        out[f"ndcg@{k}"] = ndcg_at_k(ranks, k, num_candidates)
+    return out
+
+
+def _check_labels(labels: Sequence[int], scores: Sequence[float]) -> tuple[np.ndarray, np.ndarray]:
+    y = np.asarray(labels)
+    s = np.asarray(scores, dtype=np.float64)
+    if y.ndim != 1 or s.ndim != 1 or y.size != s.size:
+        raise ValueError(f"labels and scores must be 1-D of equal length, got {y.shape} and {s.shape}")
+    if y.size and not np.isin(y, (0, 1)).all():
+        bad = int(np.flatnonzero(~np.isin(y, (0, 1)))[0])
+        raise ValueError(f"labels must be 0 or 1; row {bad} has {y[bad]!r}")
+    if not np.all(np.isfinite(s)):
+        raise ValueError(f"scores contain non-finite values at rows {np.flatnonzero(~np.isfinite(s)).tolist()[:10]}")
+    n_pos = int(y.sum())
+    if n_pos == 0 or n_pos == y.size:
+        kind = "positive (1)" if n_pos else "negative (0)"
+        raise ValueError(f"AUC is undefined: all {y.size} labels are {kind}; it needs both positives and negatives")
+    return y.astype(bool), s
+
+
+def auc_score(labels: Sequence[int], scores: Sequence[float]) -> float:
+    """ROC AUC from scores (higher = more likely positive): the probability that a random positive outscores a
+    random negative, a tie counting 1/2. Computed from average ranks (Mann-Whitney U)."""
+    y, s = _check_labels(labels, scores)
+    order = np.argsort(s, kind="mergesort")
+    sorted_s = s[order]
+    ranks = np.empty(s.size, dtype=np.float64)
+    # average 1-based rank over each run of equal scores
+    start = 0
+    while start < s.size:
+        end = start
+        while end + 1 < s.size and sorted_s[end + 1] == sorted_s[start]:
+            end += 1
+        ranks[order[start : end + 1]] = (start + end) / 2.0 + 1.0
+        start = end + 1
+    n_pos = int(y.sum())
+    n_neg = y.size - n_pos
+    u = ranks[y].sum() - n_pos * (n_pos + 1) / 2.0
+    return float(u / (n_pos * n_neg))
+
+
+def binary_auc(labels: Sequence[int], predictions: Sequence[int]) -> float:
+    """AUC of hard 0/1 predictions (the released code's convention); equals balanced accuracy (TPR + TNR) / 2."""
+    preds = np.asarray(predictions)
+    if preds.size and not np.isin(preds, (0, 1)).all():
+        raise ValueError("binary_auc takes hard 0/1 predictions; use auc_score for continuous scores")
+    return auc_score(labels, preds.astype(np.float64))
+
+
+def balanced_accuracy(labels: Sequence[int], predictions: Sequence[int]) -> float:
+    """``(TPR + TNR) / 2`` for hard 0/1 predictions (equal to :func:`binary_auc`)."""
+    y, p = _check_labels(labels, np.asarray(predictions, dtype=np.float64))
+    tpr = float(np.mean(p[y] == 1))
+    tnr = float(np.mean(p[~y] == 0))
+    return (tpr + tnr) / 2.0
+
