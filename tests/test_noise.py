@@ -1,0 +1,136 @@
+"""NoDO (Eq. 10): exact perturbation, checkpointing-safe gradients, untouched parameters, scope, determinism."""
+
+import pytest
+import torch
+from conftest import preference_dataset
+from peft import LoraConfig, get_peft_model
+from torch import nn
+from trainer_utils import GradRecorder, first_batch, losses, make_trainer
+
+from hanorec_trl import lora_noise
+from hanorec_trl.models import tiny_qwen2
+
+
+def small_peft_model():
+    torch.manual_seed(0)
+    base = nn.Sequential(nn.Linear(8, 6), nn.ReLU(), nn.Linear(6, 5))
+    return get_peft_model(base, LoraConfig(r=3, lora_alpha=6, target_modules=["0", "2"], init_lora_weights=False))
+
+
+def test_perturbation_is_exactly_B_prime_A_prime_x():
+    model = small_peft_model()
+    x = torch.randn(4, 8)
+    std = 0.3
+    with lora_noise(model, std=std, generator=torch.Generator().manual_seed(123)):
+        noisy = model(x)
+    # Redraw the same noise in the documented order (model order; A then B of each layer) and apply it by hand.
+    g = torch.Generator().manual_seed(123)
+    layers = [model.base_model.model[0], model.base_model.model[2]]
+    h = x
+    for i, layer in enumerate(layers):
+        A, B = layer.lora_A["default"].weight, layer.lora_B["default"].weight
+        eps_A = torch.randn(A.shape, generator=g)
+        eps_B = torch.randn(B.shape, generator=g)
+        h = layer.base_layer(h) + layer.scaling["default"] * h @ (A + std * eps_A).T @ (B + std * eps_B).T
+        if i == 0:
+            h = torch.relu(h)
+    torch.testing.assert_close(noisy, h, rtol=1e-5, atol=1e-6)
+    clean = model(x)
+    assert (clean - noisy).abs().max() > 1e-3
+    with lora_noise(model, std=0.0):
+        torch.testing.assert_close(model(x), clean)
+
+
+def test_noise_is_fixed_within_the_context_and_parameters_untouched():
+    model = small_peft_model()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    x = torch.randn(4, 8)
+    with lora_noise(model, std=0.5, generator=torch.Generator().manual_seed(1)):
+        first, second = model(x), model(x)
+        first.sum().backward()
+    torch.testing.assert_close(first, second, rtol=0, atol=0)  # same noise on a recompute
+    after = model.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    assert not model.base_model.model[0]._forward_hooks  # hooks removed on exit
+
+
+def test_relative_mode_scales_with_rms():
+    model = small_peft_model()
+    weights = [m.weight for n, m in model.named_modules() if n.endswith((".lora_A.default", ".lora_B.default"))]
+    expected = sum(0.5 * w.detach().pow(2).mean().sqrt().item() for w in weights) / len(weights)
+    with lora_noise(model, std=0.5, mode="relative", generator=torch.Generator().manual_seed(0)) as info:
+        pass
+    assert info["matrices"] == 4 and info["scale_mean"] == pytest.approx(expected, rel=1e-6)
+
+
+def test_bad_input():
+    with pytest.raises(ValueError, match="needs a PEFT LoRA model"):
+        with lora_noise(nn.Linear(3, 3), std=0.1):
+            pass
+    with pytest.raises(ValueError, match="mode"):
+        with lora_noise(small_peft_model(), std=0.1, mode="multiplicative"):
+            pass
+    with pytest.raises(ValueError, match="std"):
+        with lora_noise(small_peft_model(), std=-1.0):
+            pass
+
+
+def _train_grads(tiny_tok, tmp_path, **config):
+    recorder = GradRecorder()
+    ds = preference_dataset(n=4, with_images=False, lambdas=[1.0] * 4)
+    trainer = make_trainer(tiny_qwen2(tiny_tok), tiny_tok, ds, tmp_path, callbacks=[recorder], max_steps=1,
+                           use_hardness=False, use_responsiveness=False, **config)
+    trainer.train()
+    return recorder.grads[0], trainer
+
+
+def test_gradients_identical_with_and_without_checkpointing(tiny_tok, tmp_path):
+    with_gc, _ = _train_grads(tiny_tok, tmp_path / "gc", lora_noise_std=0.2, gradient_checkpointing=True)
+    without_gc, _ = _train_grads(tiny_tok, tmp_path / "nogc", lora_noise_std=0.2, gradient_checkpointing=False)
+    clean, _ = _train_grads(tiny_tok, tmp_path / "clean", lora_noise_std=0.0, gradient_checkpointing=True)
+    differs = False
+    for name in with_gc:
+        torch.testing.assert_close(with_gc[name], without_gc[name], rtol=1e-5, atol=1e-7, msg=name)
+        differs |= not torch.allclose(with_gc[name], clean[name], rtol=1e-4, atol=1e-6)
+    assert differs, "noise did not change the gradients: the comparison would be vacuous"
+
+
+def test_no_noise_in_evaluate_or_reference(tiny_tok, tmp_path):
+    ds = preference_dataset(n=4, with_images=False, lambdas=[1.0] * 4)
+    noisy = make_trainer(tiny_qwen2(tiny_tok), tiny_tok, ds, tmp_path / "a", eval_dataset=ds, lora_noise_std=0.5,
+                         use_hardness=False, use_responsiveness=True)
+    clean = make_trainer(tiny_qwen2(tiny_tok), tiny_tok, ds, tmp_path / "b", eval_dataset=ds, lora_noise_std=0.0,
+                         use_hardness=False, use_responsiveness=True)
+    assert noisy.evaluate()["eval_loss"] == clean.evaluate()["eval_loss"]
+
+    # During a noised training step the reference log-probs are the clean reference's.
+    batch = first_batch(noisy)
+    with torch.no_grad():
+        expected_ref = noisy.compute_ref_log_probs(noisy.model, batch)
+    seen = []
+    original = noisy.compute_ref_log_probs
+
+    def recording(model, inputs):
+        out = original(model, inputs)
+        seen.append(out)
+        return out
+
+    noisy.compute_ref_log_probs = recording
+    noisy.current_gradient_accumulation_steps = 1
+    noisy.training_step(noisy.model, batch)
+    assert len(seen) == 1
+    for got, want in zip(seen[0], expected_ref, strict=True):
+        torch.testing.assert_close(got, want, rtol=0, atol=0)
+    assert noisy._metrics["train"]["hano/noise_scale"][-1] == 0.5
+
+
+def test_same_seed_same_run(tiny_tok, tmp_path):
+    ds = preference_dataset(n=6, with_images=False, lambdas=[1.0] * 6)
+    runs = []
+    for i, seed in enumerate((7, 7, 8)):
+        trainer = make_trainer(tiny_qwen2(tiny_tok), tiny_tok, ds, tmp_path / str(i), lora_noise_std=0.2,
+                               lora_noise_seed=seed, use_hardness=False, responsiveness_warmup=0)
+        trainer.train()
+        runs.append(losses(trainer.state.log_history))
+    assert runs[0] == runs[1]
+    assert runs[0] != runs[2]
