@@ -64,7 +64,7 @@ def _check_ranks(ranks: Iterable[float]) -> np.ndarray:
     finite = values[np.isfinite(values)]
     if np.isnan(values).any() or (finite < 1).any() or (finite != np.round(finite)).any():
         bad = int(np.flatnonzero(np.isnan(values) | (values < 1) | (np.isfinite(values) & (values != np.round(values))))[0])
-        raise ValueError(f"ranks must be integers >= 1 (or inf for an unranked row); row {bad} has {values[bad]!r}")
+        raise ValueError(f"ranks must be integers >= 1 (or inf for an unranked row); row {bad} has {float(values[bad])}")
     return values
 
 
@@ -101,7 +101,7 @@ def _check_labels(labels: Sequence[int], scores: Sequence[float]) -> tuple[np.nd
         raise ValueError(f"labels and scores must be 1-D of equal length, got {y.shape} and {s.shape}")
     if y.size and not np.isin(y, (0, 1)).all():
         bad = int(np.flatnonzero(~np.isin(y, (0, 1)))[0])
-        raise ValueError(f"labels must be 0 or 1; row {bad} has {y[bad]!r}")
+        raise ValueError(f"labels must be 0 or 1; row {bad} has {y[bad].item()!r}")
     if not np.all(np.isfinite(s)):
         raise ValueError(f"scores contain non-finite values at rows {np.flatnonzero(~np.isfinite(s)).tolist()[:10]}")
     n_pos = int(y.sum())

@@ -1,0 +1,36 @@
+"""Evaluation of recommenders: HR@K, NDCG@K, AUC (paper Sec. 4.1; DESIGN.md 3). See ``docs/evaluation.md``.
+
+* :mod:`.metrics` -- pure metric functions (ties, K, AUC conventions);
+* :mod:`.scoring` -- candidate log-likelihoods as TRL's DPO scores them, prompt once;
+* :mod:`.generation` -- the paper's generation protocol and its title parser;
+* :mod:`.evaluate` -- :func:`evaluate_recommender`, the one call returning a dict (and a JSON file);
+* :mod:`.callback` -- :class:`RecommendationEvalCallback` for evaluation during training.
+"""
+
+from .callback import RecommendationEvalCallback
+from .evaluate import RecEvalConfig, evaluate_auc, evaluate_ranking, evaluate_recommender
+from .generation import GenerationSettings, generate_answers, match_candidates, parse_titles, rank_from_generation
+from .metrics import auc_score, balanced_accuracy, binary_auc, hit_rate_at_k, ndcg_at_k, ranking_metrics, target_rank
+from .scoring import score_candidates, tokenize_candidates
+
+__all__ = [
+    "GenerationSettings",
+    "RecEvalConfig",
+    "RecommendationEvalCallback",
+    "auc_score",
+    "balanced_accuracy",
+    "binary_auc",
+    "evaluate_auc",
+    "evaluate_ranking",
+    "evaluate_recommender",
+    "generate_answers",
+    "hit_rate_at_k",
+    "match_candidates",
+    "ndcg_at_k",
+    "parse_titles",
+    "rank_from_generation",
+    "ranking_metrics",
+    "score_candidates",
+    "target_rank",
+    "tokenize_candidates",
+]

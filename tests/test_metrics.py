@@ -1,0 +1,111 @@
+"""Metric functions against hand-computed cases (ties, K beyond the list, degenerate AUC labels)."""
+
+import math
+
+import numpy as np
+import pytest
+
+from hanorec_trl.evaluation.metrics import (
+    auc_score,
+    balanced_accuracy,
+    binary_auc,
+    hit_rate_at_k,
+    ndcg_at_k,
+    ranking_metrics,
+    target_rank,
+)
+
+
+def test_target_rank_plain_and_pessimistic_ties():
+    assert target_rank([0.1, 0.9, 0.5], 1) == 1
+    assert target_rank([0.1, 0.9, 0.5], 2) == 2
+    assert target_rank([0.1, 0.9, 0.5], 0) == 3
+    # the target ties with one other candidate: it ranks below it
+    assert target_rank([0.5, 0.9, 0.5], 0) == 3
+    assert target_rank([0.5, 0.9, 0.5], 2) == 3
+    # all equal: last place, whatever the candidate order
+    assert target_rank([1.0] * 10, 0) == 10
+    assert target_rank([1.0] * 10, 9) == 10
+    # log-likelihoods (negative) behave the same
+    assert target_rank([-3.0, -1.0, -2.0], 2) == 2
+
+
+def test_target_rank_bad_input():
+    with pytest.raises(ValueError, match="outside the 3 candidates"):
+        target_rank([1, 2, 3], 3)
+    with pytest.raises(ValueError, match="non-finite values at candidate positions \\[1\\]"):
+        target_rank([1.0, float("nan"), 0.0], 0)
+    with pytest.raises(ValueError, match="non-empty"):
+        target_rank([], 0)
+
+
+def test_hr_and_ndcg_hand_computed():
+    ranks = [1, 2, 4, math.inf]
+    # HR@1 = 1/4, HR@3 = 2/4, HR@5 = 3/4 (the unranked row is a miss everywhere)
+    assert hit_rate_at_k(ranks, 1) == pytest.approx(0.25)
+    assert hit_rate_at_k(ranks, 3) == pytest.approx(0.5)
+    assert hit_rate_at_k(ranks, 5) == pytest.approx(0.75)
+    # NDCG@3 = (1 + 1/log2(3) + 0 + 0) / 4
+    assert ndcg_at_k(ranks, 3) == pytest.approx((1 + 1 / math.log2(3)) / 4)
+    # NDCG@5 adds 1/log2(5) for rank 4
+    assert ndcg_at_k(ranks, 5) == pytest.approx((1 + 1 / math.log2(3) + 1 / math.log2(5)) / 4)
+    assert ndcg_at_k([1, 1], 1) == 1.0
+    m = ranking_metrics(ranks, ks=(1, 3))
+    assert set(m) == {"hr@1", "ndcg@1", "hr@3", "ndcg@3"}
+    assert m["ndcg@1"] == pytest.approx(0.25)
+
+
+def test_k_larger_than_candidate_list_is_an_error():
+    with pytest.raises(ValueError, match="K=10 exceeds the 5 candidates of row 1"):
+        hit_rate_at_k([1, 2], 10, num_candidates=[10, 5])
+    with pytest.raises(ValueError, match="K=4 exceeds the 3 candidates of row 0"):
+        ndcg_at_k([1], 4, num_candidates=3)
+    # K equal to the list length is allowed (HR@n = 1 for ranked rows)
+    assert hit_rate_at_k([3, 1], 3, num_candidates=3) == 1.0
+    for bad_k in (0, -1, 2.5, True):
+        with pytest.raises(ValueError, match="K must be a positive integer"):
+            hit_rate_at_k([1], bad_k)
+
+
+def test_bad_ranks():
+    with pytest.raises(ValueError, match="row 1 has 0.0"):
+        hit_rate_at_k([1, 0], 1)
+    with pytest.raises(ValueError, match="row 0 has 1.5"):
+        ndcg_at_k([1.5], 1)
+
+
+def test_auc_hand_computed_with_ties():
+    # positives 0.8, 0.4; negatives 0.4, 0.1 -> pairs: (0.8>0.4) 1, (0.8>0.1) 1, (0.4=0.4) 0.5, (0.4>0.1) 1 -> 3.5/4
+    assert auc_score([1, 1, 0, 0], [0.8, 0.4, 0.4, 0.1]) == pytest.approx(0.875)
+    assert auc_score([0, 1], [0.2, 0.9]) == 1.0
+    assert auc_score([1, 0], [0.2, 0.9]) == 0.0
+    assert auc_score([1, 0, 1, 0], [0.5, 0.5, 0.5, 0.5]) == 0.5
+    # brute force on random data with many ties
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 2, 200)
+    s = rng.integers(0, 5, 200).astype(float)
+    pos, neg = s[y == 1], s[y == 0]
+    brute = np.mean([(p > n) + 0.5 * (p == n) for p in pos for n in neg])
+    assert auc_score(y, s) == pytest.approx(brute)
+
+
+def test_auc_needs_both_classes():
+    with pytest.raises(ValueError, match="all 3 labels are positive"):
+        auc_score([1, 1, 1], [0.1, 0.2, 0.3])
+    with pytest.raises(ValueError, match="all 2 labels are negative"):
+        auc_score([0, 0], [0.1, 0.2])
+    with pytest.raises(ValueError, match="row 1 has 2"):
+        auc_score([0, 2], [0.1, 0.2])
+
+
+def test_binary_auc_equals_balanced_accuracy():
+    labels = [1, 1, 1, 0, 0]
+    preds = [1, 0, 1, 0, 1]
+    # TPR = 2/3, TNR = 1/2 -> 7/12
+    assert balanced_accuracy(labels, preds) == pytest.approx(7 / 12)
+    assert binary_auc(labels, preds) == pytest.approx(7 / 12)
+    rng = np.random.default_rng(1)
+    y, p = rng.integers(0, 2, 100), rng.integers(0, 2, 100)
+    assert binary_auc(y, p) == pytest.approx(balanced_accuracy(y, p))
+    with pytest.raises(ValueError, match="hard 0/1 predictions"):
+        binary_auc([1, 0], [0.7, 0.2])
