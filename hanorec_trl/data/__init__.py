@@ -1,0 +1,66 @@
+"""The data layer: raw dataset files -> one in-memory form -> the paper's protocol -> TRL-ready datasets.
+
+See ``docs/data.md``. Typical use::
+
+    from hanorec_trl.data import (load_movielens_1m, write_synthetic_movielens, build_split, freeze_split,
+                                  build_sft_dataset, build_dpo_dataset)
+
+    data = load_movielens_1m(write_synthetic_movielens("runs/synthetic"))   # or a real MovieLens-1M folder
+    split = build_split(data)                                               # 8:1:1, candidates, AUC labels
+    freeze_split(split, "runs/split")                                       # JSONL + manifest
+    train = build_dpo_dataset(split.train, data, num_rejected=1)
+"""
+
+from .builders import build_auc_eval_dataset, build_dpo_dataset, build_ranking_eval_dataset, build_sft_dataset
+from .loaders import (
+    DataFormatError,
+    MissingImageWarning,
+    RecData,
+    UnknownItemError,
+    load_microlens,
+    load_movielens_1m,
+    load_netflix_llmrec,
+)
+from .prompts import DEFAULT_TEMPLATES, NO, YES, PromptTemplates, assistant_message, auc_prompt, ranking_prompt
+from .protocol import (
+    ProtocolConfig,
+    RecSplit,
+    SequenceExample,
+    SplitMismatchError,
+    build_split,
+    export_recbole,
+    freeze_split,
+    load_split,
+)
+from .synthetic import SyntheticConfig, write_synthetic_movielens
+
+__all__ = [
+    "DEFAULT_TEMPLATES",
+    "NO",
+    "YES",
+    "DataFormatError",
+    "MissingImageWarning",
+    "PromptTemplates",
+    "ProtocolConfig",
+    "RecData",
+    "RecSplit",
+    "SequenceExample",
+    "SplitMismatchError",
+    "SyntheticConfig",
+    "UnknownItemError",
+    "assistant_message",
+    "auc_prompt",
+    "build_auc_eval_dataset",
+    "build_dpo_dataset",
+    "build_ranking_eval_dataset",
+    "build_sft_dataset",
+    "build_split",
+    "export_recbole",
+    "freeze_split",
+    "load_microlens",
+    "load_movielens_1m",
+    "load_netflix_llmrec",
+    "load_split",
+    "ranking_prompt",
+    "write_synthetic_movielens",
+]
