@@ -454,6 +454,8 @@ def add_lambda_column(
     temperature: float = 1.0,
     mode: str = "topk",
     delta_mean: float | None = None,
+    overwrite: bool = False,
+    index_options: dict | None = None,
     cache_dir: str | os.PathLike | None = None,
     use_cache: bool = True,
     progress: bool = True,
@@ -461,14 +463,16 @@ def add_lambda_column(
     """Items -> embeddings (cached) -> :class:`HardnessIndex` -> ``hano_lambda`` column (Eq. 4-6).
 
     Returns ``(dataset_with_column, delta_mean)``; pass the training set's ``delta_mean`` when scoring validation or
-    test pairs. The hardness arguments are those of :func:`hanorec_trl.hardness.add_hardness_column`.
+    test pairs. The hardness arguments (and ``overwrite`` of an existing column) are those of
+    :func:`hanorec_trl.hardness.add_hardness_column`; ``index_options`` go to :class:`HardnessIndex` (e.g.
+    ``{"index": "ivf"}``).
     """
     from .hardness import HardnessIndex, add_hardness_column
 
     embeddings = encode_items(
         encoder, item_ids, titles, images, cache_dir=cache_dir, use_cache=use_cache, progress=progress
     )
-    index = HardnessIndex(embeddings.text, embeddings.image)
+    index = HardnessIndex(embeddings.text, embeddings.image, **(index_options or {}))
     return add_hardness_column(
         dataset,
         index,
@@ -480,6 +484,7 @@ def add_lambda_column(
         temperature=temperature,
         mode=mode,
         delta_mean=delta_mean,
+        overwrite=overwrite,
     )
 
 
