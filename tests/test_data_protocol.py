@@ -1,0 +1,172 @@
+"""The protocol: filtering, the most recent window, 8:1:1, candidates never seen, balanced AUC, frozen JSONL."""
+
+from __future__ import annotations
+
+import json
+import warnings
+from collections import Counter
+
+import pytest
+from conftest import shared_path
+
+from hanorec_trl.data import (
+    ProtocolConfig,
+    SplitMismatchError,
+    SyntheticConfig,
+    build_split,
+    export_recbole,
+    freeze_split,
+    load_movielens_1m,
+    load_split,
+    write_synthetic_movielens,
+)
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    return load_movielens_1m(write_synthetic_movielens(tmp_path_factory.mktemp("syn") / "data"))
+
+
+@pytest.fixture(scope="module")
+def split(data):
+    return build_split(data)
+
+
+def _all(split):
+    return split.train + split.validation + split.test
+
+
+def _check_examples(split, data, cfg):
+    sequences = data.user_sequences()
+    for ex in _all(split):
+        seq = sequences[ex.user]
+        assert len(seq) >= cfg.min_interactions
+        seen = data.interacted(ex.user)
+        assert len(ex.candidates) == cfg.num_candidates == len(set(ex.candidates))
+        assert ex.candidates[ex.target_index] == ex.target and ex.candidates.count(ex.target) == 1
+        negatives = [c for c in ex.candidates if c != ex.target]
+        assert not set(negatives) & seen, "a candidate negative was interacted with by the user"
+        assert not set(negatives) & set(ex.history)
+        assert len(ex.auc_unwatched) == cfg.auc_num_unwatched and not set(ex.auc_unwatched) & seen
+        if ex.auc_label == 1:
+            assert ex.auc_item == ex.target
+        else:
+            assert ex.auc_item not in seen
+        assert all(item in data.titles for item in (*ex.history, *ex.candidates, *ex.auc_unwatched, ex.auc_item))
+
+
+def test_most_recent_window_filter_and_8_1_1(data, split):
+    cfg = split.config
+    sequences = data.user_sequences()
+    eligible = [u for u, s in sequences.items() if len(s) >= 6]
+    assert split.stats["num_users_dropped"] == len(sequences) - len(eligible) > 0
+    users = [ex.user for ex in _all(split)]
+    assert sorted(users) == sorted(eligible)  # one sequence per kept user, none for dropped users
+    for ex in _all(split):
+        assert list(ex.history) + [ex.target] == sequences[ex.user][-6:]
+    n = len(eligible)
+    assert split.counts() == {"train": n - 2 * (n // 10), "validation": n // 10, "test": n // 10}
+    _check_examples(split, data, cfg)
+
+
+def test_candidates_shuffled_and_auc_balanced(split):
+    positions = Counter(ex.target_index for ex in split.train)
+    assert len(positions) == 10 and max(positions.values()) < 0.25 * len(split.train)
+    for _, examples in split.parts():
+        ones = sum(ex.auc_label for ex in examples)
+        assert ones - (len(examples) - ones) in (0, 1)
+
+
+def test_real_movielens_split():
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        real = load_movielens_1m(shared_path("data", "ml-1m"))
+    split = build_split(real)
+    assert split.counts() == {"train": 2401, "validation": 299, "test": 299}
+    _check_examples(split, real, split.config)
+
+
+def test_same_seed_byte_identical_jsonl(tmp_path, data, split):
+    a = freeze_split(split, tmp_path / "a")
+    b = freeze_split(build_split(data, ProtocolConfig(seed=0)), tmp_path / "b")
+    c = freeze_split(build_split(data, ProtocolConfig(seed=1)), tmp_path / "c")
+    for name in ("train.jsonl", "validation.jsonl", "test.jsonl", "manifest.json"):
+        assert (a / name).read_bytes() == (b / name).read_bytes()
+    assert (a / "test.jsonl").read_bytes() != (c / "test.jsonl").read_bytes()
+    manifest = json.loads((a / "manifest.json").read_text())
+    assert manifest["dataset"]["fingerprint"] == data.fingerprint()
+    assert manifest["seed"] == 0 and manifest["counts"] == split.counts()
+    assert manifest["protocol"]["num_candidates"] == 10
+    first = json.loads((a / "train.jsonl").read_text().splitlines()[0])
+    assert set(first) == {
+        "sequence_id", "user", "history", "target", "candidates", "target_index", "auc_unwatched", "auc_item",
+        "auc_label",
+    }
+
+
+def test_load_split_round_trip_and_fingerprint_check(tmp_path, data, split):
+    folder = freeze_split(split, tmp_path / "split")
+    loaded = load_split(folder, data)
+    assert loaded.train == split.train and loaded.test == split.test and loaded.config == split.config
+    other = load_movielens_1m(write_synthetic_movielens(tmp_path / "other", SyntheticConfig(seed=5)))
+    with pytest.raises(SplitMismatchError, match="fingerprint"):
+        load_split(folder, other)
+    lines = (folder / "test.jsonl").read_text().splitlines()
+    (folder / "test.jsonl").write_text("\n".join(lines[1:]) + "\n")
+    with pytest.raises(SplitMismatchError, match=r"test\.jsonl was modified"):
+        load_split(folder, data)
+
+
+def test_freeze_refuses_to_overwrite(tmp_path, split):
+    folder = freeze_split(split, tmp_path / "split")
+    with pytest.raises(FileExistsError, match="pass overwrite=True"):
+        freeze_split(split, folder)
+    freeze_split(split, folder, overwrite=True)
+    foreign = tmp_path / "results"
+    foreign.mkdir()
+    (foreign / "table.csv").write_text("precious")
+    with pytest.raises(FileExistsError, match="refusing to replace"):
+        freeze_split(split, foreign, overwrite=True)
+    assert (foreign / "table.csv").read_text() == "precious"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["results", "split"]  # no temporary folder left behind
+
+
+def test_sliding_windows_and_split_by_user(data):
+    cfg = ProtocolConfig(sliding_windows=True, split_by="user", seed=3)
+    split = build_split(data, cfg)
+    sequences = data.user_sequences()
+    expected = sum(len(s) - 5 for s in sequences.values() if len(s) >= 6)
+    assert sum(split.counts().values()) == expected
+    owners = {}
+    for part, examples in split.parts():
+        for ex in examples:
+            assert owners.setdefault(ex.user, part) == part  # all windows of a user in one part
+            end = int(ex.sequence_id.split(":")[1])
+            assert list(ex.history) + [ex.target] == sequences[ex.user][end - 5 : end + 1]
+    _check_examples(split, data, cfg)
+    capped = build_split(data, ProtocolConfig(sliding_windows=True, max_windows_per_user=2))
+    assert max(Counter(ex.user for ex in _all(capped)).values()) == 2
+
+
+def test_export_recbole(tmp_path, data, split):
+    folder = export_recbole(split, data, tmp_path / "recbole", dataset_name="synthetic")
+    rows = (folder / "synthetic.test.inter").read_text().splitlines()
+    assert rows[0] == "user_id:token\titem_id_list:token_seq\titem_id:token"
+    assert len(rows) == 1 + len(split.test)
+    user, history, target = rows[1].split("\t")
+    ex = split.test[0]
+    assert (user, history.split(" "), target) == (ex.user, list(ex.history), ex.target)
+    items = (folder / "synthetic.item").read_text().splitlines()
+    assert len(items) == 1 + data.num_items and items[1] == f"{data.item_ids[0]}\t{data.title(data.item_ids[0])}"
+    assert "benchmark_filename: [train, valid, test]" in (folder / "synthetic.yaml").read_text()
+    with pytest.raises(FileExistsError):
+        export_recbole(split, data, folder)
+
+
+def test_bad_settings_are_refused(data):
+    with pytest.raises(ValueError, match="split_ratios"):
+        ProtocolConfig(split_ratios=(0.8, 0.1, 0.2))
+    with pytest.raises(ValueError, match="min_interactions"):
+        ProtocolConfig(min_interactions=3)
+    with pytest.raises(ValueError, match="items they never interacted with"):
+        build_split(data, ProtocolConfig(num_candidates=data.num_items))
