@@ -167,5 +167,7 @@ def test_prompts_render_through_the_tiny_processor(tiny_tok, tiny_processor, dat
     batch = collator([sft[0], sft[1]])
     assert int((batch["input_ids"] == pad).sum()) == 2 * 9 * 4
     answers = [tiny_tok.decode(ids[labels != -100]) for ids, labels in zip(batch["input_ids"], batch["labels"])]
-    assert [a.split("<|im_end|>")[0] for a in answers] == [sft[0]["completion"][0]["content"][0]["text"],
-                                                           sft[1]["completion"][0]["content"][0]["text"]]
+    assert [a.split("<|im_end|>")[0] for a in answers] == [
+        sft[0]["completion"][0]["content"][0]["text"],
+        sft[1]["completion"][0]["content"][0]["text"],
+    ]

@@ -278,7 +278,9 @@ def test_llmrec_train_mat_without_scipy_and_refuses_other_pickles(tmp_path):
             return (print, ("pickle payload ran",))
 
     (folder / "train_mat").write_bytes(pickle.dumps(Evil()))
-    with pytest.raises(DataFormatError, match=r"train_mat: cannot read the pickled interaction matrix.*builtins\.print"):
+    with pytest.raises(
+        DataFormatError, match=r"train_mat: cannot read the pickled interaction matrix.*builtins\.print"
+    ):
         load_netflix_llmrec(folder)
     (folder / "train_mat").write_bytes(example)  # 610 x 9724: item ids beyond this 5-item table
     with pytest.raises(UnknownItemError, match=r"not in the item table: '5', '6'"):

@@ -99,7 +99,14 @@ def test_same_seed_byte_identical_jsonl(tmp_path, data, split):
     assert manifest["protocol"]["num_candidates"] == 10
     first = json.loads((a / "train.jsonl").read_text().splitlines()[0])
     assert set(first) == {
-        "sequence_id", "user", "history", "target", "candidates", "target_index", "auc_unwatched", "auc_item",
+        "sequence_id",
+        "user",
+        "history",
+        "target",
+        "candidates",
+        "target_index",
+        "auc_unwatched",
+        "auc_item",
         "auc_label",
     }
 

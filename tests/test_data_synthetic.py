@@ -62,8 +62,10 @@ def test_titles_and_posters_carry_the_genre(synthetic):
     labels = np.array([names.index(data.genres[i][0]) for i in data.item_ids])
     half = len(labels) // 2
     centroids = np.stack(
-        [thumbs[:half][labels[:half] == g].mean(0) if (labels[:half] == g).any() else np.full(thumbs.shape[1], 1e9)
-         for g in range(len(names))]
+        [
+            thumbs[:half][labels[:half] == g].mean(0) if (labels[:half] == g).any() else np.full(thumbs.shape[1], 1e9)
+            for g in range(len(names))
+        ]
     )
     predicted = np.argmin(((thumbs[half:, None, :] - centroids[None]) ** 2).sum(-1), axis=1)
     accuracy = (predicted == labels[half:]).mean()

@@ -246,9 +246,7 @@ class RecData:
     def _report_unreadable(self, failures: dict[str, str]) -> None:
         ids = list(failures)
         first = failures[ids[0]]
-        message = (
-            f"{self.name}: {len(ids)} item image(s) could not be read (items {_first(ids)}; first error: {first})"
-        )
+        message = f"{self.name}: {len(ids)} item image(s) could not be read (items {_first(ids)}; first error: {first})"
         if self.strict_images:
             raise DataFormatError(message)
         self._bad_images.update(ids)
@@ -618,7 +616,11 @@ def load_microlens(
     )
     image_paths = None
     if images:
-        folder = data_dir / image_dir if image_dir is not None else _default_dir(data_dir, ("covers", "MicroLens-50k_covers"))
+        folder = (
+            data_dir / image_dir
+            if image_dir is not None
+            else _default_dir(data_dir, ("covers", "MicroLens-50k_covers"))
+        )
         image_paths = _find_images(name, item_ids, folder, image_pattern, strict_images)
     return RecData(
         name=name,
@@ -827,7 +829,9 @@ def load_netflix_llmrec(
     )
     image_paths = None
     if images:
-        folder = data_dir / image_dir if image_dir is not None else _default_dir(data_dir, ("posters", "Netflix_Posters"))
+        folder = (
+            data_dir / image_dir if image_dir is not None else _default_dir(data_dir, ("posters", "Netflix_Posters"))
+        )
         image_paths = _find_images(name, item_ids, folder, image_pattern, strict_images)
     return RecData(
         name=name,

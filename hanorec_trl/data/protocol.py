@@ -201,9 +201,7 @@ def build_split(data: RecData, config: ProtocolConfig | None = None) -> RecSplit
     cfg = config or ProtocolConfig()
     negatives_needed = (cfg.num_candidates - 1) + cfg.auc_num_unwatched + 1
     pool = np.array(data.item_ids, dtype=object)
-    split_rng, candidate_rng, auc_rng = (
-        np.random.default_rng(s) for s in np.random.SeedSequence(cfg.seed).spawn(3)
-    )
+    split_rng, candidate_rng, auc_rng = (np.random.default_rng(s) for s in np.random.SeedSequence(cfg.seed).spawn(3))
 
     sequences = data.user_sequences()
     kept_users = [u for u, seq in sequences.items() if len(seq) >= cfg.min_interactions]
@@ -308,7 +306,9 @@ def _prepare_output(out_dir: Path, overwrite: bool, marker: str) -> Path:
             if not overwrite:
                 raise FileExistsError(f"{out_dir} exists and is not empty; pass overwrite=True to replace it")
             if not (out_dir / marker).is_file():
-                raise FileExistsError(f"{out_dir} has no {marker}: it was not written by hanorec_trl; refusing to replace it")
+                raise FileExistsError(
+                    f"{out_dir} has no {marker}: it was not written by hanorec_trl; refusing to replace it"
+                )
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     return Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
 
@@ -448,7 +448,10 @@ def export_recbole(
         for part, suffix in zip(SPLIT_NAMES, ("train", "valid", "test")):
             examples = dict(split.parts())[part]
             lines = ["user_id:token\titem_id_list:token_seq\titem_id:token\n"]
-            lines += [f"{_token(ex.user)}\t{' '.join(_token(i) for i in ex.history)}\t{_token(ex.target)}\n" for ex in examples]
+            lines += [
+                f"{_token(ex.user)}\t{' '.join(_token(i) for i in ex.history)}\t{_token(ex.target)}\n"
+                for ex in examples
+            ]
             (tmp / f"{name}.{suffix}.inter").write_text("".join(lines), encoding="utf-8")
         lines = ["item_id:token\ttitle:token_seq\n"]
         lines += [f"{_token(item)}\t{_token(data.titles[item])}\n" for item in data.item_ids]

@@ -34,6 +34,7 @@ from tqdm.auto import tqdm
 __all__ = ["GENRES", "SyntheticConfig", "write_synthetic_movielens"]
 
 # name, poster colour, poster shape, title words. Colour and shape together identify a genre.
+# fmt: off
 GENRES: tuple[tuple[str, tuple[int, int, int], str, tuple[str, ...]], ...] = (
     ("Action", (200, 40, 30), "triangle",
      ("Bullet", "Fury", "Strike", "Rampage", "Impact", "Blast", "Vengeance", "Hammer", "Rogue", "Firestorm", "Steel", "Takedown")),
@@ -72,6 +73,7 @@ GENRES: tuple[tuple[str, tuple[int, int, int], str, tuple[str, ...]], ...] = (
     ("Western", (180, 120, 60), "dots",
      ("Outlaw", "Saloon", "Frontier", "Sheriff", "Gunslinger", "Prairie", "Rustler", "Stagecoach", "Mesa", "Desperado", "Rodeo", "Canyon Trail")),
 )
+# fmt: on
 _SEQUEL_SUFFIXES = ("II", "III", "Returns", "Part 2", "Reloaded")
 _TITLE_FORMS = ("{a} {b}", "The {a} {b}", "{a} of the {b}", "{b}: {a}")
 
@@ -335,7 +337,9 @@ def write_synthetic_movielens(
             rating_lines.append(f"{u}::{k + 1}::{rating}::{stamp}\n")
         gender = "MF"[int(rng_meta.integers(2))]
         age = ages[int(rng_meta.integers(len(ages)))]
-        user_lines.append(f"{u}::{gender}::{age}::{int(rng_meta.integers(21))}::{int(rng_meta.integers(10000, 99999))}\n")
+        user_lines.append(
+            f"{u}::{gender}::{age}::{int(rng_meta.integers(21))}::{int(rng_meta.integers(10000, 99999))}\n"
+        )
     (out / "ratings.dat").write_text("".join(rating_lines), encoding="ascii")
     (out / "users.dat").write_text("".join(user_lines), encoding="ascii")
     (out / "synthetic_config.json").write_text(json.dumps(asdict(cfg), indent=2, sort_keys=True) + "\n")
