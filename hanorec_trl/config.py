@@ -41,6 +41,14 @@ class HaNoDPOConfig(DPOConfig):
         lora_noise_mode (`str`, defaults to `"absolute"`): `"absolute"` (paper) or `"relative"` (sigma x RMS of each
             matrix).
         lora_noise_seed (`int`, *optional*): seed of the noise; defaults to `seed`.
+        fast_prompt_once (`bool`, defaults to `True`): pack each prompt once with all its completions (exact; see
+            docs/fast_path.md); falls back to TRL's batches, with a log line, where it does not apply.
+        fast_vision_cache (`bool`, defaults to `True`): compute each distinct image's features once when the vision
+            tower is frozen.
+        vision_cache_dir (`str`, *optional*): folder for a persistent vision feature cache.
+        vision_cache_device (`str`, defaults to `"cpu"`): where cached features live (`"cpu"` or `"model"`).
+        fast_ref_cache (`bool`, defaults to `True`): compute the reference log-probs of every row once before
+            training (exact: the reference is fixed), also for vision datasets.
     """
 
     use_hardness: bool = field(
@@ -94,6 +102,33 @@ class HaNoDPOConfig(DPOConfig):
         default=None, metadata={"help": "Seed of the LoRA noise (defaults to `seed`)."}
     )
 
+    fast_prompt_once: bool = field(
+        default=True,
+        metadata={
+            "help": "Run each prompt once per batch and score all its completions against it (exact; falls back to "
+            "TRL's batches where it does not apply)."
+        },
+    )
+    fast_vision_cache: bool = field(
+        default=True,
+        metadata={"help": "Cache each distinct image's visual features when the vision tower is frozen (exact)."},
+    )
+    vision_cache_dir: str | None = field(
+        default=None, metadata={"help": "Folder for a persistent vision feature cache (default: memory only)."}
+    )
+    vision_cache_device: str = field(
+        default="cpu",
+        metadata={"help": "Where cached visual features live: 'cpu' or 'model' (the model's device).",
+                  "choices": ["cpu", "model"]},
+    )
+    fast_ref_cache: bool = field(
+        default=True,
+        metadata={
+            "help": "Compute the reference log-probs of every row once before training (exact: the reference is "
+            "fixed); works for vision datasets, which TRL's precompute_ref_log_probs refuses."
+        },
+    )
+
     @property
     def uses_adaptive_beta(self) -> bool:
         """True when beta varies per sample or per batch (hardness or responsiveness on)."""
@@ -111,6 +146,8 @@ class HaNoDPOConfig(DPOConfig):
             raise ValueError(f"beta_floor must be > 0, got {self.beta_floor}")
         if not 0 <= self.responsiveness_momentum < 1:
             raise ValueError(f"responsiveness_momentum must be in [0, 1), got {self.responsiveness_momentum}")
+        if self.vision_cache_device not in ("cpu", "model"):
+            raise ValueError(f"vision_cache_device must be 'cpu' or 'model', got {self.vision_cache_device!r}")
         if self.eta_min is not None and self.eta_max is not None and self.eta_min > self.eta_max:
             raise ValueError(f"eta_min ({self.eta_min}) is larger than eta_max ({self.eta_max})")
         if not self.uses_adaptive_beta:

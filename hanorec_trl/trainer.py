@@ -22,6 +22,7 @@ never ``evaluate`` or the reference forward (adapters disabled there, so the LoR
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -30,11 +31,18 @@ from typing import Any
 
 import numpy as np
 import torch
+from accelerate.utils import gather_object, is_peft_model
 from datasets import Dataset, IterableDataset
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 from trl import DPOTrainer
+from trl.trainer.utils import use_adapter
 
 from .config import HaNoDPOConfig
+from .fast.forward import packed_forward, trl_layout_inputs, unsupported_reason, unwrap_hf_model, vision_tower_frozen
+from .fast.packing import PACKED_KEY, SCALAR_COLUMNS, PackedPreferenceCollator
+from .fast.vision_cache import VisionFeatureCache, module_fingerprint
 from .noise import _lora_linears, lora_noise
 from .responsiveness import ResponsivenessTracker
 
@@ -135,6 +143,21 @@ class _AdaptiveBetaForward:
         return outputs
 
 
+class _PackedPolicy:
+    """Stands in for the policy model inside TRL's loss on a packed batch: returns TRL-layout per-token fields."""
+
+    def __init__(self, model: Callable, batch: dict, cache: VisionFeatureCache | None):
+        self.model, self.batch, self.cache = model, batch, cache
+
+    def __call__(self, **kwargs: Any) -> Any:
+        if not kwargs.get("fused_lm_head"):
+            raise ValueError(
+                "logits were requested (compute_metrics / return_outputs=True), which the prompt-once fast path does "
+                "not build; set fast_prompt_once=False"
+            )
+        return packed_forward(self.model, self.batch, self.cache)
+
+
 class HaNoDPOTrainer(DPOTrainer):
     r"""
     TRL's [`~trl.DPOTrainer`] with HaNoRec's hardness-aware, responsiveness-scaled beta and LoRA noise.
@@ -216,8 +239,16 @@ class HaNoDPOTrainer(DPOTrainer):
             quantization_config=quantization_config,
             peft_config=peft_config,
         )
+        self._vision_caches: dict[int, VisionFeatureCache | None] = {}
+        self.fast_path_off_reason = self._fast_path_off_reason(data_collator, compute_metrics)
+        if self.fast_path_off_reason is None:
+            self.data_collator = PackedPreferenceCollator(self.processing_class, max_length=args.max_length)
+            logger.info("HaNoDPOTrainer: prompt-once fast path on")
+        elif args.fast_prompt_once:
+            logger.warning("HaNoDPOTrainer: prompt-once fast path off: %s", self.fast_path_off_reason)
         if args.use_hardness:
             self.data_collator = HardnessCollator(self.data_collator, args.hardness_column)
+        self._maybe_cache_reference_logps()
         self.responsiveness_tracker = ResponsivenessTracker(
             momentum=args.responsiveness_momentum,
             eps=args.responsiveness_eps,
@@ -238,38 +269,152 @@ class HaNoDPOTrainer(DPOTrainer):
     # ------------------------------------------------------------------------------------------------ data plumbing
     def _set_signature_columns_if_needed(self):
         super()._set_signature_columns_if_needed()
-        column = self.args.hardness_column
-        if self.args.use_hardness and column not in self._signature_columns:
-            self._signature_columns = [*self._signature_columns, column]
+        extra = [self.args.hardness_column] if self.args.use_hardness else []
+        extra += ["ref_chosen_logps", "ref_rejected_logps"]  # cached reference log-probs (also for vision rows)
+        self._signature_columns = [*self._signature_columns, *(c for c in extra if c not in self._signature_columns)]
+
+    # ------------------------------------------------------------------------------------------------- fast path
+    def _fast_path_off_reason(self, data_collator, compute_metrics) -> str | None:
+        """Why the prompt-once packed batches cannot be used here, or None when they can (issue "Fast path")."""
+        args = self.args
+        if not args.fast_prompt_once:
+            return "fast_prompt_once=False"
+        if data_collator is not None:
+            return "a custom data_collator was given"
+        if compute_metrics is not None:
+            return "compute_metrics needs logits, which packed batches do not build"
+        if args.padding_free or args.use_liger_kernel or args.pad_to_multiple_of is not None:
+            return "padding_free / use_liger_kernel / pad_to_multiple_of are set"
+        if not self._is_vision_dataset and args.max_length is not None and args.truncation_mode != "keep_start":
+            return f"truncation_mode={args.truncation_mode!r}"
+        if self.aux_loss_enabled:
+            return "mixture-of-experts auxiliary loss"
+        if is_peft_model(self.model) and any(c.is_prompt_learning for c in self.model.peft_config.values()):
+            return "prompt-learning PEFT methods prepend virtual tokens"
+        for name, model in (("model", self.model), ("ref_model", self.ref_model)):
+            if model is not None:
+                reason = unsupported_reason(unwrap_hf_model(model))
+                if reason:
+                    return f"{name}: {reason}"
+        return None
+
+    def _vision_cache_for(self, model) -> VisionFeatureCache | None:
+        """The feature cache of ``model``'s vision tower, when it is frozen and caching is on (one per model)."""
+        hf_model = unwrap_hf_model(model)
+        key = id(hf_model)
+        if key not in self._vision_caches:
+            cache = None
+            if self.args.fast_vision_cache and vision_tower_frozen(hf_model):
+                processor = getattr(self.processing_class, "image_processor", None)
+                settings = json.dumps(processor.to_dict() if processor is not None else {}, sort_keys=True, default=str)
+                fingerprint = module_fingerprint(hf_model.model.visual, extra=settings)
+                device = "cpu" if self.args.vision_cache_device == "cpu" else hf_model.device
+                cache = VisionFeatureCache(fingerprint, device=device, directory=self.args.vision_cache_dir)
+            self._vision_caches[key] = cache
+        return self._vision_caches[key]
+
+    def _reference_logps(self, model, inputs: dict) -> tuple[torch.Tensor, torch.Tensor]:
+        """Reference log-probs of a batch (packed or standard), without toggling gradient checkpointing.
+
+        TRL re-enables checkpointing after each reference forward, which registers its input hooks again every step;
+        under ``no_grad`` the toggle is not needed.
+        """
+        reference = self.ref_model if self.ref_model is not None else model
+        adapter = contextlib.nullcontext()
+        if self.ref_model is None and is_peft_model(self.accelerator.unwrap_model(self.model)):
+            peft_model = self.accelerator.unwrap_model(self.model)
+            adapter = use_adapter(peft_model, adapter_name="ref" if "ref" in peft_model.peft_config else None)
+        with torch.no_grad(), adapter, self.accelerator.autocast():
+            if PACKED_KEY in inputs:
+                logps = packed_forward(reference, inputs, self._vision_cache_for(reference)).log_probs.sum(dim=1)
+            else:
+                skip = {"completion_mask", "ref_chosen_logps", "ref_rejected_logps"}
+                kwargs = {k: v for k, v in inputs.items() if k not in skip}
+                labels = inputs["input_ids"].masked_fill(inputs["completion_mask"] == 0, -100)
+                seq_len = labels.size(1) - 1
+                out = reference(**kwargs, labels=labels, fused_lm_head=True, use_cache=False)
+                logps = out.log_probs[:, -seq_len:].sum(dim=1)
+        return logps.chunk(2, dim=0)
+
+    def _maybe_cache_reference_logps(self) -> None:
+        """Adds ``ref_chosen_logps``/``ref_rejected_logps`` columns computed once with the packed forward."""
+        args = self.args
+        if not args.fast_ref_cache or args.precompute_ref_log_probs:
+            return
+        reason = None
+        if self.fast_path_off_reason is not None:
+            reason = "the prompt-once fast path is off"
+        elif args.sync_ref_model:
+            reason = "sync_ref_model changes the reference during training"
+        elif self.is_deepspeed_enabled or self.is_fsdp_enabled:
+            reason = "DeepSpeed/FSDP place the model only when training starts"
+        if reason:
+            logger.info("HaNoDPOTrainer: reference log-probs computed every step (%s)", reason)
+            return
+        self.train_dataset = self._with_reference_logps(self.train_dataset, "train")
+        if isinstance(self.eval_dataset, dict):
+            self.eval_dataset = {k: self._with_reference_logps(v, k) for k, v in self.eval_dataset.items()}
+        elif self.eval_dataset is not None:
+            self.eval_dataset = self._with_reference_logps(self.eval_dataset, "eval")
+
+    def _with_reference_logps(self, dataset, name: str):
+        if not isinstance(dataset, Dataset) or "ref_chosen_logps" in dataset.column_names:
+            return dataset
+        batch_size = self.args.precompute_ref_batch_size or self.args.per_device_train_batch_size
+        collator = PackedPreferenceCollator(self.processing_class, max_length=self.args.max_length)
+        indices = list(range(len(dataset)))
+        chosen, rejected = {}, {}
+        with self.accelerator.split_between_processes(indices) as mine:
+            loader = DataLoader(dataset.select(mine), batch_size=batch_size, collate_fn=collator, shuffle=False,
+                                num_workers=self.args.dataloader_num_workers)
+            done = 0
+            for batch in tqdm(loader, desc=f"Reference log-probs ({name}, prompt-once)",
+                              disable=not self.accelerator.is_local_main_process):
+                batch = self._prepare_inputs(batch)
+                ref_chosen, ref_rejected = self._reference_logps(self.model, batch)
+                for offset, (c, r) in enumerate(zip(ref_chosen.tolist(), ref_rejected.tolist(), strict=True)):
+                    chosen[mine[done + offset]], rejected[mine[done + offset]] = c, r
+                done += ref_chosen.numel()
+        merged_chosen, merged_rejected = {}, {}
+        for part in gather_object([(chosen, rejected)]):
+            merged_chosen.update(part[0])
+            merged_rejected.update(part[1])
+        dataset = dataset.add_column("ref_chosen_logps", [merged_chosen[i] for i in indices])
+        return dataset.add_column("ref_rejected_logps", [merged_rejected[i] for i in indices])
 
     # ------------------------------------------------------------------------------------------------------- loss
     def _compute_loss(self, model, inputs, return_outputs):
         column = self.args.hardness_column
         lambdas = inputs.get(column) if self.args.use_hardness else None
         inputs = {k: v for k, v in inputs.items() if k != column}
-        if not self.args.uses_adaptive_beta:
-            return super()._compute_loss(model, inputs, return_outputs)
+        packed = PACKED_KEY in inputs
+        if not packed and not self.args.uses_adaptive_beta:
+            return super()._compute_loss(model, inputs, return_outputs)  # plain TRL
 
-        mode = "train" if self.model.training else "eval"
-        batch_size = inputs["input_ids"].size(0) // 2
-        if lambdas is None:
-            if self.args.use_hardness:
-                raise ValueError(f"use_hardness=True but the batch has no {column!r} column")
-            lambdas = torch.ones(batch_size)
-        lambdas = lambdas.to(self.accelerator.device, torch.float32)
-
-        if "ref_chosen_logps" in inputs:  # precompute_ref_log_probs=True
+        if "ref_chosen_logps" in inputs:  # cached or precomputed
             ref_logps = (inputs["ref_chosen_logps"], inputs["ref_rejected_logps"])
         else:
-            ref_logps = self.compute_ref_log_probs(self.ref_model if self.ref_model is not None else model, inputs)
-            inputs = {**inputs, "ref_chosen_logps": ref_logps[0], "ref_rejected_logps": ref_logps[1]}
+            ref_logps = self._reference_logps(model, inputs)
         ref_logps = tuple(r.to(self.accelerator.device) for r in ref_logps)
+        if packed:
+            policy = _PackedPolicy(model, inputs, self._vision_cache_for(model))
+            trl_inputs = trl_layout_inputs(inputs)
+        else:
+            policy, trl_inputs = model, dict(inputs)
+        trl_inputs["ref_chosen_logps"], trl_inputs["ref_rejected_logps"] = ref_logps
 
-        policy = _AdaptiveBetaForward(self, model, ref_logps, lambdas, mode)
+        if self.args.uses_adaptive_beta:
+            mode = "train" if self.model.training else "eval"
+            if lambdas is None:
+                if self.args.use_hardness:
+                    raise ValueError(f"use_hardness=True but the batch has no {column!r} column")
+                lambdas = torch.ones(trl_inputs["completion_mask"].size(0) // 2)
+            policy = _AdaptiveBetaForward(self, policy, ref_logps, lambdas.to(self.accelerator.device, torch.float32),
+                                          mode)
         precompute = self.precompute_ref_logps
-        self.precompute_ref_logps = True
+        self.precompute_ref_logps = True  # hand TRL the reference log-probs computed above
         try:
-            return super()._compute_loss(policy, inputs, return_outputs)
+            return super()._compute_loss(policy, trl_inputs, return_outputs)
         finally:
             self.precompute_ref_logps = precompute
             self.beta = self.args.beta

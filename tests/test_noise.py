@@ -1,10 +1,13 @@
 """NoDO (Eq. 10): exact perturbation, checkpointing-safe gradients, untouched parameters, scope, determinism."""
 
+from unittest import mock
+
 import pytest
 import torch
 from conftest import preference_dataset
 from peft import LoraConfig, get_peft_model
 from torch import nn
+from trl import DPOTrainer
 from trainer_utils import GradRecorder, first_batch, losses, make_trainer
 
 from hanorec_trl import lora_noise
@@ -95,32 +98,32 @@ def test_gradients_identical_with_and_without_checkpointing(tiny_tok, tmp_path):
     assert differs, "noise did not change the gradients: the comparison would be vacuous"
 
 
-def test_no_noise_in_evaluate_or_reference(tiny_tok, tmp_path):
+@pytest.mark.parametrize("fast", [True, False], ids=["packed", "standard"])
+def test_no_noise_in_evaluate_or_reference(fast, tiny_tok, tmp_path):
     ds = preference_dataset(n=4, with_images=False, lambdas=[1.0] * 4)
-    noisy = make_trainer(tiny_qwen2(tiny_tok), tiny_tok, ds, tmp_path / "a", eval_dataset=ds, lora_noise_std=0.5,
-                         use_hardness=False, use_responsiveness=True)
-    clean = make_trainer(tiny_qwen2(tiny_tok), tiny_tok, ds, tmp_path / "b", eval_dataset=ds, lora_noise_std=0.0,
-                         use_hardness=False, use_responsiveness=True)
+    common = dict(eval_dataset=ds, use_hardness=False, use_responsiveness=True, fast_prompt_once=fast)
+    noisy = make_trainer(tiny_qwen2(tiny_tok), tiny_tok, ds, tmp_path / "a", lora_noise_std=0.5, **common)
+    clean = make_trainer(tiny_qwen2(tiny_tok), tiny_tok, ds, tmp_path / "b", lora_noise_std=0.0, **common)
     assert noisy.evaluate()["eval_loss"] == clean.evaluate()["eval_loss"]
 
-    # During a noised training step the reference log-probs are the clean reference's.
+    # During a noised training step, TRL's loss receives the clean reference log-probs.
     batch = first_batch(noisy)
     with torch.no_grad():
-        expected_ref = noisy.compute_ref_log_probs(noisy.model, batch)
+        plain = {k: v for k, v in batch.items() if not k.startswith("ref_")}
+        expected_ref = noisy._reference_logps(noisy.model, plain)
     seen = []
-    original = noisy.compute_ref_log_probs
+    original = DPOTrainer._compute_loss
 
-    def recording(model, inputs):
-        out = original(model, inputs)
-        seen.append(out)
-        return out
+    def spy(self, model, inputs, return_outputs):
+        seen.append((inputs["ref_chosen_logps"], inputs["ref_rejected_logps"]))
+        return original(self, model, inputs, return_outputs)
 
-    noisy.compute_ref_log_probs = recording
     noisy.current_gradient_accumulation_steps = 1
-    noisy.training_step(noisy.model, batch)
+    with mock.patch.object(DPOTrainer, "_compute_loss", spy):
+        noisy.training_step(noisy.model, batch)
     assert len(seen) == 1
     for got, want in zip(seen[0], expected_ref, strict=True):
-        torch.testing.assert_close(got, want, rtol=0, atol=0)
+        torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-5)
     assert noisy._metrics["train"]["hano/noise_scale"][-1] == 0.5
 
 

@@ -4,7 +4,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from conftest import preference_dataset
-from trainer_utils import first_batch, make_trainer, sequence_logps
+from trainer_utils import first_batch, make_trainer, rows_of, sequence_logps, standard_batch, trainer_batch
 
 from hanorec_trl.models import tiny_qwen2, tiny_qwen2_5_vl
 
@@ -12,17 +12,21 @@ LAMBDAS = [0.5, 2.0, 1.3, 0.8]
 
 
 @pytest.mark.parametrize("kind", ["vlm", "text"])
-def test_loss_is_mean_logsigmoid_of_per_sample_beta(kind, tiny_tok, tiny_processor, tmp_path):
+@pytest.mark.parametrize("fast", [True, False], ids=["packed", "standard"])
+def test_loss_is_mean_logsigmoid_of_per_sample_beta(kind, fast, tiny_tok, tiny_processor, tmp_path):
     vlm = kind == "vlm"
     model = tiny_qwen2_5_vl(tiny_tok) if vlm else tiny_qwen2(tiny_tok)
     ds = preference_dataset(n=4, with_images=vlm, lambdas=LAMBDAS)
     trainer = make_trainer(model, tiny_processor if vlm else tiny_tok, ds, tmp_path, use_hardness=True,
-                           use_responsiveness=False, lora_noise_std=0.0, per_device_train_batch_size=4, beta=0.2)
-    batch = first_batch(trainer)
-    assert sorted(batch["hano_lambda"].tolist()) == pytest.approx(sorted(LAMBDAS))  # survived TRL's plumbing
+                           use_responsiveness=False, lora_noise_std=0.0, per_device_train_batch_size=4, beta=0.2,
+                           fast_prompt_once=fast)
+    assert (trainer.fast_path_off_reason is None) == fast
+    assert sorted(first_batch(trainer)["hano_lambda"].tolist()) == pytest.approx(sorted(LAMBDAS))  # survived TRL
+    rows = rows_of(trainer, 4)
     trainer.model.train()
-    loss = trainer.compute_loss(trainer.model, batch)
+    loss = trainer.compute_loss(trainer.model, trainer_batch(trainer, rows))
 
+    batch = standard_batch(trainer, rows)  # hand computation on TRL's own layout, from plain logits
     with torch.no_grad():
         policy = sequence_logps(trainer.model, batch)
         with trainer.model.disable_adapter():
@@ -40,9 +44,8 @@ def test_loss_is_mean_logsigmoid_of_per_sample_beta(kind, tiny_tok, tiny_process
     assert trainer.beta == 0.2  # restored after the loss
 
     # changing one row's lambda changes the loss
-    batch2 = dict(batch, hano_lambda=batch["hano_lambda"].clone())
-    batch2["hano_lambda"][1] = 5.0
-    loss2 = trainer.compute_loss(trainer.model, batch2)
+    rows[1]["hano_lambda"] = 5.0
+    loss2 = trainer.compute_loss(trainer.model, trainer_batch(trainer, rows))
     assert abs(loss2.item() - loss.item()) > 1e-5
 
 

@@ -11,9 +11,16 @@ from trainer_utils import GradRecorder, first_batch, lora_grads, losses, make_tr
 
 from hanorec_trl.models import tiny_qwen2, tiny_qwen2_5_vl
 
+STANDARD = dict(fast_prompt_once=False)  # TRL's own batches
 ALL_OFF = dict(use_hardness=False, use_responsiveness=False, lora_noise_std=0.0)
 # Adaptive path switched on, but lambda = 1 and eta = 1 (warm-up), so beta' = beta0 exactly.
 ADAPTIVE_UNIT = dict(use_hardness=True, use_responsiveness=True, responsiveness_warmup=100, lora_noise_std=0.0)
+CONFIGS = {
+    "all_off": {**ALL_OFF, **STANDARD},  # pure TRL code path
+    "adaptive_unit": {**ADAPTIVE_UNIT, **STANDARD},  # per-sample beta machinery on TRL's batches
+    "fast_all_off": ALL_OFF,  # prompt-once packed batches + cached reference log-probs
+    "fast_adaptive_unit": ADAPTIVE_UNIT,
+}
 
 
 def _setup(kind, tiny_tok, tiny_processor):
@@ -23,8 +30,9 @@ def _setup(kind, tiny_tok, tiny_processor):
 
 
 @pytest.mark.parametrize("kind", ["vlm", "text"])
-@pytest.mark.parametrize("hano_config", [ALL_OFF, ADAPTIVE_UNIT], ids=["all_off", "adaptive_unit"])
-def test_loss_and_gradients_equal_trl(kind, hano_config, tiny_tok, tiny_processor, tmp_path):
+@pytest.mark.parametrize("config_name", list(CONFIGS))
+def test_loss_and_gradients_equal_trl(kind, config_name, tiny_tok, tiny_processor, tmp_path):
+    hano_config = CONFIGS[config_name]
     build, processing, images = _setup(kind, tiny_tok, tiny_processor)
     ds = preference_dataset(n=4, with_images=images, lambdas=[1.0] * 4)
     results = []
@@ -44,25 +52,27 @@ def test_loss_and_gradients_equal_trl(kind, hano_config, tiny_tok, tiny_processo
     for name in grads_trl:
         torch.testing.assert_close(grads_hano[name], grads_trl[name], rtol=1e-5, atol=1e-7, msg=name)
     for key in ("rewards/chosen", "rewards/rejected", "rewards/margins", "logps/chosen", "logps/rejected"):
-        assert m_hano[key] == pytest.approx(m_trl[key], rel=1e-5, abs=1e-7), key
-    if hano_config is ADAPTIVE_UNIT:
+        # the reference log-probs of the fast path come from the packed forward: fp32 rounding of ~1e-5 nats
+        assert m_hano[key] == pytest.approx(m_trl[key], rel=1e-4, abs=1e-5), key
+    if hano_config.get("use_hardness"):
         assert m_hano["hano/eta"] == 1.0 and m_hano["hano/beta_mean"] == pytest.approx(0.1)
 
 
 @pytest.mark.parametrize("kind", ["vlm", "text"])
-def test_log_history_equals_trl_over_steps(kind, tiny_tok, tiny_processor, tmp_path):
+@pytest.mark.parametrize("config_name", ["adaptive_unit", "fast_adaptive_unit"])
+def test_log_history_equals_trl_over_steps(kind, config_name, tiny_tok, tiny_processor, tmp_path):
     build, processing, images = _setup(kind, tiny_tok, tiny_processor)
     ds = preference_dataset(n=6, with_images=images, lambdas=[1.0] * 6)
     histories, grads = [], []
     for hano in (False, True):
         recorder = GradRecorder()
         trainer = make_trainer(build(), processing, ds, tmp_path / str(hano), hano=hano, callbacks=[recorder],
-                               **(ADAPTIVE_UNIT if hano else {}))
+                               **(CONFIGS[config_name] if hano else {}))
         trainer.train()
         histories.append(losses(trainer.state.log_history))
         grads.append(recorder.grads)
     assert len(histories[0]) == 3
-    assert histories[1] == pytest.approx(histories[0], rel=1e-6, abs=1e-7)
+    assert histories[1] == pytest.approx(histories[0], rel=1e-5, abs=1e-6)
     for step_trl, step_hano in zip(*grads, strict=True):
         for name in step_trl:
-            torch.testing.assert_close(step_hano[name], step_trl[name], rtol=1e-5, atol=1e-7)
+            torch.testing.assert_close(step_hano[name], step_trl[name], rtol=1e-4, atol=1e-6)

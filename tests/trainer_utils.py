@@ -90,3 +90,26 @@ class GradRecorder:
 
     def on_pre_optimizer_step(self, args, state, control, model=None, **kwargs):
         self.grads.append(lora_grads(model))
+
+
+def rows_of(trainer, n):
+    """The first n rows of the trainer's (prepared) training dataset, in order."""
+    return [dict(trainer.train_dataset[i]) for i in range(n)]
+
+
+def standard_batch(trainer, rows):
+    """TRL's own [chosen; rejected] batch of these rows (whatever collator the trainer uses)."""
+    from trl.trainer.dpo_trainer import DataCollatorForPreference, DataCollatorForVisionPreference
+
+    if "images" in rows[0]:
+        collator = DataCollatorForVisionPreference(processor=trainer.processing_class)
+    else:
+        collator = DataCollatorForPreference(pad_token_id=trainer.processing_class.pad_token_id)
+    batch = collator([{k: v for k, v in r.items() if k != "hano_lambda"} for r in rows])
+    batch["hano_lambda"] = torch.tensor([r["hano_lambda"] for r in rows])
+    return trainer._prepare_inputs(batch)
+
+
+def trainer_batch(trainer, rows):
+    """The batch the trainer's own collator (packed or standard) makes of these rows, on the trainer's device."""
+    return trainer._prepare_inputs(trainer.data_collator([dict(r) for r in rows]))

@@ -1,0 +1,185 @@
+"""The forward pass of a packed (prompt-once) batch, returning per-token log-probs in TRL's layout.
+
+The model is called through its own ``forward`` with TRL's fused LM head (``fused_lm_head=True``), so the numerics of
+the log-probs and of the metrics (entropy, mean logits, top-1) are TRL's. What changes is the input: one packed
+sequence per prompt (see :mod:`.packing`), the segment attention mask, position ids recomputed for each completion as
+in its standard sequence, and, for Qwen2-VL-family models, the image features spliced into the input embeddings from a
+:class:`~.vision_cache.VisionFeatureCache` instead of running the vision tower again.
+"""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+from typing import Any
+
+import torch
+from torch import nn
+
+from .packing import PACKED_KEY, segment_mask_function
+from .vision_cache import VisionFeatureCache
+
+SUPPORTED_ATTENTION = ("sdpa", "eager")
+PER_TOKEN_FIELDS = ("log_probs", "entropy", "mean_logits", "is_top1", "log_sum_sq_probs")
+
+
+def unwrap_hf_model(model: nn.Module) -> nn.Module:
+    """The Hugging Face ``PreTrainedModel`` under DDP/accelerate and PEFT wrappers."""
+    while hasattr(model, "module") and not hasattr(model, "config"):
+        model = model.module
+    get_base = getattr(model, "get_base_model", None)
+    return get_base() if callable(get_base) and hasattr(model, "peft_config") else model
+
+
+def is_qwen_vl(hf_model: nn.Module) -> bool:
+    inner = getattr(hf_model, "model", None)
+    return inner is not None and hasattr(inner, "get_rope_index") and hasattr(inner, "visual")
+
+
+def vision_tower_frozen(hf_model: nn.Module) -> bool:
+    return is_qwen_vl(hf_model) and not any(p.requires_grad for p in hf_model.model.visual.parameters())
+
+
+def unsupported_reason(hf_model: nn.Module) -> str | None:
+    """Why the packed forward cannot run this model exactly, or None when it can."""
+    text_config = hf_model.config.get_text_config()
+    attention = getattr(hf_model.config, "_attn_implementation", None)
+    if attention not in SUPPORTED_ATTENTION:
+        return f"attention implementation {attention!r} takes no custom mask (supported: {SUPPORTED_ATTENTION})"
+    layer_types = set(getattr(text_config, "layer_types", None) or ["full_attention"])
+    if layer_types != {"full_attention"}:
+        return f"the model has {sorted(layer_types - {'full_attention'})} layers"
+    if getattr(hf_model.config, "vision_config", None) is not None and not is_qwen_vl(hf_model):
+        return f"{type(hf_model).__name__} is a vision-language model outside the Qwen2-VL family"
+    return None
+
+
+def _image_features(hf_model, batch: dict, cache: VisionFeatureCache | None) -> torch.Tensor:
+    """Merged features of every image of the batch, in order; frozen towers run under no_grad, once per image."""
+    grids = batch["image_grid_thw"]
+    pixel_values = batch["pixel_values"]
+    keys = batch.get("image_keys")
+    frozen = cache is not None and keys is not None and vision_tower_frozen(hf_model)
+    patches = grids.prod(-1).tolist()
+    if not frozen:
+        out = hf_model.model.get_image_features(pixel_values, grids)
+        return torch.cat(list(getattr(out, "pooler_output", out)), dim=0)
+
+    features = [cache.get(key) for key in keys]
+    missing = sorted({i for i, f in enumerate(features) if f is None}, key=lambda i: i)
+    if missing:
+        starts = [0]
+        for count in patches:
+            starts.append(starts[-1] + count)
+        # compute each distinct missing image once
+        first_of: dict[str, int] = {}
+        for i in missing:
+            first_of.setdefault(keys[i], i)
+        todo = list(first_of.values())
+        pv = torch.cat([pixel_values[starts[i] : starts[i + 1]] for i in todo])
+        with torch.no_grad():
+            out = hf_model.model.get_image_features(pv, grids[todo])
+        for i, feats in zip(todo, getattr(out, "pooler_output", out), strict=True):
+            cache.put(keys[i], feats)
+        features = [cache.get(key) for key in keys]
+    device = hf_model.get_input_embeddings().weight.device
+    return torch.cat([f.to(device, non_blocking=True) for f in features], dim=0)
+
+
+def _position_ids(hf_model, batch: dict) -> torch.Tensor:
+    """Position ids of every packed token: its position in the standard (prompt + one completion) sequence."""
+    offsets = batch["position_offsets"]
+    if not is_qwen_vl(hf_model):
+        return offsets
+    prompt_lengths = batch["prompt_lengths"]
+    width = int(prompt_lengths.max())
+    prompt_ids = batch["input_ids"][:, :width]
+    prompt_mask = torch.arange(width, device=offsets.device)[None, :] < prompt_lengths[:, None]
+    mm_types = batch["mm_token_type_ids"][:, :width] * prompt_mask
+    rope, _ = hf_model.model.get_rope_index(
+        prompt_ids.masked_fill(~prompt_mask, 0),
+        mm_token_type_ids=mm_types,
+        image_grid_thw=batch.get("image_grid_thw"),
+        attention_mask=prompt_mask.long(),
+    )  # (3, groups, width)
+    in_prompt = offsets < prompt_lengths[:, None]
+    clamped = torch.minimum(offsets, prompt_lengths[:, None] - 1).clamp(min=0)
+    prompt_positions = rope.gather(2, clamped[None].expand(3, -1, -1))
+    # text after the prompt continues from the largest prompt position (Qwen2-VL M-RoPE rule)
+    next_position = (rope.masked_fill(~prompt_mask[None], -1).amax(dim=(0, 2)) + 1)[None, :, None]
+    completion_positions = next_position + (offsets - prompt_lengths[:, None])
+    return torch.where(in_prompt[None], prompt_positions, completion_positions)
+
+
+def packed_forward(model: nn.Module, batch: dict[str, Any], cache: VisionFeatureCache | None = None) -> SimpleNamespace:
+    """Runs a packed batch through ``model`` (fused LM head) and returns TRL-layout per-token fields.
+
+    Returns an object with ``log_probs``, ``entropy``, ``mean_logits``, ``is_top1`` (and ``log_sum_sq_probs`` when the
+    fused head computes it) of shape ``[2 * rows, width]``: rows ``[0, rows)`` are the chosen completions, the rest the
+    rejected ones, each left-aligned and zero past its end — what TRL's ``_compute_loss`` reads from its own forward.
+    """
+    from transformers.masking_utils import create_causal_mask
+
+    hf_model = unwrap_hf_model(model)
+    input_ids = batch["input_ids"]
+    segment_ids = batch[PACKED_KEY]
+    embeddings = hf_model.get_input_embeddings()(input_ids)
+    if is_qwen_vl(hf_model) and batch.get("pixel_values") is not None:
+        features = _image_features(hf_model, batch, cache)
+        image_mask = input_ids == hf_model.config.image_token_id
+        if int(image_mask.sum()) != features.shape[0]:
+            raise ValueError(
+                f"the packed batch has {int(image_mask.sum())} image tokens but its images give {features.shape[0]} "
+                "features; was the prompt truncated (max_length)?"
+            )
+        embeddings = embeddings.masked_scatter(image_mask[..., None], features.to(embeddings.dtype))
+    text_config = hf_model.config.get_text_config()
+    mask = create_causal_mask(
+        text_config,
+        embeddings,
+        batch["attention_mask"],
+        None,
+        and_mask_function=segment_mask_function(segment_ids, batch["prompt_lengths"]),
+    )
+    outputs = model(
+        inputs_embeds=embeddings,
+        attention_mask=mask,
+        position_ids=_position_ids(hf_model, batch),
+        labels=batch["labels"],
+        fused_lm_head=True,
+        use_cache=False,
+    )
+    index, keep = batch["gather_index"], batch["gather_mask"]
+    fields = {}
+    for name in PER_TOKEN_FIELDS:
+        value = getattr(outputs, name, None)
+        if value is None:
+            fields[name] = None
+            continue
+        gathered = value.reshape(-1)[index]
+        fields[name] = gathered & keep if gathered.dtype == torch.bool else gathered * keep
+    fields["aux_loss"] = getattr(outputs, "aux_loss", None)
+    return SimpleNamespace(**fields)
+
+
+def trl_layout_inputs(batch: dict[str, Any]) -> dict[str, torch.Tensor]:
+    """Stand-in inputs for TRL's ``_compute_loss`` matching :func:`packed_forward`'s layout.
+
+    ``completion_mask`` marks each completion's tokens at positions ``1..n`` (TRL shifts it by one);
+    ``attention_mask`` sums, per row, to the tokens of the standard sequence (prompt + completion), so TRL's
+    ``num_tokens`` metric counts what the standard path would.
+    """
+    keep = batch["gather_mask"]
+    rows, width = keep.shape
+    completion_mask = torch.zeros((rows, width + 1), dtype=torch.long, device=keep.device)
+    completion_mask[:, 1:] = keep.long()
+    attention_mask = completion_mask.clone()
+    attention_mask[:, 0] = batch["standard_tokens"] - keep.sum(1)
+    out = {
+        "input_ids": torch.zeros_like(completion_mask),
+        "attention_mask": attention_mask,
+        "completion_mask": completion_mask,
+    }
+    for name in ("ref_chosen_logps", "ref_rejected_logps"):
+        if name in batch:
+            out[name] = batch[name]
+    return out
