@@ -65,10 +65,11 @@ def test_malformed_rating_line_names_file_and_line(tmp_path):
     (folder / "ratings.dat").write_text("\n".join(lines) + "\n")
     with pytest.raises(DataFormatError, match=r"ratings\.dat:3: expected 'UserID::MovieID::Rating::Timestamp'"):
         load_movielens_1m(folder)
-    lines[2] = "1::3::4::yesterday"
-    (folder / "ratings.dat").write_text("\n".join(lines) + "\n")
-    with pytest.raises(DataFormatError, match=r"ratings\.dat:3: .*numbers"):
-        load_movielens_1m(folder)
+    for bad in ("1::3::4::yesterday", "1::3::four::1003"):
+        lines[2] = bad
+        (folder / "ratings.dat").write_text("\n".join(lines) + "\n")
+        with pytest.raises(DataFormatError, match=r"ratings\.dat:3: .*numbers"):
+            load_movielens_1m(folder)
 
 
 def test_malformed_or_duplicate_movie_line(tmp_path):

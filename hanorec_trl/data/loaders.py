@@ -388,7 +388,7 @@ def _parse_ml_ratings(path: Path, min_rating: float | None) -> tuple[list[str], 
         user, item, rating, ts = parts
         try:
             stamp = int(ts)
-            value = float(rating) if min_rating is not None else 0.0
+            value = float(rating)
         except ValueError:
             raise DataFormatError(
                 f"{path}:{lineno}: rating and timestamp must be numbers in 'UserID::MovieID::Rating::Timestamp', "
