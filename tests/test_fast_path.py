@@ -1,0 +1,132 @@
+"""Fast path (prompt-once packing, vision feature cache, cached reference): exact w.r.t. TRL's standard path."""
+
+import pytest
+import torch
+from conftest import preference_dataset, preference_rows, solid_image
+from datasets import Dataset
+from trainer_utils import lora_grads, make_trainer, rows_of, trainer_batch
+
+from hanorec_trl.fast.vision_cache import image_key, module_fingerprint
+from hanorec_trl.models import tiny_qwen2, tiny_qwen2_5_vl
+
+
+def shared_prompt_rows(with_images, n_prompts=2, n_rejected=3):
+    """Ranking rows with several rejected completions per prompt (one row per pair), as the data layer builds them."""
+    base = preference_rows(n=n_prompts, with_images=with_images, lambdas=[1.0] * n_prompts)
+    others = preference_rows(n=n_rejected, with_images=with_images, seed=5)
+    rows = []
+    for p, row in enumerate(base):
+        for k in range(n_rejected):
+            rows.append(dict(row, rejected=others[k]["chosen"], hano_lambda=0.5 + 0.25 * k + p))
+    return rows
+
+
+def _loss_grads(trainer, rows):
+    trainer.model.zero_grad()
+    trainer.model.train()
+    loss = trainer.compute_loss(trainer.model, trainer_batch(trainer, rows))
+    loss.backward()
+    return loss.detach(), lora_grads(trainer.model)
+
+
+@pytest.mark.parametrize("kind", ["vlm", "text"])
+@pytest.mark.parametrize("checkpointing", [True, False], ids=["gc", "no_gc"])
+def test_several_rejected_per_prompt_equal_standard(kind, checkpointing, tiny_tok, tiny_processor, tmp_path):
+    vlm = kind == "vlm"
+    build = (lambda: tiny_qwen2_5_vl(tiny_tok)) if vlm else (lambda: tiny_qwen2(tiny_tok))
+    ds = Dataset.from_list(shared_prompt_rows(vlm))
+    results = {}
+    for fast in (True, False):
+        trainer = make_trainer(build(), tiny_processor if vlm else tiny_tok, ds, tmp_path / str(fast),
+                               fast_prompt_once=fast, gradient_checkpointing=checkpointing, use_responsiveness=False,
+                               lora_noise_std=0.0, per_device_train_batch_size=6)
+        rows = rows_of(trainer, 6)
+        batch = trainer_batch(trainer, rows)
+        if fast:
+            # 6 rows share 2 prompts: the packed batch holds 2 sequences, each chosen scored once per prompt
+            assert batch["input_ids"].shape[0] == 2
+            assert "ref_chosen_logps" in batch  # computed once before training
+        results[fast] = _loss_grads(trainer, rows)
+    (loss_fast, grads_fast), (loss_std, grads_std) = results[True], results[False]
+    torch.testing.assert_close(loss_fast, loss_std, rtol=1e-5, atol=1e-6)
+    for name in grads_std:
+        torch.testing.assert_close(grads_fast[name], grads_std[name], rtol=1e-4, atol=1e-6, msg=name)
+
+
+def test_vision_tower_runs_once_per_image_and_never_backward(tiny_tok, tiny_processor, tmp_path):
+    ds = preference_dataset(n=4, with_images=True, lambdas=[1.0] * 4)
+    trainer = make_trainer(tiny_qwen2_5_vl(tiny_tok), tiny_processor, ds, tmp_path, gradient_checkpointing=True,
+                           max_steps=4)
+    visual = trainer.model.get_base_model().model.visual
+    calls = {"forward_images": 0, "backward": 0}
+    visual.register_forward_hook(lambda m, args, out: calls.__setitem__(
+        "forward_images", calls["forward_images"] + int(args[1].shape[0]) if len(args) > 1 else calls["forward_images"]))
+    visual.patch_embed.register_full_backward_hook(lambda *a: calls.__setitem__("backward", calls["backward"] + 1))
+    cache = trainer._vision_cache_for(trainer.model)
+    distinct = len({image_key(im) for r in ds for im in r["images"]})
+    assert len(cache) == distinct  # filled while caching the reference log-probs
+    trainer.train()
+    assert calls["forward_images"] == 0  # every image came from the cache
+    assert calls["backward"] == 0
+    assert cache.hits > 0
+
+
+class HookCounter:
+    """Records the number of forward hooks on the input embeddings at the end of every step."""
+
+    def __init__(self, module):
+        self.module, self.counts = module, []
+
+    def __getattr__(self, name):
+        if name.startswith("on_"):
+            return lambda *a, **k: None
+        raise AttributeError(name)
+
+    def on_step_end(self, *args, **kwargs):
+        self.counts.append(len(self.module._forward_hooks))
+
+
+def test_no_hook_leak_under_checkpointing(tiny_tok, tiny_processor, tmp_path):
+    ds = preference_dataset(n=8, with_images=True, lambdas=[1.0] * 8)
+    setups = {
+        "fast": {},
+        "standard_adaptive": dict(fast_prompt_once=False),
+        "pure_trl": dict(fast_prompt_once=False, use_hardness=False, use_responsiveness=False, lora_noise_std=0.0),
+    }
+    counts = {}
+    for name, config in setups.items():
+        model = tiny_qwen2_5_vl(tiny_tok)
+        counter = HookCounter(model.get_input_embeddings())
+        trainer = make_trainer(model, tiny_processor, ds, tmp_path / name, gradient_checkpointing=True, max_steps=4,
+                               callbacks=[counter], **config)
+        trainer.train()
+        counts[name] = counter.counts
+    # our reference forwards register nothing per step ...
+    assert len(set(counts["fast"])) == 1 and len(set(counts["standard_adaptive"])) == 1, counts
+    # ... while TRL 1.16's own reference forward re-enables checkpointing and adds its hooks again every step
+    assert counts["pure_trl"][-1] > counts["pure_trl"][0], counts
+
+
+def test_vision_cache_invalidates_on_model_or_image_change(tiny_tok):
+    model = tiny_qwen2_5_vl(tiny_tok)
+    visual = model.model.visual
+    before = module_fingerprint(visual)
+    assert module_fingerprint(visual) == before
+    with torch.no_grad():
+        next(visual.parameters()).view(-1)[0] += 1e-3
+    assert module_fingerprint(visual) != before
+    assert module_fingerprint(tiny_qwen2_5_vl(tiny_tok).model.visual, extra="max_pixels=1") != module_fingerprint(
+        tiny_qwen2_5_vl(tiny_tok).model.visual
+    )
+    image = solid_image(1)
+    changed = image.copy()
+    changed.putpixel((0, 0), (1, 2, 3))
+    assert image_key(image) == image_key(solid_image(1)) and image_key(changed) != image_key(image)
+
+
+def test_fast_path_falls_back_with_reason(tiny_tok, tmp_path):
+    ds = preference_dataset(n=4, with_images=False, lambdas=[1.0] * 4)
+    trainer = make_trainer(tiny_qwen2(tiny_tok), tiny_tok, ds, tmp_path, padding_free=False, max_length=64,
+                           truncation_mode="keep_end")
+    assert trainer.fast_path_off_reason == "truncation_mode='keep_end'"
+    trainer.train()  # the standard path still trains
