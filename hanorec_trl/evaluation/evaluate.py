@@ -30,7 +30,7 @@ import numpy as np
 from ..data.prompts import NO, YES
 from .generation import GenerationSettings, generate_answers, generation_ranks
 from .metrics import DEFAULT_KS, auc_score, binary_auc, ranking_metrics, target_rank
-from .scoring import SCORING_METHODS, score_candidates
+from .scoring import SCORING_METHODS, score_candidates, tokenize_candidates
 
 RANKING_MODES = ("likelihood", "generation")
 AUC_PROBABILITIES = ("sequence", "first_token")
@@ -159,6 +159,12 @@ def evaluate_auc(model, processing_class, rows: Sequence[dict], config: RecEvalC
         batch_size=config.batch_size, method=config.scoring_method, progress=config.progress, desc="AUC (yes/no)",
     )
     if config.auc_probability == "first_token":
+        first = tokenize_candidates(processing_class, rows[0]["prompt"], [YES, NO], rows[0].get("images")).completion_ids
+        if first[0][0] == first[1][0]:
+            raise ValueError(
+                f"auc_probability='first_token': {YES!r} and {NO!r} start with the same token ({first[0][0]}) for this "
+                "tokenizer; use auc_probability='sequence'"
+            )
         s_yes = np.array([row[0][0] for row in logps])
         s_no = np.array([row[1][0] for row in logps])
     else:
