@@ -219,6 +219,19 @@ class HaNoDPOTrainer(DPOTrainer):
                 f"HaNoDPOTrainer needs a HaNoDPOConfig, got {type(args).__name__}. Build one with the same fields, "
                 "e.g. HaNoDPOConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(args) if f.init})."
             )
+        if (
+            ref_model is None
+            and peft_config is None
+            and not isinstance(model, str)
+            and not is_peft_model(model)
+            and not args.precompute_ref_log_probs
+            and not getattr(model.config, "_name_or_path", "")
+        ):
+            raise ValueError(
+                "Full fine-tuning without a ref_model: TRL would reload the reference from the model's name, but this "
+                f"{type(model).__name__} was built in memory and has none. Pass ref_model= (a frozen copy), or "
+                "peft_config=LoraConfig(...) so that the reference is the model with its adapter disabled."
+            )
         if args.use_hardness:
             validate_lambda_column(train_dataset, args.hardness_column, "train")
             evals = eval_dataset.items() if isinstance(eval_dataset, dict) else [("eval", eval_dataset)]

@@ -85,3 +85,9 @@ def test_streamed_batch_with_bad_lambda(tiny_tok, tmp_path):
     del examples[1]["hano_lambda"]
     with pytest.raises(ValueError, match="without the hardness column"):
         trainer.data_collator(examples)
+
+
+def test_full_finetuning_needs_a_reference(tiny_tok, tmp_path):
+    ds = preference_dataset(n=4, with_images=False, lambdas=[1.0] * 4)
+    with pytest.raises(ValueError, match="Full fine-tuning without a ref_model"):
+        make_trainer(tiny_qwen2(tiny_tok), tiny_tok, ds, tmp_path, peft=False, lora_noise_std=0.0)

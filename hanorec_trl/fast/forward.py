@@ -9,6 +9,7 @@ in its standard sequence, and, for Qwen2-VL-family models, the image features sp
 
 from __future__ import annotations
 
+import contextlib
 from types import SimpleNamespace
 from typing import Any
 
@@ -58,14 +59,15 @@ def _image_features(hf_model, batch: dict, cache: VisionFeatureCache | None) -> 
     grids = batch["image_grid_thw"]
     pixel_values = batch["pixel_values"]
     keys = batch.get("image_keys")
-    frozen = cache is not None and keys is not None and vision_tower_frozen(hf_model)
     patches = grids.prod(-1).tolist()
-    if not frozen:
-        out = hf_model.model.get_image_features(pixel_values, grids)
+    if cache is None or keys is None:
+        # a frozen tower needs no graph: no backward through it (TRL's input-grad hook would otherwise add one)
+        with torch.no_grad() if vision_tower_frozen(hf_model) else contextlib.nullcontext():
+            out = hf_model.model.get_image_features(pixel_values, grids)
         return torch.cat(list(getattr(out, "pooler_output", out)), dim=0)
 
     features = [cache.get(key) for key in keys]
-    missing = sorted({i for i, f in enumerate(features) if f is None}, key=lambda i: i)
+    missing = [i for i, f in enumerate(features) if f is None]
     if missing:
         starts = [0]
         for count in patches:
