@@ -153,5 +153,12 @@ def test_auc_prompt_yes_no_and_errors(tiny_lm, tiny_tok):
         score_candidates(tiny_lm, tiny_tok, [msgs], [[YES]], method="fast")
     with pytest.raises(ValueError, match="images were given but the processing class is a tokenizer"):
         score_candidates(tiny_lm, tiny_tok, [msgs], [[YES]], [[solid_image(0)]])
-    with pytest.raises(ValueError, match="at least one candidate"):
-        score_candidates(tiny_lm, tiny_tok, [msgs], [[]])
+    with pytest.raises(ValueError, match="row 1: a scoring row needs at least one candidate"):
+        score_candidates(tiny_lm, tiny_tok, [msgs, msgs], [[YES], []])
+
+
+def test_image_count_mismatch_names_the_row(tiny_vlm, tiny_processor):
+    rows = _vision_rows(n_rows=2)
+    images = [rows[0][1], rows[1][1][:-1]]  # row 1 lost an image
+    with pytest.raises(ValueError, match="row 1: .*images"):
+        score_candidates(tiny_vlm, tiny_processor, [r[0] for r in rows], [r[2] for r in rows], images, progress=False)

@@ -390,10 +390,12 @@ def score_candidates(
         raise ValueError("prompts, completions and images must have one entry per row")
     from tqdm.auto import tqdm
 
-    items = [
-        tokenize_candidates(processing_class, p, c, images[i] if images is not None else None)
-        for i, (p, c) in enumerate(zip(prompts, completions))
-    ]
+    items = []
+    for row, (prompt, cands) in enumerate(zip(prompts, completions)):
+        try:
+            items.append(tokenize_candidates(processing_class, prompt, cands, images[row] if images is not None else None))
+        except ValueError as e:
+            raise ValueError(f"row {row}: {e}") from e
     for row, item in enumerate(items):
         empty = [j for j, ids in enumerate(item.completion_ids) if not ids]
         if empty:
