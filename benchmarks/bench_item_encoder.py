@@ -45,8 +45,10 @@ def main(argv=None):
         start = time.perf_counter()
         second = encode_items(encoder, ids, titles, cache_dir=cache)
         hit_s = time.perf_counter() - start
-    print(f"{len(ids)} titles, dim {first.text.shape[1]}: encode {encode_s:.1f} s; "
-          f"second call {hit_s:.2f} s (cache hit: {second.from_cache})")
+    print(
+        f"{len(ids)} titles, dim {first.text.shape[1]}: encode {encode_s:.1f} s; "
+        f"second call {hit_s:.2f} s (cache hit: {second.from_cache})"
+    )
 
 
 if __name__ == "__main__":

@@ -44,23 +44,46 @@ def qwen2_5_vl_3b_config(tokenizer):
     """The Qwen2.5-VL-3B-Instruct architecture (as published), sized to ``tokenizer``'s special-token ids."""
     from transformers import Qwen2_5_VLConfig
 
-    ids = {t: tokenizer.convert_tokens_to_ids(t) for t in ("<|endoftext|>", "<|im_end|>", "<|image_pad|>",
-                                                            "<|video_pad|>", "<|vision_start|>", "<|vision_end|>")}
+    ids = {
+        t: tokenizer.convert_tokens_to_ids(t)
+        for t in ("<|endoftext|>", "<|im_end|>", "<|image_pad|>", "<|video_pad|>", "<|vision_start|>", "<|vision_end|>")
+    }
     return Qwen2_5_VLConfig(
         text_config=dict(
-            vocab_size=151936, hidden_size=2048, intermediate_size=11008, num_hidden_layers=36,
-            num_attention_heads=16, num_key_value_heads=2, hidden_act="silu", max_position_embeddings=128000,
-            rms_norm_eps=1e-6, rope_parameters={"rope_type": "default", "rope_theta": 1e6, "mrope_section": [16, 24, 24]},
-            bos_token_id=ids["<|endoftext|>"], eos_token_id=ids["<|im_end|>"], pad_token_id=ids["<|endoftext|>"],
+            vocab_size=151936,
+            hidden_size=2048,
+            intermediate_size=11008,
+            num_hidden_layers=36,
+            num_attention_heads=16,
+            num_key_value_heads=2,
+            hidden_act="silu",
+            max_position_embeddings=128000,
+            rms_norm_eps=1e-6,
+            rope_parameters={"rope_type": "default", "rope_theta": 1e6, "mrope_section": [16, 24, 24]},
+            bos_token_id=ids["<|endoftext|>"],
+            eos_token_id=ids["<|im_end|>"],
+            pad_token_id=ids["<|endoftext|>"],
             tie_word_embeddings=True,
         ),
         vision_config=dict(
-            depth=32, hidden_size=1280, intermediate_size=3420, num_heads=16, in_channels=3, out_hidden_size=2048,
-            patch_size=14, spatial_merge_size=2, temporal_patch_size=2, window_size=112,
-            fullatt_block_indexes=[7, 15, 23, 31], tokens_per_second=2, hidden_act="silu",
+            depth=32,
+            hidden_size=1280,
+            intermediate_size=3420,
+            num_heads=16,
+            in_channels=3,
+            out_hidden_size=2048,
+            patch_size=14,
+            spatial_merge_size=2,
+            temporal_patch_size=2,
+            window_size=112,
+            fullatt_block_indexes=[7, 15, 23, 31],
+            tokens_per_second=2,
+            hidden_act="silu",
         ),
-        image_token_id=ids["<|image_pad|>"], video_token_id=ids["<|video_pad|>"],
-        vision_start_token_id=ids["<|vision_start|>"], vision_end_token_id=ids["<|vision_end|>"],
+        image_token_id=ids["<|image_pad|>"],
+        video_token_id=ids["<|video_pad|>"],
+        vision_start_token_id=ids["<|vision_start|>"],
+        vision_end_token_id=ids["<|vision_end|>"],
         tie_word_embeddings=True,
     )
 
@@ -76,7 +99,9 @@ def build_3b(device: str):
     else:
         torch.manual_seed(0)
         with torch.device(device):
-            model = Qwen2_5_VLForConditionalGeneration._from_config(config, dtype=torch.bfloat16, attn_implementation="sdpa")
+            model = Qwen2_5_VLForConditionalGeneration._from_config(
+                config, dtype=torch.bfloat16, attn_implementation="sdpa"
+            )
     model.generation_config.pad_token_id = tok.pad_token_id
     model.generation_config.eos_token_id = tok.convert_tokens_to_ids("<|im_end|>")
     # ML-1M posters are about 185x278; 12,845,056 is Qwen's default max_pixels
@@ -98,12 +123,16 @@ def make_rows(n_rows: int, image_size: tuple[int, int], n_history: int = 5, n_ca
         rng = np.random.default_rng(r)
 
         def title():
-            return " ".join(rng.choice(words, size=int(rng.integers(2, 6)))).title() + f" ({1950 + int(rng.integers(0, 50))})"
+            return (
+                " ".join(rng.choice(words, size=int(rng.integers(2, 6)))).title()
+                + f" ({1950 + int(rng.integers(0, 50))})"
+            )
 
         history = [title() for _ in range(n_history)]
         cands = [title() for _ in range(n_candidates)]
         msgs, imgs = ranking_prompt(
-            history, cands,
+            history,
+            cands,
             [poster(1000 * r + i, image_size) for i in range(n_history)],
             [poster(1000 * r + 100 + j, image_size) for j in range(n_candidates)],
         )
@@ -139,8 +168,10 @@ def main(argv=None):
         if not torch.cuda.is_available():
             model, _ = build_3b("meta")
             n = sum(p.numel() for p in model.parameters())
-            print(f"--qwen-3b: no GPU here; built the Qwen2.5-VL-3B architecture on the meta device: {n / 1e9:.3f}B "
-                  "parameters. Run on a GPU machine for timings.")
+            print(
+                f"--qwen-3b: no GPU here; built the Qwen2.5-VL-3B architecture on the meta device: {n / 1e9:.3f}B "
+                "parameters. Run on a GPU machine for timings."
+            )
             return None
         model, proc = build_3b("cuda")
         device_name = torch.cuda.get_device_name()
@@ -151,27 +182,51 @@ def main(argv=None):
         device_name = f"CPU ({torch.get_num_threads()} threads)"
     sync = torch.cuda.synchronize if torch.cuda.is_available() and args.qwen_3b else (lambda: None)
     rows = make_rows(args.rows, tuple(args.image_size))
-    enc = proc(images=rows[0]["images"], text=[proc.apply_chat_template(rows[0]["prompt"], tokenize=False, add_generation_prompt=True)], return_tensors="pt")
+    enc = proc(
+        images=rows[0]["images"],
+        text=[proc.apply_chat_template(rows[0]["prompt"], tokenize=False, add_generation_prompt=True)],
+        return_tensors="pt",
+    )
     prompt_tokens = int(enc["input_ids"].shape[1])
     image_tokens = int((enc["input_ids"] == model.config.image_token_id).sum())
     prompts, cands, images = [r["prompt"] for r in rows], [r["candidates"] for r in rows], [r["images"] for r in rows]
 
-    results = {"device": device_name, "rows": args.rows, "batch_size": args.batch_size, "repeats": args.repeats,
-               "prompt_tokens": prompt_tokens, "image_tokens": image_tokens, "candidates": len(cands[0])}
-    t, once = timed(lambda: score_candidates(model, proc, prompts, cands, images, batch_size=args.batch_size,
-                                             progress=False), args.repeats, sync)
+    results = {
+        "device": device_name,
+        "rows": args.rows,
+        "batch_size": args.batch_size,
+        "repeats": args.repeats,
+        "prompt_tokens": prompt_tokens,
+        "image_tokens": image_tokens,
+        "candidates": len(cands[0]),
+    }
+    t, once = timed(
+        lambda: score_candidates(model, proc, prompts, cands, images, batch_size=args.batch_size, progress=False),
+        args.repeats,
+        sync,
+    )
     results["prompt_once_examples_per_s"] = args.rows / t
     if "naive" not in args.skip:
-        t, naive = timed(lambda: score_candidates(model, proc, prompts, cands, images, method="naive",
-                                                  progress=False), args.repeats, sync)
+        t, naive = timed(
+            lambda: score_candidates(model, proc, prompts, cands, images, method="naive", progress=False),
+            args.repeats,
+            sync,
+        )
         results["naive_examples_per_s"] = args.rows / t
-        results["max_abs_score_diff"] = float(max(abs(a.sum() - b.sum()) for ra, rb in zip(once, naive) for a, b in zip(ra, rb)))
+        results["max_abs_score_diff"] = float(
+            max(abs(a.sum() - b.sum()) for ra, rb in zip(once, naive) for a, b in zip(ra, rb))
+        )
     if "generation" not in args.skip:
         settings = GenerationSettings(max_new_tokens=args.max_new_tokens)
         # random weights may hit the end-of-turn token at any step: force the length of a real answer
         model.generation_config.min_new_tokens = args.max_new_tokens
-        t, _ = timed(lambda: generate_answers(model, proc, prompts, images, settings=settings,
-                                              batch_size=args.batch_size, progress=False), args.repeats, sync)
+        t, _ = timed(
+            lambda: generate_answers(
+                model, proc, prompts, images, settings=settings, batch_size=args.batch_size, progress=False
+            ),
+            args.repeats,
+            sync,
+        )
         results["generation_examples_per_s"] = args.rows / t
     print(json.dumps(results, indent=1))
     if args.json:

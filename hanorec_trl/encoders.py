@@ -253,7 +253,9 @@ class TextItemEncoder(ItemEncoder):
         """Load a local model folder (or hub name, where a hub is reachable) with ``AutoModel``/``AutoTokenizer``."""
         from transformers import AutoModel, AutoTokenizer
 
-        return cls(AutoModel.from_pretrained(str(name_or_path)), AutoTokenizer.from_pretrained(str(name_or_path)), **kwargs)
+        return cls(
+            AutoModel.from_pretrained(str(name_or_path)), AutoTokenizer.from_pretrained(str(name_or_path)), **kwargs
+        )
 
     @classmethod
     def minilm(cls, **kwargs) -> TextItemEncoder:

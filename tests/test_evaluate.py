@@ -26,11 +26,19 @@ def _ranking_rows(with_images, n=4, n_cands=5):
         cands = [f"Night {j}" + " city" * ((r + j) % 3) for j in range(n_cands)]
         kwargs = {}
         if with_images:
-            kwargs = dict(history_images=[solid_image(r + i) for i in range(2)], candidate_images=[solid_image(40 + j) for j in range(n_cands)])
+            kwargs = dict(
+                history_images=[solid_image(r + i) for i in range(2)],
+                candidate_images=[solid_image(40 + j) for j in range(n_cands)],
+            )
         msgs, imgs = ranking_prompt(history, cands, **kwargs)
         rows.append(
-            {"prompt": msgs, "images": imgs, "candidates": [f'"{c}"' for c in cands],
-             "candidate_items": [str(j) for j in range(n_cands)], "target_index": r % n_cands}
+            {
+                "prompt": msgs,
+                "images": imgs,
+                "candidates": [f'"{c}"' for c in cands],
+                "candidate_items": [str(j) for j in range(n_cands)],
+                "target_index": r % n_cands,
+            }
         )
     return rows
 
@@ -40,7 +48,9 @@ def _auc_rows(with_images, labels=(1, 0, 1, 0, 1)):
     for r, label in enumerate(labels):
         kwargs = {}
         if with_images:
-            kwargs = dict(watched_images=[solid_image(r)], unwatched_images=[solid_image(9)], target_image=solid_image(20 + r))
+            kwargs = dict(
+                watched_images=[solid_image(r)], unwatched_images=[solid_image(9)], target_image=solid_image(20 + r)
+            )
         msgs, imgs = auc_prompt([f"Love {r}"], ["Alien"], f"Target {r}" + " war" * r, **kwargs)
         rows.append({"prompt": msgs, "images": imgs, "label": label, "item": str(r)})
     return rows
@@ -55,12 +65,20 @@ def test_evaluate_recommender_likelihood(kind, tiny_vlm, tiny_processor, tiny_lm
     # default K = (1, 3, 5, 10) limited to the 5 candidates
     assert {"hr@1", "hr@3", "hr@5", "ndcg@5", "auc", "binary_auc"} <= set(metrics) and "hr@10" not in metrics
     # recompute from the raw scores
-    scores = score_candidates(model, proc, [r["prompt"] for r in ranking], [r["candidates"] for r in ranking],
-                              [r["images"] for r in ranking], progress=False)
+    scores = score_candidates(
+        model,
+        proc,
+        [r["prompt"] for r in ranking],
+        [r["candidates"] for r in ranking],
+        [r["images"] for r in ranking],
+        progress=False,
+    )
     ranks = [target_rank([s.sum() for s in row], r["target_index"]) for row, r in zip(scores, ranking)]
     assert metrics["hr@3"] == pytest.approx(np.mean([k <= 3 for k in ranks]))
     assert metrics["ndcg@3"] == pytest.approx(np.mean([1 / math.log2(k + 1) if k <= 3 else 0 for k in ranks]))
-    yn = score_candidates(model, proc, [r["prompt"] for r in auc], [[YES, NO]] * len(auc), [r["images"] for r in auc], progress=False)
+    yn = score_candidates(
+        model, proc, [r["prompt"] for r in auc], [[YES, NO]] * len(auc), [r["images"] for r in auc], progress=False
+    )
     p_yes = [1 / (1 + math.exp(-(row[0].sum() - row[1].sum()))) for row in yn]
     assert metrics["auc"] == pytest.approx(auc_score([r["label"] for r in auc], p_yes))
     saved = json.loads(out.read_text())
@@ -74,7 +92,9 @@ def test_evaluate_recommender_likelihood(kind, tiny_vlm, tiny_processor, tiny_lm
 def test_auc_first_token_and_binary(tiny_lm, tiny_tok):
     rows = _auc_rows(False)
     seq = evaluate_recommender(tiny_lm, tiny_tok, auc_rows=rows, config=RecEvalConfig(progress=False))
-    first = evaluate_recommender(tiny_lm, tiny_tok, auc_rows=rows, config=RecEvalConfig(progress=False, auc_probability="first_token"))
+    first = evaluate_recommender(
+        tiny_lm, tiny_tok, auc_rows=rows, config=RecEvalConfig(progress=False, auc_probability="first_token")
+    )
     yn = score_candidates(tiny_lm, tiny_tok, [r["prompt"] for r in rows], [[YES, NO]] * 5, progress=False)
     labels = [r["label"] for r in rows]
     p_first = [1 / (1 + math.exp(-(row[0][0] - row[1][0]))) for row in yn]
@@ -89,7 +109,9 @@ def test_generation_mode_keeps_failures_in_denominator(tiny_lm, tiny_tok, monkey
     rows = _ranking_rows(False, n=4)
     answers = [rows[0]["candidates"][0], "gibberish", rows[2]["candidates"][1] + " " + rows[2]["candidates"][2], "???"]
     monkeypatch.setattr(evaluate_module, "generate_answers", lambda *a, **k: answers)
-    m = evaluate_recommender(tiny_lm, tiny_tok, rows, config=RecEvalConfig(ranking_mode="generation", ks=(1, 3), progress=False))
+    m = evaluate_recommender(
+        tiny_lm, tiny_tok, rows, config=RecEvalConfig(ranking_mode="generation", ks=(1, 3), progress=False)
+    )
     # row 0: target 0 listed first (rank 1); row 2: target 2 listed second (rank 2); rows 1, 3: parse failures
     assert m["parse_failure_rate"] == 0.5
     assert m["hr@1"] == 0.25 and m["hr@3"] == 0.5
@@ -98,7 +120,9 @@ def test_generation_mode_keeps_failures_in_denominator(tiny_lm, tiny_tok, monkey
 
 def test_generation_mode_runs_on_a_vlm(tiny_vlm, tiny_processor):
     m = evaluate_recommender(
-        tiny_vlm, tiny_processor, _ranking_rows(True, n=2),
+        tiny_vlm,
+        tiny_processor,
+        _ranking_rows(True, n=2),
         config=RecEvalConfig(ranking_mode="generation", max_new_tokens=4, progress=False),
     )
     assert 0 <= m["parse_failure_rate"] <= 1 and m["num_ranking_rows"] == 2
@@ -113,7 +137,9 @@ def test_bad_rows_and_config(tiny_lm, tiny_tok):
     with pytest.raises(ValueError, match="K=10 exceeds the 5 candidates"):
         evaluate_recommender(tiny_lm, tiny_tok, rows, config=RecEvalConfig(ks=(10,), progress=False))
     with pytest.raises(ValueError, match="all 2 labels are positive"):
-        evaluate_recommender(tiny_lm, tiny_tok, auc_rows=_auc_rows(False, labels=(1, 1)), config=RecEvalConfig(progress=False))
+        evaluate_recommender(
+            tiny_lm, tiny_tok, auc_rows=_auc_rows(False, labels=(1, 1)), config=RecEvalConfig(progress=False)
+        )
     with pytest.raises(ValueError, match="ranking_mode must be one of"):
         RecEvalConfig(ranking_mode="beam")
     with pytest.raises(ValueError, match="no ranking rows and no AUC rows"):
@@ -129,12 +155,26 @@ def test_callback_logs_during_trl_training(tiny_lm, tiny_tok, tmp_path):
 
     rank_rows = _ranking_rows(False, n=2)
     train = Dataset.from_list(
-        [{"prompt": r["prompt"], "chosen": assistant_message(r["candidates"][0], with_images=False),
-          "rejected": assistant_message(r["candidates"][1], with_images=False)} for r in rank_rows]
+        [
+            {
+                "prompt": r["prompt"],
+                "chosen": assistant_message(r["candidates"][0], with_images=False),
+                "rejected": assistant_message(r["candidates"][1], with_images=False),
+            }
+            for r in rank_rows
+        ]
     )
     args = DPOConfig(
-        output_dir=str(tmp_path), max_steps=2, per_device_train_batch_size=2, use_cpu=True, bf16=False,
-        report_to=[], save_strategy="no", logging_steps=1, learning_rate=1e-3, gradient_checkpointing=False,
+        output_dir=str(tmp_path),
+        max_steps=2,
+        per_device_train_batch_size=2,
+        use_cpu=True,
+        bf16=False,
+        report_to=[],
+        save_strategy="no",
+        logging_steps=1,
+        learning_rate=1e-3,
+        gradient_checkpointing=False,
     )
     trainer = DPOTrainer(
         model=tiny_lm, ref_model=tiny_qwen2(tiny_tok), args=args, train_dataset=train, processing_class=tiny_tok

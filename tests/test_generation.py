@@ -32,7 +32,7 @@ CANDS = [
         ('"Toy Story"', [5]),  # trailing year dropped (unique)
         ('"The American President"', [0]),  # leading article vs ", The"
         ('"american president, the"', [0]),
-        ("\"A Bug's Life\"", [4]),
+        ('"A Bug\'s Life"', [4]),
         ('"Psycho"', []),  # two candidates match without the year: never guess
         ('"Psycho (1998)"', [3]),
         ("1. Heat (1995)\n2. Toy Story (1995)\n3. Unknown movie", [1, 5]),  # a numbered list

@@ -19,7 +19,10 @@ def _vision_rows(n_rows=3, n_cands=4):
         history = [f"Story {r} {i} (199{i})" for i in range(1 + r)]
         cands = [f"Night {r}{j}" + " dark" * j for j in range(n_cands)]
         msgs, imgs = ranking_prompt(
-            history, cands, [solid_image(10 * r + i) for i in range(len(history))], [solid_image(50 + j) for j in range(n_cands)]
+            history,
+            cands,
+            [solid_image(10 * r + i) for i in range(len(history))],
+            [solid_image(50 + j) for j in range(n_cands)],
         )
         rows.append((msgs, imgs, [f'"{c}"' for c in cands]))
     return rows
@@ -70,7 +73,9 @@ def _assert_close(a, b, tol=TOL):
 
 @pytest.mark.parametrize("kind", ["vision", "text"])
 def test_prompt_once_equals_naive_and_reference(kind, tiny_vlm, tiny_lm, tiny_processor, tiny_tok):
-    model, proc, rows = (tiny_vlm, tiny_processor, _vision_rows()) if kind == "vision" else (tiny_lm, tiny_tok, _text_rows())
+    model, proc, rows = (
+        (tiny_vlm, tiny_processor, _vision_rows()) if kind == "vision" else (tiny_lm, tiny_tok, _text_rows())
+    )
     once = _score(model, proc, rows, batch_size=3)  # one batch: prompts of different lengths, left-padded together
     naive = _score(model, proc, rows, method="naive")
     _assert_close(once, naive)
@@ -103,7 +108,12 @@ def test_completion_tokens_match_trl_vision_collator(tiny_processor):
 
     msgs, imgs, cands = _vision_rows(n_rows=1)[0]
     item = tokenize_candidates(tiny_processor, msgs, cands, imgs)
-    example = {"prompt": msgs, "images": imgs, "chosen": assistant_message(cands[0]), "rejected": assistant_message(cands[2])}
+    example = {
+        "prompt": msgs,
+        "images": imgs,
+        "chosen": assistant_message(cands[0]),
+        "rejected": assistant_message(cands[2]),
+    }
     batch = DataCollatorForVisionPreference(tiny_processor)([example])
     for row, j in ((0, 0), (1, 2)):
         trl_completion = batch["input_ids"][row][batch["completion_mask"][row].bool()].tolist()
@@ -129,7 +139,9 @@ def test_peft_adapter_loaded_and_merged(tiny_vlm, tiny_processor):
 
     rows = _vision_rows(n_rows=2)
     base = _score(tiny_vlm, tiny_processor, rows, batch_size=2)
-    peft_model = get_peft_model(tiny_vlm, LoraConfig(r=4, lora_alpha=8, target_modules=language_model_lora_regex(tiny_vlm)))
+    peft_model = get_peft_model(
+        tiny_vlm, LoraConfig(r=4, lora_alpha=8, target_modules=language_model_lora_regex(tiny_vlm))
+    )
     torch.manual_seed(0)
     with torch.no_grad():
         for name, p in peft_model.named_parameters():

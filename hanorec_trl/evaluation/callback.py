@@ -62,8 +62,13 @@ class RecommendationEvalCallback(TrainerCallback):
         if self.write_json and state.is_world_process_zero:
             path = Path(args.output_dir) / "rec_eval" / f"step-{state.global_step}.json"
         metrics = evaluate_recommender(
-            model, self.trainer.processing_class, self.ranking_rows, self.auc_rows,
-            config=self.config, output_path=path, overwrite=True,
+            model,
+            self.trainer.processing_class,
+            self.ranking_rows,
+            self.auc_rows,
+            config=self.config,
+            output_path=path,
+            overwrite=True,
         )
         logged = {f"{self.prefix}/{k}": v for k, v in metrics.items()}
         self.history.append({"step": state.global_step, **logged})

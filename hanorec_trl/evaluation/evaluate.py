@@ -123,8 +123,14 @@ def evaluate_ranking(model, processing_class, rows: Sequence[dict], config: RecE
     per_row: dict[str, Any] = {}
     if config.ranking_mode == "likelihood":
         logps = score_candidates(
-            model, processing_class, prompts, candidates, images,
-            batch_size=config.batch_size, method=config.scoring_method, progress=config.progress,
+            model,
+            processing_class,
+            prompts,
+            candidates,
+            images,
+            batch_size=config.batch_size,
+            method=config.scoring_method,
+            progress=config.progress,
             desc="ranking (likelihood)",
         )
         scores = [[float(t.sum()) for t in row] for row in logps]
@@ -132,9 +138,16 @@ def evaluate_ranking(model, processing_class, rows: Sequence[dict], config: RecE
         failures = np.zeros(len(rows), dtype=bool)
         per_row["scores"] = scores
     else:
-        settings = GenerationSettings(config.max_new_tokens, config.do_sample, config.temperature, config.top_p, config.seed)
+        settings = GenerationSettings(
+            config.max_new_tokens, config.do_sample, config.temperature, config.top_p, config.seed
+        )
         answers = generate_answers(
-            model, processing_class, prompts, images, settings=settings, batch_size=config.batch_size,
+            model,
+            processing_class,
+            prompts,
+            images,
+            settings=settings,
+            batch_size=config.batch_size,
             progress=config.progress,
         )
         ranks, failures = generation_ranks(answers, candidates, targets)
@@ -155,11 +168,20 @@ def evaluate_auc(model, processing_class, rows: Sequence[dict], config: RecEvalC
             raise ValueError(f"AUC row {i}: label must be 1 (Yes) or 0 (No), got {row['label']!r}")
         labels.append(int(row["label"]))
     logps = score_candidates(
-        model, processing_class, [r["prompt"] for r in rows], [[YES, NO]] * len(rows), [r.get("images") for r in rows],
-        batch_size=config.batch_size, method=config.scoring_method, progress=config.progress, desc="AUC (yes/no)",
+        model,
+        processing_class,
+        [r["prompt"] for r in rows],
+        [[YES, NO]] * len(rows),
+        [r.get("images") for r in rows],
+        batch_size=config.batch_size,
+        method=config.scoring_method,
+        progress=config.progress,
+        desc="AUC (yes/no)",
     )
     if config.auc_probability == "first_token":
-        first = tokenize_candidates(processing_class, rows[0]["prompt"], [YES, NO], rows[0].get("images")).completion_ids
+        first = tokenize_candidates(
+            processing_class, rows[0]["prompt"], [YES, NO], rows[0].get("images")
+        ).completion_ids
         if first[0][0] == first[1][0]:
             raise ValueError(
                 f"auc_probability='first_token': {YES!r} and {NO!r} start with the same token ({first[0][0]}) for this "
@@ -224,4 +246,11 @@ def evaluate_recommender(
     return metrics
 
 
-__all__ = ["AUC_PROBABILITIES", "RANKING_MODES", "RecEvalConfig", "evaluate_auc", "evaluate_ranking", "evaluate_recommender"]
+__all__ = [
+    "AUC_PROBABILITIES",
+    "RANKING_MODES",
+    "RecEvalConfig",
+    "evaluate_auc",
+    "evaluate_ranking",
+    "evaluate_recommender",
+]

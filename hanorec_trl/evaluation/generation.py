@@ -133,7 +133,9 @@ def generate_answers(
 
     settings = settings or GenerationSettings()
     tok = text_tokenizer(processing_class)
-    items = [rendered_prompt(processing_class, p, images[i] if images is not None else None) for i, p in enumerate(prompts)]
+    items = [
+        rendered_prompt(processing_class, p, images[i] if images is not None else None) for i, p in enumerate(prompts)
+    ]
     kwargs = dict(max_new_tokens=settings.max_new_tokens, do_sample=settings.do_sample)
     if settings.do_sample:
         kwargs.update(temperature=settings.temperature, top_p=settings.top_p)

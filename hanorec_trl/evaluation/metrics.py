@@ -63,8 +63,12 @@ def _check_ranks(ranks: Iterable[float]) -> np.ndarray:
         raise ValueError("ranks must be a non-empty 1-D sequence (one rank per ranking row)")
     finite = values[np.isfinite(values)]
     if np.isnan(values).any() or (finite < 1).any() or (finite != np.round(finite)).any():
-        bad = int(np.flatnonzero(np.isnan(values) | (values < 1) | (np.isfinite(values) & (values != np.round(values))))[0])
-        raise ValueError(f"ranks must be integers >= 1 (or inf for an unranked row); row {bad} has {float(values[bad])}")
+        bad = int(
+            np.flatnonzero(np.isnan(values) | (values < 1) | (np.isfinite(values) & (values != np.round(values))))[0]
+        )
+        raise ValueError(
+            f"ranks must be integers >= 1 (or inf for an unranked row); row {bad} has {float(values[bad])}"
+        )
     return values
 
 
@@ -146,4 +150,3 @@ def balanced_accuracy(labels: Sequence[int], predictions: Sequence[int]) -> floa
     tpr = float(np.mean(p[y] == 1))
     tnr = float(np.mean(p[~y] == 0))
     return (tpr + tnr) / 2.0
-

@@ -106,7 +106,9 @@ def tokenize_candidates(processing_class, prompt, completions: Sequence[str], im
         rendered = []
         for text in completions:
             completion_msgs = prepare_multimodal_messages(_assistant_turn(prompt, text))
-            rendered.append(apply_chat_template({"prompt": prompt_msgs, "completion": completion_msgs}, processing_class))
+            rendered.append(
+                apply_chat_template({"prompt": prompt_msgs, "completion": completion_msgs}, processing_class)
+            )
         prefix = rendered[0]["prompt"]
         for r in rendered[1:]:
             prefix = prefix[: _common_prefix(prefix, r["prompt"])]
@@ -120,7 +122,11 @@ def tokenize_candidates(processing_class, prompt, completions: Sequence[str], im
         prompt_ids = tok.apply_chat_template(prompt, add_generation_prompt=True, tokenize=True, return_dict=True)
         prompt_ids = list(prompt_ids["input_ids"])
         fulls = [
-            list(tok.apply_chat_template(prompt + _assistant_turn(prompt, t), tokenize=True, return_dict=True)["input_ids"])
+            list(
+                tok.apply_chat_template(prompt + _assistant_turn(prompt, t), tokenize=True, return_dict=True)[
+                    "input_ids"
+                ]
+            )
             for t in completions
         ]
     elif isinstance(prompt, str):
@@ -393,7 +399,9 @@ def score_candidates(
     items = []
     for row, (prompt, cands) in enumerate(zip(prompts, completions)):
         try:
-            items.append(tokenize_candidates(processing_class, prompt, cands, images[row] if images is not None else None))
+            items.append(
+                tokenize_candidates(processing_class, prompt, cands, images[row] if images is not None else None)
+            )
         except ValueError as e:
             raise ValueError(f"row {row}: {e}") from e
     for row, item in enumerate(items):
