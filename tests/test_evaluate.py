@@ -188,3 +188,26 @@ def test_callback_logs_during_trl_training(tiny_lm, tiny_tok, tmp_path):
     assert (tmp_path / "rec_eval" / "step-2.json").exists()
     assert trainer.state.global_step == 2
     assert len(callback.history) == 2 and callback.history[1]["step"] == 2
+
+
+def test_rows_from_the_data_layer(tiny_vlm, tiny_processor, tmp_path):
+    """Rows as the data layer stores them (Arrow-normalised message parts, images read from files) evaluate as is."""
+    from hanorec_trl.data import (
+        build_auc_eval_dataset,
+        build_ranking_eval_dataset,
+        build_split,
+        load_movielens_1m,
+        write_synthetic_movielens,
+    )
+
+    data = load_movielens_1m(write_synthetic_movielens(tmp_path / "data"))
+    split = build_split(data)
+    ranking, auc = build_ranking_eval_dataset(split.test, data), build_auc_eval_dataset(split.test, data)
+    assert ranking[0]["prompt"][0]["content"][1] == {"type": "image", "text": None}  # the stored part shape
+    labels = auc["label"]
+    auc_rows = [auc[labels.index(1)], auc[labels.index(0)]]
+    m = evaluate_recommender(
+        tiny_vlm, tiny_processor, ranking, auc_rows, config=RecEvalConfig(max_ranking_rows=2, progress=False)
+    )
+    assert m["num_ranking_rows"] == 2 and m["num_auc_rows"] == 2
+    assert {"hr@10", "ndcg@10", "auc", "binary_auc"} <= set(m)
