@@ -1,0 +1,172 @@
+"""The results of a run: a Markdown + JSON table of every evaluated model, and plots.
+
+* ``training_dynamics.png`` -- beta' (mean, with the min-max band), lambda and eta of every DPO variant over the
+  training steps, read from the trainer's log history (``hano/beta_mean|min|max``, ``hano/lambda_mean``,
+  ``hano/eta``; paper Eq. 8 and 11), and the DPO loss;
+* ``title_image_similarity.png`` -- per item, the title-image cosine after DPO against before (the SFT model), and
+  the mean change per quintile of the initial similarity (paper Fig. 1c / Fig. 4: "the weak get weaker").
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .rundir import read_json, write_json_atomic
+
+METRIC_COLUMNS = ("hr@1", "hr@3", "ndcg@3", "hr@5", "ndcg@5", "hr@10", "ndcg@10", "auc", "binary_auc")
+HEADERS = {"auc": "AUC", "binary_auc": "binary AUC"}
+
+
+def _header(metric: str) -> str:
+    return HEADERS.get(metric, metric.upper())
+
+
+def results_table(rows: Sequence[tuple[str, dict[str, float]]]) -> str:
+    """A Markdown table: one row per (label, metrics), the metric columns present in any row."""
+    columns = [m for m in METRIC_COLUMNS if any(m in metrics for _, metrics in rows)]
+    lines = ["| model | " + " | ".join(_header(c) for c in columns) + " |",
+             "|---|" + "---:|" * len(columns)]
+    for label, metrics in rows:
+        cells = [f"{metrics[c]:.4f}" if isinstance(metrics.get(c), (int, float)) else "-" for c in columns]
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def _series(history: list[dict], key: str) -> tuple[np.ndarray, np.ndarray]:
+    points = [(h["step"], h[key]) for h in history if key in h and "step" in h]
+    if not points:
+        return np.array([]), np.array([])
+    steps, values = zip(*points)
+    return np.asarray(steps), np.asarray(values, dtype=float)
+
+
+def plot_training_dynamics(histories: dict[str, list[dict]], labels: dict[str, str], beta0: float,
+                           path: Path) -> Path:
+    """beta', lambda, eta and the loss over the DPO steps of each variant (one line per variant)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(2, 2, figsize=(11, 7), sharex=True)
+    panels = [(axes[0, 0], "beta' (mean, min-max band)"), (axes[0, 1], "lambda (batch mean)"),
+              (axes[1, 0], "eta (responsiveness)"), (axes[1, 1], "DPO loss")]
+    for name, history in histories.items():
+        label = labels.get(name, name)
+        steps, beta = _series(history, "hano/beta_mean")
+        if len(steps):
+            line = axes[0, 0].plot(steps, beta, label=label)[0]
+            _, low = _series(history, "hano/beta_min")
+            _, high = _series(history, "hano/beta_max")
+            if len(low) == len(steps) and len(high) == len(steps):
+                axes[0, 0].fill_between(steps, low, high, color=line.get_color(), alpha=0.2)
+        else:  # hardness and responsiveness off: beta' = beta0 throughout
+            loss_steps, _ = _series(history, "loss")
+            if len(loss_steps):
+                axes[0, 0].plot(loss_steps, np.full(len(loss_steps), beta0), linestyle="--", label=f"{label} (beta0)")
+        for ax, key in ((axes[0, 1], "hano/lambda_mean"), (axes[1, 0], "hano/eta"), (axes[1, 1], "loss")):
+            steps, values = _series(history, key)
+            if len(steps):
+                ax.plot(steps, values, label=label)
+    for ax, title in panels:
+        ax.set_title(title)
+        ax.grid(alpha=0.3)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=8)
+    for ax in axes[1]:
+        ax.set_xlabel("optimizer step")
+    fig.suptitle("DPO training dynamics (paper Eq. 8, 11)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def plot_similarity(before: np.ndarray, after: dict[str, np.ndarray], labels: dict[str, str], path: Path) -> Path:
+    """Title-image cosine after vs before DPO per item, and the mean change per quintile of the initial cosine."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (scatter, bars) = plt.subplots(1, 2, figsize=(11, 4.5))
+    low, high = float(before.min()), float(before.max())
+    for name, values in after.items():
+        scatter.scatter(before, values, s=10, alpha=0.6, label=labels.get(name, name))
+        low, high = min(low, float(values.min())), max(high, float(values.max()))
+    scatter.plot([low, high], [low, high], color="grey", linewidth=1, linestyle="--", label="unchanged")
+    scatter.set_xlabel("title-image cosine, SFT model (before DPO)")
+    scatter.set_ylabel("title-image cosine, after DPO")
+    scatter.set_title("per item")
+    scatter.legend(fontsize=8)
+    edges = np.quantile(before, np.linspace(0, 1, 6))
+    bins = np.clip(np.searchsorted(edges, before, side="right") - 1, 0, 4)
+    width = 0.8 / max(1, len(after))
+    for k, (name, values) in enumerate(after.items()):
+        change = [float(np.mean(values[bins == b] - before[bins == b])) if np.any(bins == b) else 0.0
+                  for b in range(5)]
+        bars.bar(np.arange(5) + k * width, change, width=width, label=labels.get(name, name))
+    bars.axhline(0, color="grey", linewidth=1)
+    bars.set_xticks(np.arange(5) + width * (len(after) - 1) / 2)
+    bars.set_xticklabels(["lowest", "2", "3", "4", "highest"])
+    bars.set_xlabel("quintile of the initial (SFT) similarity")
+    bars.set_ylabel("mean change of the cosine")
+    bars.set_title("'the weak get weaker'? (paper Fig. 1c)")
+    bars.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def write_report(run_root: Path, models: Sequence[tuple[str, str]], *, beta0: float, header: dict[str, Any],
+                 disclaimer: str | None) -> dict[str, Any]:
+    """Collect ``eval/<name>/metrics.json`` of every (name, label) and the DPO log histories; write
+    ``report/results.{md,json}`` and the plots. Returns the results dict (with the Markdown table under "table")."""
+    folder = run_root / "report"
+    folder.mkdir(parents=True, exist_ok=True)
+    metrics = {name: read_json(run_root / "eval" / name / "metrics.json")["metrics"] for name, _ in models}
+    labels = dict(models)
+    table = results_table([(label, metrics[name]) for name, label in models])
+
+    plots: dict[str, str] = {}
+    histories = {name: read_json(p) for name, _ in models
+                 if (p := run_root / "dpo" / name / "log_history.json").is_file()}
+    if histories:
+        plots["training_dynamics"] = str(plot_training_dynamics(histories, labels, beta0,
+                                                                folder / "training_dynamics.png"))
+    similarity = {name: read_json(p) for name, _ in models if (p := run_root / "eval" / name / "similarity.json").is_file()}
+    similarity_summary: dict[str, Any] = {}
+    if "sft" in similarity and len(similarity) > 1:
+        before = np.asarray(similarity["sft"]["cosine"])
+        after = {n: np.asarray(s["cosine"]) for n, s in similarity.items() if n != "sft"}
+        plots["title_image_similarity"] = str(plot_similarity(before, after, labels,
+                                                              folder / "title_image_similarity.png"))
+        similarity_summary = {
+            "items": len(before), "sft_mean": float(before.mean()),
+            **{f"{n}_mean": float(v.mean()) for n, v in after.items()},
+            **{f"{n}_mean_change": float((v - before).mean()) for n, v in after.items()},
+        }
+
+    results = {**header, "disclaimer": disclaimer, "models": {name: {"label": labels[name], **metrics[name]}
+                                                              for name, _ in models},
+               "title_image_similarity": similarity_summary, "plots": plots}
+    write_json_atomic(folder / "results.json", results)
+    lines = [f"# Results: {header.get('run_dir', '')}", ""]
+    if disclaimer:
+        lines += [f"> **{disclaimer}**", ""]
+    lines += [f"Dataset: {header.get('dataset')}; model: {header.get('model')}; test sequences: "
+              f"{header.get('test_sequences')}.", "", table, ""]
+    if similarity_summary:
+        lines += ["Mean title-image cosine (paper Fig. 1c/4): " + ", ".join(
+            f"{labels.get(k[:-5], k[:-5])} {v:.4f}" for k, v in similarity_summary.items() if k.endswith("_mean")), ""]
+    lines += [f"![{name}]({Path(p).name})" for name, p in plots.items()]
+    (folder / "results.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return {**results, "table": table}
+
+
+__all__ = ["plot_similarity", "plot_training_dynamics", "results_table", "write_report"]

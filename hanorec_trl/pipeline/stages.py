@@ -1,0 +1,553 @@
+"""The stages of a run: data -> model -> SFT -> hardness -> DPO (per variant) -> evaluation (per model).
+
+Each stage function takes the :class:`RunContext`, works in its own folder of the run directory (see
+:mod:`.rundir`), is skipped when that folder is marked finished (after checking that the arguments it depended on
+did not change), and returns a small summary dict. Training stages run on every process (``accelerate launch``);
+the others run on the main process while the rest wait.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import gc
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..data import (
+    ProtocolConfig,
+    RecData,
+    RecSplit,
+    SyntheticConfig,
+    build_auc_eval_dataset,
+    build_dpo_dataset,
+    build_ranking_eval_dataset,
+    build_sft_dataset,
+    build_split,
+    freeze_split,
+    load_microlens,
+    load_movielens_1m,
+    load_netflix_llmrec,
+    load_split,
+    write_synthetic_movielens,
+)
+from .arguments import PipelineConfig, Variant, extra_args
+from .modeling import (
+    ModelSpec,
+    load_model,
+    lora_config,
+    merge_adapter,
+    processing_class,
+    with_adapter,
+    write_builtin_model,
+)
+from .rundir import RunDir, read_json, write_json_atomic
+from .training import compact_lm_head_on_cpu, last_checkpoint, use_stage_progress
+
+logger = logging.getLogger(__name__)
+
+LOADERS: dict[str, Callable[..., RecData]] = {
+    "movielens": load_movielens_1m,
+    "microlens": load_microlens,
+    "netflix": load_netflix_llmrec,
+}
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Context
+# ----------------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class RunContext:
+    """Everything the stages share: arguments, run directory, model, data, the process group."""
+
+    config: PipelineConfig
+    rundir: RunDir
+    spec: ModelSpec
+    state: Any  # accelerate.PartialState
+    data: RecData | None = None
+    split: RecSplit | None = None
+    stage_seconds: dict[str, float] = field(default_factory=dict)
+    skipped: list[str] = field(default_factory=list)
+
+    @property
+    def is_main(self) -> bool:
+        return self.state.is_main_process
+
+    def say(self, message: str) -> None:
+        if self.is_main:
+            print(message, flush=True)
+
+    def barrier(self) -> None:
+        self.state.wait_for_everyone()
+
+    @property
+    def with_images(self) -> bool:
+        return self.spec.with_images
+
+    @property
+    def synthetic(self) -> bool:
+        return self.config.data.data_dir is None
+
+    @property
+    def train_examples(self):
+        limit = self.config.data.max_train_sequences
+        return self.split.train[:limit] if limit else self.split.train
+
+    @property
+    def test_examples(self):
+        limit = self.config.data.max_test_sequences
+        return self.split.test[:limit] if limit else self.split.test
+
+    def processing_class(self):
+        return processing_class(self.spec, self.config.model, self.config.data)
+
+    def tokenizer(self, proc=None):
+        proc = proc if proc is not None else self.processing_class()
+        return getattr(proc, "tokenizer", proc)
+
+
+def _free_memory() -> None:
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def run_stage(ctx: RunContext, stage: str, folder: Path, inputs: dict[str, Any], work: Callable[[], dict],
+              *, all_processes: bool = False, keep: tuple[str, ...] = ()) -> dict:
+    """Run ``work`` in ``folder`` unless the stage is finished; mark it finished (main process, last, atomically).
+
+    ``all_processes``: every process runs ``work`` (training); otherwise the main process does and the others wait.
+    ``keep``: entries of an unfinished stage folder that survive a restart (the trainer's checkpoints).
+    """
+    rundir = ctx.rundir
+    if rundir.is_done(folder):
+        rundir.check_inputs(folder, stage, inputs)
+        ctx.skipped.append(stage)
+        ctx.say(f"[{stage}] finished earlier: skipped ({folder})")
+        return rundir.marker(folder)["summary"]
+    ctx.say(f"[{stage}] running -> {folder}")
+    start = time.perf_counter()
+    if ctx.is_main:
+        rundir.fresh_stage(folder, keep=keep if ctx.config.run.resume else ())
+    ctx.barrier()
+    summary: dict = {}
+    if all_processes or ctx.is_main:
+        summary = work()
+    ctx.barrier()
+    seconds = time.perf_counter() - start
+    if ctx.is_main:
+        rundir.mark_done(folder, inputs, summary, seconds)
+    ctx.barrier()
+    ctx.stage_seconds[stage] = seconds
+    ctx.say(f"[{stage}] done in {seconds:.1f} s")
+    return rundir.marker(folder)["summary"]
+
+
+def _fields(obj, names) -> dict[str, Any]:
+    return {n: getattr(obj, n) for n in names}
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Data
+# ----------------------------------------------------------------------------------------------------------------
+
+DATA_FIELDS = ("dataset", "data_dir", "synthetic_num_users", "synthetic_num_items", "max_users", "min_interactions",
+               "sequence_length", "num_candidates", "auc_num_unwatched", "split_by")
+
+
+def subsample_users(data: RecData, num_users: int, seed: int) -> RecData:
+    """``data`` restricted to a seeded random sample of ``num_users`` users (all of their interactions)."""
+    users = list(data.user_sequences())
+    if num_users >= len(users):
+        return data
+    rng = np.random.default_rng(seed)
+    kept = {users[k] for k in rng.choice(len(users), size=num_users, replace=False).tolist()}
+    rows = [k for k, user in enumerate(data.users) if user in kept]
+    return dataclasses.replace(
+        data,
+        users=[data.users[k] for k in rows],
+        items=[data.items[k] for k in rows],
+        timestamps=None if data.timestamps is None else [data.timestamps[k] for k in rows],
+        sources={**data.sources, "subsample": f"{num_users} of {len(users)} users, seed {seed}"},
+    )
+
+
+def data_location(ctx: RunContext) -> Path:
+    if ctx.synthetic:
+        return ctx.rundir.stage_dir("data") / "synthetic"
+    return Path(ctx.config.data.data_dir)
+
+
+def load_data(config: PipelineConfig, location: Path, with_images: bool) -> RecData:
+    """Load the dataset files (errors name the file and line) and subsample users if asked."""
+    data = LOADERS[config.data.dataset](location, images=with_images)
+    if config.data.max_users is not None:
+        data = subsample_users(data, config.data.max_users, config.run.seed)
+    return data
+
+
+def stage_data(ctx: RunContext) -> dict:
+    """Dataset (synthetic: generated here), protocol split (paper Sec. 4.1), frozen as JSONL + manifest."""
+    config = ctx.config
+    folder = ctx.rundir.stage_dir("data")
+    inputs = {**_fields(config.data, DATA_FIELDS), "seed": config.run.seed, "with_images": ctx.with_images}
+
+    def work() -> dict:
+        if ctx.synthetic:
+            synthetic = SyntheticConfig(num_users=config.data.synthetic_num_users,
+                                        num_items=config.data.synthetic_num_items, seed=config.run.seed)
+            write_synthetic_movielens(folder / "synthetic", synthetic)
+        if ctx.data is None:
+            ctx.data = load_data(config, data_location(ctx), ctx.with_images)
+        protocol = ProtocolConfig(
+            min_interactions=config.data.min_interactions, sequence_length=config.data.sequence_length,
+            num_candidates=config.data.num_candidates, auc_num_unwatched=config.data.auc_num_unwatched,
+            split_by=config.data.split_by, seed=config.run.seed,
+        )
+        split = build_split(ctx.data, protocol)
+        freeze_split(split, folder / "split")
+        summary = {"source": "synthetic" if ctx.synthetic else str(data_location(ctx)), "counts": split.counts(),
+                   **{k: v for k, v in ctx.data.summary().items() if k != "fingerprint"},
+                   "fingerprint": ctx.data.fingerprint()}
+        write_json_atomic(folder / "summary.json", summary)
+        return summary
+
+    summary = run_stage(ctx, "data", folder, inputs, work)
+    if ctx.data is None:
+        ctx.data = load_data(config, data_location(ctx), ctx.with_images)
+    ctx.split = load_split(folder / "split", ctx.data)
+    counts = ctx.split.counts()
+    ctx.say(f"        {ctx.data.name}: {ctx.data.num_users} users, {ctx.data.num_items} items; sequences "
+            f"train/validation/test = {counts['train']}/{counts['validation']}/{counts['test']}; using "
+            f"{len(ctx.train_examples)} for training and {len(ctx.test_examples)} for the test")
+    return summary
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Model
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def stage_model(ctx: RunContext) -> dict:
+    """Built-in models are built and written to ``<run>/model/base``; other models are referenced where they are."""
+    config = ctx.config
+    folder = ctx.rundir.stage_dir("model")
+    inputs = {"model": config.model.model, "tokenizer": config.model.tokenizer, "seed": config.run.seed,
+              "bf16": config.model.bf16}
+
+    def work() -> dict:
+        summary = {"model": ctx.spec.name, "description": ctx.spec.description, "kind": ctx.spec.kind}
+        if ctx.spec.builtin:
+            summary.update(write_builtin_model(ctx.spec, config.model, folder / "base", config.run.seed))
+            summary["path"] = str(folder / "base")
+        else:
+            summary["path"] = ctx.spec.path
+        return summary
+
+    summary = run_stage(ctx, "model", folder, inputs, work)
+    if ctx.spec.builtin:
+        ctx.spec = ctx.spec.located(folder / "base")
+    return summary
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Shared training settings
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def _trainer_settings(ctx: RunContext, output_dir: Path) -> dict[str, Any]:
+    run, model = ctx.config.run, ctx.config.model
+    return dict(
+        output_dir=str(output_dir), seed=run.seed, bf16=model.bf16, use_cpu=not torch.cuda.is_available(),
+        logging_steps=run.logging_steps, save_strategy="steps", save_steps=run.save_steps,
+        save_total_limit=run.save_total_limit, report_to=run.report_to,
+        gradient_checkpointing=model.gradient_checkpointing, dataloader_num_workers=0, disable_tqdm=False,
+    )
+
+
+def _lora_fields(config: PipelineConfig) -> dict[str, Any]:
+    m = config.model
+    return {"lora_r": m.lora_r, "lora_alpha": m.lora_alpha, "lora_dropout": m.lora_dropout,
+            "lora_target_modules": m.lora_target_modules, "bf16": m.bf16, "load_in_4bit": m.load_in_4bit,
+            "attn_implementation": m.attn_implementation, "gradient_checkpointing": m.gradient_checkpointing}
+
+
+def _train(ctx: RunContext, trainer, folder: Path, description: str) -> dict:
+    """Train (from the last checkpoint when resuming), save the adapter and the log history."""
+    use_stage_progress(trainer, description)
+    resume_from = last_checkpoint(folder / "trainer") if ctx.config.run.resume else None
+    if resume_from:
+        ctx.say(f"        resuming {description} from {resume_from}")
+    with compact_lm_head_on_cpu():
+        result = trainer.train(resume_from_checkpoint=resume_from)
+    trainer.save_model(str(folder / "adapter"))
+    if ctx.is_main:
+        write_json_atomic(folder / "log_history.json", trainer.state.log_history)
+    return {"steps": trainer.state.global_step, "train_loss": result.training_loss, "resumed_from": resume_from,
+            "train_rows": len(trainer.train_dataset)}
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# SFT
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def stage_sft(ctx: RunContext) -> dict:
+    """SFT with TRL's ``SFTTrainer`` and LoRA on ranking and AUC prompts; then the adapter is merged (dpo_init)."""
+    from trl import SFTConfig, SFTTrainer
+
+    config = ctx.config
+    folder = ctx.rundir.stage_dir("sft")
+    sft = config.sft
+    inputs = {**dataclasses.asdict(sft), **_lora_fields(config), "sft_task": config.data.sft_task,
+              "max_train_sequences": config.data.max_train_sequences, "dpo_init": config.resolved_dpo_init(),
+              "image_pixels": [config.data.image_min_pixels, config.data.image_max_pixels]}
+
+    def work() -> dict:
+        proc = ctx.processing_class()
+        train = build_sft_dataset(ctx.train_examples, ctx.data, task=config.data.sft_task,
+                                  with_images=ctx.with_images)
+        model = load_model(ctx.spec.path, ctx.spec, config.model, quantized=config.model.load_in_4bit)
+        args = SFTConfig(
+            **_trainer_settings(ctx, folder / "trainer"), num_train_epochs=sft.sft_epochs, max_steps=sft.sft_max_steps,
+            per_device_train_batch_size=sft.sft_batch_size,
+            gradient_accumulation_steps=sft.sft_gradient_accumulation_steps, learning_rate=sft.sft_learning_rate,
+            max_length=sft.sft_max_length, **extra_args(config, "sft_extra_args"),
+        )
+        trainer = SFTTrainer(model=model, args=args, train_dataset=train, processing_class=proc,
+                             peft_config=lora_config(model, config.model))
+        summary = _train(ctx, trainer, folder, "SFT")
+        del trainer, model
+        _free_memory()
+        if ctx.is_main and config.resolved_dpo_init() == "merge":
+            merge_adapter(ctx.spec.path, folder / "adapter", ctx.spec, config.model, folder / "merged",
+                          ctx.tokenizer(proc))
+            summary["merged"] = str(folder / "merged")
+        return summary
+
+    return run_stage(ctx, "sft", folder, inputs, work, all_processes=True, keep=("trainer",))
+
+
+def load_sft_model(ctx: RunContext):
+    """The SFT model: the merged weights (dpo_init='merge') or the base with the SFT adapter."""
+    config = ctx.config
+    sft = ctx.rundir.stage_dir("sft")
+    if config.resolved_dpo_init() == "merge":
+        return load_model(sft / "merged", ctx.spec, config.model)
+    return with_adapter(load_model(ctx.spec.path, ctx.spec, config.model, quantized=config.model.load_in_4bit),
+                        sft / "adapter")
+
+
+def load_dpo_model(ctx: RunContext, variant: Variant):
+    """The model after DPO: the DPO adapter on the merged SFT model (or on the base, dpo_init='adapter')."""
+    config = ctx.config
+    adapter = ctx.rundir.stage_dir("dpo", variant.name) / "adapter"
+    if config.resolved_dpo_init() == "merge":
+        return with_adapter(load_model(ctx.rundir.stage_dir("sft") / "merged", ctx.spec, config.model), adapter)
+    return with_adapter(load_model(ctx.spec.path, ctx.spec, config.model, quantized=config.model.load_in_4bit),
+                        adapter)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Hardness
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def _item_table(ctx: RunContext, item_ids):
+    """Titles (an empty title becomes 'item <id>': the encoder needs text) and image files (None: no image)."""
+    data = ctx.data
+    titles = [data.title(i).strip() or f"item {i}" for i in item_ids]
+    images = [data.image_path(i) for i in item_ids] if ctx.with_images else None
+    return titles, images
+
+
+def _dpo_dataset(ctx: RunContext):
+    config = ctx.config
+    return build_dpo_dataset(ctx.train_examples, ctx.data, task=config.data.dpo_task,
+                             num_rejected=config.data.num_rejected, with_images=ctx.with_images)
+
+
+def stage_hardness(ctx: RunContext) -> dict:
+    """Item embeddings from the SFT model (DESIGN 2.5), HardnessIndex, lambda of every DPO row for both modes."""
+    from ..encoders import QwenVLItemEncoder, encode_items
+    from ..hardness import HardnessIndex, add_hardness_column
+
+    config = ctx.config
+    dpo = config.dpo
+    folder = ctx.rundir.stage_dir("hardness")
+    inputs = {"hardness_k": dpo.hardness_k, "hardness_temperature": dpo.hardness_temperature,
+              "hardness_title_mode": dpo.hardness_title_mode, "dpo_task": config.data.dpo_task,
+              "num_rejected": config.data.num_rejected, "max_train_sequences": config.data.max_train_sequences}
+
+    def work() -> dict:
+        proc = ctx.processing_class()
+        model = load_sft_model(ctx)
+        encoder = QwenVLItemEncoder(model, proc, title_mode=dpo.hardness_title_mode)
+        item_ids = list(ctx.data.item_ids)
+        titles, images = _item_table(ctx, item_ids)
+        embeddings = encode_items(encoder, item_ids, titles, images, cache_dir=folder / "cache")
+        np.savez(folder / "item_embeddings.npz", item_ids=np.array(item_ids), text=embeddings.text,
+                 image=embeddings.image)
+        del model, encoder
+        _free_memory()
+        index = HardnessIndex(embeddings.text, embeddings.image)
+        pairs = _dpo_dataset(ctx).select_columns(["sequence_id", "task", "chosen_item", "rejected_item"])
+        record: dict[str, Any] = {"rows": pairs.to_dict(), "lambda": {}, "delta_mean": {}}
+        for mode in ("topk", "pairwise"):
+            scored, delta_mean = add_hardness_column(pairs, index, embeddings.item_rows, k=dpo.hardness_k,
+                                                     temperature=dpo.hardness_temperature, mode=mode)
+            record["lambda"][mode] = [float(x) for x in scored["hano_lambda"]]
+            record["delta_mean"][mode] = float(delta_mean)
+        write_json_atomic(folder / "lambdas.json", record)
+        stats = {mode: {"min": min(v), "mean": float(np.mean(v)), "max": max(v)} for mode, v in record["lambda"].items()}
+        ctx.say("        lambda (topk) min/mean/max = {min:.4f}/{mean:.4f}/{max:.4f}".format(**stats["topk"]))
+        return {"items": len(item_ids), "rows": len(pairs), "lambda": stats, "delta_mean": record["delta_mean"],
+                "embedding_dim": int(embeddings.text.shape[1])}
+
+    return run_stage(ctx, "hardness", folder, inputs, work)
+
+
+def _with_lambdas(ctx: RunContext, dataset, mode: str):
+    """Add the hardness stage's lambda column; the rows must be exactly the ones it scored."""
+    record = read_json(ctx.rundir.stage_dir("hardness") / "lambdas.json")
+    rows = record["rows"]
+    current = dataset.select_columns(["sequence_id", "task", "chosen_item", "rejected_item"]).to_dict()
+    if current != rows:
+        raise RuntimeError(
+            f"the DPO rows differ from those scored in {ctx.rundir.stage_dir('hardness')}; the data or the protocol "
+            "changed since the hardness stage ran (start a new run directory)"
+        )
+    return dataset.add_column("hano_lambda", record["lambda"][mode])
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# DPO
+# ----------------------------------------------------------------------------------------------------------------
+
+DPO_FIELDS = ("dpo_epochs", "dpo_max_steps", "dpo_learning_rate", "dpo_batch_size", "dpo_gradient_accumulation_steps",
+              "dpo_max_length", "beta", "responsiveness", "responsiveness_warmup", "lora_noise_mode", "dpo_extra_args",
+              "hardness_k", "hardness_temperature", "hardness_title_mode")
+
+
+def stage_dpo(ctx: RunContext, variant: Variant) -> dict:
+    """Preference optimization with ``HaNoDPOTrainer`` from the SFT model, the reference being the SFT model."""
+    from ..config import HaNoDPOConfig
+    from ..trainer import HaNoDPOTrainer
+
+    config = ctx.config
+    dpo = config.dpo
+    switches = variant.switches(dpo)
+    folder = ctx.rundir.stage_dir("dpo", variant.name)
+    inputs = {**_fields(dpo, DPO_FIELDS), **switches, **_lora_fields(config), "dpo_task": config.data.dpo_task,
+              "num_rejected": config.data.num_rejected, "max_train_sequences": config.data.max_train_sequences,
+              "dpo_init": config.resolved_dpo_init()}
+
+    def work() -> dict:
+        proc = ctx.processing_class()
+        dataset = _dpo_dataset(ctx)
+        if switches["use_hardness"]:
+            dataset = _with_lambdas(ctx, dataset, switches["hardness_mode"])
+        if config.resolved_dpo_init() == "merge":
+            model = load_model(ctx.rundir.stage_dir("sft") / "merged", ctx.spec, config.model)
+            peft_config = lora_config(model, config.model)
+        else:  # continue the SFT adapter; TRL keeps a frozen copy of it as the reference ("ref" adapter)
+            base = load_model(ctx.spec.path, ctx.spec, config.model, quantized=config.model.load_in_4bit)
+            model, peft_config = with_adapter(base, ctx.rundir.stage_dir("sft") / "adapter", trainable=True), None
+        args = HaNoDPOConfig(
+            **_trainer_settings(ctx, folder / "trainer"), num_train_epochs=dpo.dpo_epochs,
+            max_steps=dpo.dpo_max_steps, per_device_train_batch_size=dpo.dpo_batch_size,
+            gradient_accumulation_steps=dpo.dpo_gradient_accumulation_steps, learning_rate=dpo.dpo_learning_rate,
+            max_length=dpo.dpo_max_length, beta=dpo.beta, use_hardness=switches["use_hardness"],
+            use_responsiveness=switches["use_responsiveness"], responsiveness=dpo.responsiveness,
+            responsiveness_warmup=dpo.responsiveness_warmup, lora_noise_std=switches["lora_noise_std"],
+            lora_noise_mode=dpo.lora_noise_mode, **extra_args(config, "dpo_extra_args"),
+        )
+        with compact_lm_head_on_cpu():  # the reference log-probs are cached while the trainer is built
+            trainer = HaNoDPOTrainer(model=model, args=args, train_dataset=dataset, processing_class=proc,
+                                     peft_config=peft_config)
+        summary = _train(ctx, trainer, folder, f"DPO {variant.name}")
+        summary.update(variant=variant.name, label=variant.label, **switches)
+        del trainer, model
+        _free_memory()
+        return summary
+
+    return run_stage(ctx, f"dpo/{variant.name}", folder, inputs, work, all_processes=True, keep=("trainer",))
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Evaluation
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def similarity_items(ctx: RunContext) -> list[str]:
+    """The items of the similarity probe: test targets, then test candidates, in order, up to the limit."""
+    seen: dict[str, None] = {}
+    for ex in ctx.test_examples:
+        seen.setdefault(ex.target)
+    for ex in ctx.test_examples:
+        for c in ex.candidates:
+            seen.setdefault(c)
+    return list(seen)[: ctx.config.eval.similarity_items]
+
+
+def stage_evaluate(ctx: RunContext, name: str, load: Callable[[], Any]) -> dict:
+    """HR@K / NDCG@K / AUC of one model on the frozen test split (+ title-image similarities for VLMs)."""
+    from ..evaluation import RecEvalConfig, evaluate_recommender
+    from .similarity import title_image_similarity
+
+    config = ctx.config
+    ev = config.eval
+    folder = ctx.rundir.stage_dir("eval", name)
+    inputs = {**dataclasses.asdict(ev), "max_test_sequences": config.data.max_test_sequences,
+              "image_pixels": [config.data.image_min_pixels, config.data.image_max_pixels]}
+
+    def work() -> dict:
+        proc = ctx.processing_class()
+        model = load()
+        if not config.model.load_in_4bit:
+            if hasattr(model, "merge_and_unload"):  # same function, no adapter overhead per forward
+                model = model.merge_and_unload()
+            if torch.cuda.is_available():
+                model.to("cuda")
+        test = ctx.test_examples
+        ranking = build_ranking_eval_dataset(test, ctx.data, with_images=ctx.with_images)
+        auc = build_auc_eval_dataset(test, ctx.data, with_images=ctx.with_images)
+        eval_config = RecEvalConfig(ks=tuple(ev.eval_ks) if ev.eval_ks else None, ranking_mode=ev.eval_ranking_mode,
+                                    auc_probability=ev.auc_probability, batch_size=ev.eval_batch_size)
+        metrics = evaluate_recommender(model, proc, ranking, auc, config=eval_config,
+                                       output_path=folder / "metrics.json", overwrite=True)
+        if ctx.with_images and ev.similarity_items > 0:
+            items = similarity_items(ctx)
+            titles, _ = _item_table(ctx, items)
+            cosine = title_image_similarity(model, proc, items, titles, [ctx.data.image(i) for i in items],
+                                            batch_size=ev.eval_batch_size)
+            write_json_atomic(folder / "similarity.json", {"item_ids": items, "cosine": cosine.tolist()})
+        del model
+        _free_memory()
+        return {"metrics": metrics}
+
+    return run_stage(ctx, f"eval/{name}", folder, inputs, work)
+
+
+__all__ = [
+    "RunContext",
+    "load_data",
+    "load_dpo_model",
+    "load_sft_model",
+    "run_stage",
+    "stage_data",
+    "stage_dpo",
+    "stage_evaluate",
+    "stage_hardness",
+    "stage_model",
+    "stage_sft",
+    "subsample_users",
+]
