@@ -48,7 +48,7 @@ from .modeling import (
     write_builtin_model,
 )
 from .rundir import RunDir, read_json, write_json_atomic
-from .training import compact_lm_head_on_cpu, last_checkpoint, use_stage_progress
+from .training import compact_lm_head_on_cpu, last_checkpoint, use_stage_progress, without_zero3_init
 
 logger = logging.getLogger(__name__)
 
@@ -139,8 +139,11 @@ def run_stage(ctx: RunContext, stage: str, folder: Path, inputs: dict[str, Any],
         rundir.fresh_stage(folder, keep=keep if ctx.config.run.resume else ())
     ctx.barrier()
     summary: dict = {}
-    if all_processes or ctx.is_main:
+    if all_processes:
         summary = work()
+    elif ctx.is_main:
+        with without_zero3_init():
+            summary = work()
     ctx.barrier()
     seconds = time.perf_counter() - start
     if ctx.is_main:
@@ -328,8 +331,9 @@ def stage_sft(ctx: RunContext) -> dict:
         del trainer, model
         _free_memory()
         if ctx.is_main and config.resolved_dpo_init() == "merge":
-            merge_adapter(ctx.spec.path, folder / "adapter", ctx.spec, config.model, folder / "merged",
-                          ctx.tokenizer(proc))
+            with without_zero3_init():
+                merge_adapter(ctx.spec.path, folder / "adapter", ctx.spec, config.model, folder / "merged",
+                              ctx.tokenizer(proc))
             summary["merged"] = str(folder / "merged")
         return summary
 

@@ -46,6 +46,27 @@ def compact_lm_head_on_cpu() -> Iterator[bool]:
         trl_utils._use_triton = original
 
 
+@contextlib.contextmanager
+def without_zero3_init() -> Iterator[None]:
+    """Load whole (unsharded) models inside, even after a DeepSpeed ZeRO-3 training stage.
+
+    A ZeRO-3 ``TrainingArguments`` registers a global DeepSpeed config with transformers, after which
+    ``from_pretrained`` partitions weights with collective calls; the main-process-only stages (item encoding,
+    evaluation) must load the whole model instead, or they would wait forever for the other processes.
+    """
+    try:
+        import transformers.integrations.deepspeed as hf_deepspeed
+    except ImportError:  # pragma: no cover
+        yield
+        return
+    saved = getattr(hf_deepspeed, "_hf_deepspeed_config_weak_ref", None)
+    hf_deepspeed._hf_deepspeed_config_weak_ref = None
+    try:
+        yield
+    finally:
+        hf_deepspeed._hf_deepspeed_config_weak_ref = saved
+
+
 class StageProgressCallback(ProgressCallback):
     """transformers' progress bar with the latest loss (and HaNoRec's beta'/eta) as its postfix, instead of one
     printed dict per logging step."""
@@ -87,4 +108,5 @@ def last_checkpoint(folder: Path) -> str | None:
     return get_last_checkpoint(str(folder))
 
 
-__all__ = ["StageProgressCallback", "compact_lm_head_on_cpu", "last_checkpoint", "use_stage_progress"]
+__all__ = ["StageProgressCallback", "compact_lm_head_on_cpu", "last_checkpoint", "use_stage_progress",
+           "without_zero3_init"]

@@ -1,0 +1,121 @@
+"""The embedded default end to end (fast settings), resume, an interrupted DPO stage, and extending a run.
+
+One run directory is shared by the tests of this module (they build on each other, in order): the first run takes
+~40 s on 2 CPU cores with the tiny tokenizer; the others reuse its finished stages.
+"""
+
+import json
+import math
+
+import pytest
+from PIL import Image
+
+from hanorec_trl.pipeline import main
+from hanorec_trl.pipeline.rundir import MARKER
+
+FAST = [
+    "--tokenizer", "tiny", "--synthetic_num_users", "40", "--synthetic_num_items", "60",
+    "--max_train_sequences", "8", "--max_test_sequences", "4", "--sft_max_steps", "2", "--dpo_max_steps", "2",
+    "--save_steps", "1", "--similarity_items", "12", "--responsiveness_warmup", "0",
+]
+STAGES = ["data", "model", "sft", "hardness", "dpo/hano", "eval/sft", "eval/hano"]
+METRICS = ["hr@1", "hr@3", "ndcg@3", "hr@5", "ndcg@5", "auc", "binary_auc"]
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    root = tmp_path_factory.mktemp("pipeline") / "run"
+    assert main(FAST + ["--output_dir", str(root)]) == 0
+    return root
+
+
+def _results(root):
+    return json.loads((root / "report" / "results.json").read_text())
+
+
+def _marker_times(root):
+    return {s: (root / s / MARKER).stat().st_mtime_ns for s in STAGES}
+
+
+def test_default_run_produces_results_plots_and_markers(run_dir):
+    results = _results(run_dir)
+    assert list(results["models"]) == ["sft", "hano"]
+    for name in ("sft", "hano"):
+        metrics = results["models"][name]
+        for key in METRICS:
+            assert isinstance(metrics[key], float) and math.isfinite(metrics[key]), (name, key)
+            assert 0.0 <= metrics[key] <= 1.0
+        # every test sequence is scored once as a ranking row and once as an AUC row
+        assert metrics["num_ranking_rows"] == metrics["num_auc_rows"] == results["test_sequences"] > 0
+    assert "random weights" in results["disclaimer"] and "synthetic data" in results["disclaimer"]
+    markdown = (run_dir / "report" / "results.md").read_text()
+    assert results["disclaimer"] in markdown and "| HaNoRec |" in markdown and "| SFT |" in markdown
+    for name in ("training_dynamics", "title_image_similarity"):
+        with Image.open(results["plots"][name]) as image:
+            assert image.format == "PNG" and image.size[0] > 500
+    for stage in STAGES:
+        assert (run_dir / stage / MARKER).is_file(), stage
+
+    # the DPO log history carries HaNoRec's metrics (the dynamics plot reads them)
+    history = json.loads((run_dir / "dpo" / "hano" / "log_history.json").read_text())
+    steps = [h for h in history if "hano/beta_mean" in h]
+    assert len(steps) == 2 and all(h["hano/beta_min"] <= h["hano/beta_mean"] <= h["hano/beta_max"] for h in steps)
+    assert all("hano/eta" in h and "hano/lambda_mean" in h for h in steps)
+    # lambda of every DPO row, for both hardness modes, finite and mean-normalised around 1 (Eq. 6)
+    lambdas = json.loads((run_dir / "hardness" / "lambdas.json").read_text())
+    rows = len(lambdas["rows"]["sequence_id"])
+    assert rows == 16  # 8 sequences x (ranking + AUC)
+    for mode in ("topk", "pairwise"):
+        assert len(lambdas["lambda"][mode]) == rows and all(0.5 < x < 2.0 for x in lambdas["lambda"][mode])
+    # title-image similarities before (SFT) and after (HaNoRec) DPO, on the same items
+    before = json.loads((run_dir / "eval" / "sft" / "similarity.json").read_text())
+    after = json.loads((run_dir / "eval" / "hano" / "similarity.json").read_text())
+    assert before["item_ids"] == after["item_ids"] and len(before["cosine"]) == 12
+    assert before["cosine"] != after["cosine"]  # the DPO adapter moved the representations
+    # the SFT adapter was merged: the DPO reference (adapters disabled) is the SFT model
+    assert (run_dir / "sft" / "merged" / "config.json").is_file()
+    assert (run_dir / "sft" / "trainer" / "checkpoint-2").is_dir()
+
+
+def test_resume_skips_finished_stages(run_dir, capsys):
+    before, times = _results(run_dir), _marker_times(run_dir)
+    capsys.readouterr()
+    assert main(FAST + ["--output_dir", str(run_dir), "--resume"]) == 0
+    out = capsys.readouterr().out
+    for stage in STAGES:
+        assert f"[{stage}] finished earlier: skipped" in out
+    assert _marker_times(run_dir) == times
+    after = _results(run_dir)
+    assert after["models"] == before["models"] and sorted(after["skipped_stages"]) == sorted(STAGES)
+
+
+def test_interrupted_dpo_resumes_from_its_last_checkpoint(run_dir, capsys):
+    before = _results(run_dir)["models"]["hano"]
+    # an interruption after the last checkpoint: the stage has no marker (its unfinished folder is cleared except the
+    # trainer's checkpoints) and its evaluation never ran
+    for path in (run_dir / "dpo" / "hano" / MARKER, run_dir / "eval" / "hano" / MARKER):
+        path.unlink()
+    capsys.readouterr()
+    assert main(FAST + ["--output_dir", str(run_dir), "--resume"]) == 0
+    out = capsys.readouterr().out
+    assert "[sft] finished earlier: skipped" in out and "[dpo/hano] running" in out
+    marker = json.loads((run_dir / "dpo" / "hano" / MARKER).read_text())
+    assert marker["summary"]["resumed_from"].endswith("checkpoint-2") and marker["summary"]["steps"] == 2
+    after = _results(run_dir)["models"]["hano"]
+    for key in METRICS:  # the weights restored from the final checkpoint are the trained ones
+        assert after[key] == pytest.approx(before[key], abs=1e-6)
+
+
+def test_resumed_run_refuses_changed_arguments_and_extends_with_plain_dpo(run_dir, capsys):
+    # a finished stage's arguments may not change ...
+    assert main(FAST + ["--output_dir", str(run_dir), "--resume", "--sft_learning_rate", "0.5"]) == 2
+    assert "stage 'sft'" in capsys.readouterr().err
+    # ... but a new variant trains from the same SFT model (no hardness needed for plain DPO)
+    assert main(FAST + ["--output_dir", str(run_dir), "--resume", "--method", "dpo"]) == 0
+    out = capsys.readouterr().out
+    assert "[sft] finished earlier: skipped" in out and "[dpo/dpo] running" in out and "[hardness]" not in out
+    results = _results(run_dir)
+    assert list(results["models"]) == ["sft", "dpo"]
+    history = json.loads((run_dir / "dpo" / "dpo" / "log_history.json").read_text())
+    assert not any("hano/beta_mean" in h for h in history)  # plain TRL DPO: HaNoRec's adaptive beta is off
+    assert any("loss" in h for h in history)

@@ -1,0 +1,222 @@
+"""Pipeline configuration (TrlParser, recipes, variants), refusals before any work, and the CPU LM-head switch."""
+
+import dataclasses
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from hanorec_trl.pipeline import PipelineConfig, PipelineConfigError, main, parse_args
+from hanorec_trl.pipeline.arguments import ABLATION_VARIANTS, ARGUMENT_CLASSES, help_table
+
+REPO = Path(__file__).resolve().parents[1]
+RECIPES = sorted((REPO / "examples" / "recipes").rglob("*.yaml"))
+
+
+# ------------------------------------------------------------------------------------------------- parsing, recipes
+
+
+def test_every_recipe_parses_and_names_its_dataset():
+    assert len(RECIPES) >= 8
+    for recipe in RECIPES:
+        config = parse_args(["--config", str(recipe), "--data_dir", "/data/x"], dataset=None)
+        dataset = recipe.relative_to(REPO / "examples" / "recipes").parts[0]
+        assert config.data.dataset == dataset, recipe
+        assert config.run.method == "hano"
+
+
+def test_defaults_are_the_tiny_recipe_and_the_command_line_wins():
+    tiny = REPO / "examples" / "recipes" / "movielens" / "tiny" / "hano.yaml"
+    assert parse_args([]).to_dict() == parse_args(["--config", str(tiny)]).to_dict()
+    real = REPO / "examples" / "recipes" / "movielens" / "qwen2.5-vl-3b" / "hano.yaml"
+    config = parse_args(["--config", str(real), "--beta", "0.25", "--no_use_hardness", "--lora-noise-std", "0"])
+    assert config.model.model == "Qwen/Qwen2.5-VL-3B-Instruct" and config.sft.sft_gradient_accumulation_steps == 8
+    assert (config.dpo.beta, config.dpo.use_hardness, config.dpo.lora_noise_std) == (0.25, False, 0.0)
+
+
+def test_script_dataset_must_match_the_recipe():
+    recipe = REPO / "examples" / "recipes" / "netflix" / "smollm2" / "hano.yaml"
+    with pytest.raises(PipelineConfigError, match="examples/train_netflix.py"):
+        parse_args(["--config", str(recipe), "--data_dir", "/data/x"], dataset="movielens")
+
+
+def test_variants_follow_method_ablation_and_switches():
+    assert parse_args(["--method", "sft"]).variant() is None
+    assert parse_args(["--method", "dpo"]).variant().switches(parse_args([]).dpo) == {
+        "use_hardness": False, "use_responsiveness": False, "hardness_mode": "topk", "lora_noise_std": 0.0}
+    assert parse_args([]).variant().name == "hano"
+    wo_sam = parse_args(["--ablation", "wo_sam"])
+    assert wo_sam.variant().switches(wo_sam.dpo)["hardness_mode"] == "pairwise"
+    assert parse_args(["--ablation", "wo_nodo"]).variant().switches(wo_sam.dpo)["lora_noise_std"] == 0.0
+    assert parse_args(["--lora_noise_std", "0"]).variant().name == "hano-hardness-responsiveness"
+    assert [v.label for v in ABLATION_VARIANTS] == ["HaNoRec", "w/o HaRS", "w/o SAM", "w/o NoDO", "w/o ALL (DPO)"]
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--method", "dpo", "--ablation", "wo_sam"], "needs --method hano"),
+        (["--resume"], "--resume needs --output_dir"),
+        (["--resume", "--overwrite", "--output_dir", "x"], "exclude each other"),
+        (["--dataset", "microlens"], "needs --data_dir"),
+        (["--load_in_4bit", "--dpo_init", "merge"], "cannot take the SFT adapter merged"),
+        (["--model", "smollm2", "--tokenizer", "tiny"], "built-in tiny models only"),
+        (["--dpo_extra_args", "{not json"], "must be a JSON object"),
+        (["--max_train_sequences", "0"], "at least 1"),
+    ],
+)
+def test_bad_combinations_are_refused_with_the_fields_named(argv, message):
+    with pytest.raises(PipelineConfigError, match=message):
+        parse_args(argv, dataset=None)
+
+
+def test_extra_trainer_arguments_accept_json_and_yaml_mappings(tmp_path):
+    config = parse_args(["--sft_extra_args", '{"warmup_ratio": 0.1}'])
+    from hanorec_trl.pipeline.arguments import extra_args
+
+    assert extra_args(config, "sft_extra_args") == {"warmup_ratio": 0.1}
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("dpo_extra_args:\n  lr_scheduler_type: constant\n")
+    assert extra_args(parse_args(["--config", str(recipe)]), "dpo_extra_args") == {"lr_scheduler_type": "constant"}
+
+
+def test_help_table_lists_every_field():
+    table = help_table()
+    for cls in ARGUMENT_CLASSES:
+        for f in dataclasses.fields(cls):
+            assert f"`--{f.name}`" in table
+            assert f.metadata.get("help"), f"{cls.__name__}.{f.name} has no help"
+
+
+def test_config_round_trips_through_json():
+    config = parse_args(["--eval_ks", "1", "3", "--max_users", "50"])
+    again = PipelineConfig.from_dict(json.loads(json.dumps(config.to_dict())))
+    assert again.to_dict() == config.to_dict() and again.eval.eval_ks == [1, 3]
+
+
+# --------------------------------------------------------------------------------------------- refused before work
+
+
+def _refused(argv, capsys, message):
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and message in err, err
+    return err
+
+
+def test_bad_models_are_refused_before_the_run_directory_exists(tmp_path, capsys):
+    from transformers import BertConfig, LlavaConfig
+
+    out = tmp_path / "run"
+    masked = tmp_path / "bert"
+    BertConfig(architectures=["BertForMaskedLM"]).save_pretrained(masked)
+    _refused(["--model", str(masked), "--output_dir", str(out)], capsys, "neither a vision-language model")
+    llava = tmp_path / "llava"
+    LlavaConfig().save_pretrained(llava)
+    _refused(["--model", str(llava), "--output_dir", str(out)], capsys, "outside the Qwen2-VL family")
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    _refused(["--model", str(empty), "--output_dir", str(out)], capsys, "has no config.json")
+    _refused(["--model", "no-such-org/no-such-model", "--output_dir", str(out)], capsys, "not a built-in model")
+    assert not out.exists()
+
+
+def test_missing_data_is_refused_before_the_run_directory_exists(tmp_path, capsys):
+    out = tmp_path / "run"
+    _refused(["--data_dir", str(tmp_path / "nowhere"), "--output_dir", str(out)], capsys, "does not exist")
+    partial = tmp_path / "ml"
+    partial.mkdir()
+    (partial / "ratings.dat").write_text("1::1::5::978300760\n")
+    _refused(["--data_dir", str(partial), "--output_dir", str(out)], capsys, "movies.dat")
+    assert not out.exists()
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the CPU-only refusals")
+def test_gpu_only_switches_are_refused_on_cpu(tmp_path, capsys):
+    _refused(["--bf16", "--output_dir", str(tmp_path / "a")], capsys, "--bf16 needs a CUDA GPU")
+    _refused(["--load_in_4bit", "--output_dir", str(tmp_path / "b")], capsys, "needs a CUDA GPU")
+
+
+def test_run_directory_refusals(tmp_path, capsys):
+    foreign = tmp_path / "mine"
+    foreign.mkdir()
+    (foreign / "notes.txt").write_text("keep me")
+    _refused(["--output_dir", str(foreign), "--overwrite"], capsys, "refusing to delete it")
+    _refused(["--output_dir", str(foreign), "--resume"], capsys, "not a run directory")
+    _refused(["--output_dir", str(tmp_path / "absent"), "--resume"], capsys, "no run to resume")
+    assert (foreign / "notes.txt").read_text() == "keep me"
+
+
+def test_script_refuses_a_non_empty_output_dir(tmp_path):
+    """The example script end to end as a user runs it: one error line, exit code 2, the folder untouched."""
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "something").write_text("x")
+    proc = subprocess.run([sys.executable, str(REPO / "examples" / "train_movielens.py"), "--output_dir", str(out)],
+                          capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert proc.returncode == 2, proc.stderr
+    assert "exists and is not empty" in proc.stderr and "Traceback" not in proc.stderr
+    assert sorted(p.name for p in out.iterdir()) == ["something"]
+
+
+# ------------------------------------------------------------------------------------------- helpers of the stages
+
+
+def test_compact_lm_head_on_cpu_gives_the_same_loss_and_gradients(tiny_tok):
+    import trl.trainer.utils as trl_utils
+    from trl.trainer.utils import add_fused_lm_head
+
+    from hanorec_trl.models import tiny_qwen2
+    from hanorec_trl.pipeline.training import compact_lm_head_on_cpu
+
+    model = tiny_qwen2(tiny_tok)
+    add_fused_lm_head(model, outputs=("log_probs", "entropy", "is_top1"))
+    ids = torch.randint(0, len(tiny_tok), (2, 24), generator=torch.Generator().manual_seed(0))
+    labels = ids.clone()
+    labels[:, :17] = -100
+
+    def run():
+        model.zero_grad()
+        out = model(input_ids=ids, labels=labels, fused_lm_head=True)
+        out.loss.backward()
+        grads = [p.grad.clone() for p in model.parameters() if p.grad is not None]
+        return out, grads
+
+    assert not trl_utils._use_triton(torch.device("cpu"))
+    plain, plain_grads = run()
+    with compact_lm_head_on_cpu() as installed:
+        assert installed and trl_utils._use_triton(torch.device("cpu"))
+        compact, compact_grads = run()
+    assert not trl_utils._use_triton(torch.device("cpu"))  # restored
+    torch.testing.assert_close(compact.loss, plain.loss)
+    for name in ("log_probs", "entropy", "is_top1"):
+        torch.testing.assert_close(getattr(compact, name), getattr(plain, name), atol=1e-5, rtol=1e-5)
+    for a, b in zip(compact_grads, plain_grads, strict=True):
+        torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-5)
+
+
+def test_subsample_users_keeps_whole_histories():
+    from hanorec_trl.data import RecData
+    from hanorec_trl.pipeline.stages import subsample_users
+
+    users = [str(u) for u in range(10) for _ in range(u + 1)]
+    items = [str(k % 7) for k in range(len(users))]
+    data = RecData("toy", users, items, list(range(len(users))), [str(i) for i in range(7)],
+                   {str(i): f"t{i}" for i in range(7)})
+    small = subsample_users(data, 4, seed=1)
+    kept = small.user_sequences()
+    assert len(kept) == 4
+    for user, sequence in kept.items():
+        assert sequence == data.user_sequences()[user]
+    assert subsample_users(data, 4, seed=1).fingerprint() == small.fingerprint()
+    assert subsample_users(data, 20, seed=1) is data
+
+
+def test_docs_cli_reference_is_current():
+    text = (REPO / "docs" / "pipeline.md").read_text()
+    start, end = "<!-- cli-reference:start -->", "<!-- cli-reference:end -->"
+    section = text[text.index(start) + len(start) : text.index(end)]
+    assert section.strip() == help_table().strip(), "regenerate the CLI reference in docs/pipeline.md"
