@@ -6,7 +6,7 @@ preference pair (chosen item w, rejected item l) and each anchor a in {w, l}:
 
 * Eq. 4 -- :meth:`HardnessIndex.top_k`: the cosine scores ``c_a,1 >= ... >= c_a,K`` of the K items nearest to ``e_a``,
   the anchor itself excluded by id (a duplicate of the anchor is another item and stays);
-* Eq. 5 -- ``Z_a = softmax(c_a / tau)``;
+* Eq. 5 -- ``Z_a = softmax(c_a / tau)``, :func:`topk_profiles`;
 * Eq. 6 -- ``Delta = ||Z_w - Z_l||_2`` (rank-aligned; the mean over the pairs of a sample with several aligned pairs),
   :meth:`HardnessIndex.deltas`; ``lambda = sigmoid(Delta) / sigmoid(mean Delta)``, :func:`lambdas_from_deltas`.
 
@@ -45,6 +45,7 @@ __all__ = [
     "HardnessScores",
     "add_hardness_column",
     "lambdas_from_deltas",
+    "topk_profiles",
 ]
 
 INDEX_KINDS = ("flat", "ivf", "hnsw")
@@ -453,10 +454,7 @@ class HardnessIndex:
         anchors = np.unique(np.concatenate([chosen_rows, rejected_rows]))  # each distinct item searched once
         with _faiss_threads(self.config.num_threads):
             _, scores = self._anchor_top_k(anchors, k)
-        logits = scores.astype(np.float64) / temperature  # Eq. 5
-        logits -= logits.max(axis=1, keepdims=True)
-        profiles = np.exp(logits)
-        profiles /= profiles.sum(axis=1, keepdims=True)
+        profiles = topk_profiles(scores, temperature)
         z_w = profiles[np.searchsorted(anchors, chosen_rows)]
         z_l = profiles[np.searchsorted(anchors, rejected_rows)]
         return np.linalg.norm(z_w - z_l, axis=1)  # Eq. 6, rank-aligned
@@ -526,6 +524,14 @@ class HardnessIndex:
             f"HardnessIndex(num_items={self.num_items}, dim={self.dim}, index={self.config.index!r}, "
             f"items_with_image={int(self.has_image.sum())})"
         )
+
+
+def topk_profiles(scores, temperature: float = 1.0) -> np.ndarray:
+    """Eq. 5: ``Z = softmax(c / tau)`` of each row of Top-K cosines (sorted descending), float64 ``[n, K]``."""
+    logits = np.asarray(scores, dtype=np.float64) / temperature
+    logits = logits - logits.max(axis=-1, keepdims=True)
+    profiles = np.exp(logits)
+    return profiles / profiles.sum(axis=-1, keepdims=True)
 
 
 def lambdas_from_deltas(deltas, delta_mean: float | None = None) -> tuple[np.ndarray, float]:
