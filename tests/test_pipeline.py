@@ -89,21 +89,39 @@ def test_resume_skips_finished_stages(run_dir, capsys):
     assert after["models"] == before["models"] and sorted(after["skipped_stages"]) == sorted(STAGES)
 
 
-def test_interrupted_dpo_resumes_from_its_last_checkpoint(run_dir, capsys):
-    before = _results(run_dir)["models"]["hano"]
-    # an interruption after the last checkpoint: the stage has no marker (its unfinished folder is cleared except the
-    # trainer's checkpoints) and its evaluation never ran
+def _interrupt_dpo(run_dir):
+    """An interruption of the DPO stage: no marker (its unfinished folder is cleared on resume, except the trainer's
+    checkpoints), and its evaluation never ran."""
     for path in (run_dir / "dpo" / "hano" / MARKER, run_dir / "eval" / "hano" / MARKER):
         path.unlink()
+
+
+def test_interrupted_dpo_resumes_from_its_last_checkpoint(run_dir, capsys):
+    import shutil
+
+    before = _results(run_dir)["models"]["hano"]
+    trainer = run_dir / "dpo" / "hano" / "trainer"
+    # interrupted after step 1: training continues from checkpoint-1 and reaches the same weights
+    _interrupt_dpo(run_dir)
+    shutil.rmtree(trainer / "checkpoint-2")
     capsys.readouterr()
     assert main(FAST + ["--output_dir", str(run_dir), "--resume"]) == 0
     out = capsys.readouterr().out
     assert "[sft] finished earlier: skipped" in out and "[dpo/hano] running" in out
     marker = json.loads((run_dir / "dpo" / "hano" / MARKER).read_text())
+    assert marker["summary"]["resumed_from"].endswith("checkpoint-1") and marker["summary"]["steps"] == 2
+    resumed = _results(run_dir)["models"]["hano"]
+    for key in METRICS:
+        assert resumed[key] == pytest.approx(before[key], abs=1e-6), key
+    # interrupted after the final checkpoint, before the adapter was saved: restored, not trained a step further
+    _interrupt_dpo(run_dir)
+    assert main(FAST + ["--output_dir", str(run_dir), "--resume"]) == 0
+    marker = json.loads((run_dir / "dpo" / "hano" / MARKER).read_text())
     assert marker["summary"]["resumed_from"].endswith("checkpoint-2") and marker["summary"]["steps"] == 2
-    after = _results(run_dir)["models"]["hano"]
-    for key in METRICS:  # the weights restored from the final checkpoint are the trained ones
-        assert after[key] == pytest.approx(before[key], abs=1e-6)
+    assert not (trainer / "checkpoint-3").exists()
+    restored = _results(run_dir)["models"]["hano"]
+    for key in METRICS:
+        assert restored[key] == pytest.approx(before[key], abs=1e-6), key
 
 
 def test_resumed_run_refuses_changed_arguments_and_extends_with_plain_dpo(run_dir, capsys):

@@ -155,7 +155,7 @@ def write_report(run_root: Path, models: Sequence[tuple[str, str]], *, beta0: fl
     results = {**header, "disclaimer": disclaimer, "models": {name: {"label": labels[name], **metrics[name]}
                                                               for name, _ in models},
                "title_image_similarity": similarity_summary, "plots": plots}
-    write_json_atomic(folder / "results.json", results)
+    write_json_atomic(folder / "results.json", results, sort_keys=False)  # models in table order
     lines = [f"# Results: {header.get('run_dir', '')}", ""]
     if disclaimer:
         lines += [f"> **{disclaimer}**", ""]

@@ -35,13 +35,13 @@ class RunDirError(RuntimeError):
     """The run directory cannot be used as asked (exists and is not empty, not ours, arguments changed...)."""
 
 
-def write_json_atomic(path: Path, payload: Any) -> None:
+def write_json_atomic(path: Path, payload: Any, *, sort_keys: bool = True) -> None:
     """Write JSON to ``path`` through a temporary file in the same folder and ``os.replace``."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(payload, f, indent=2, sort_keys=True, default=str)
+            json.dump(payload, f, indent=2, sort_keys=sort_keys, default=str)
             f.write("\n")
         os.replace(tmp, path)
     except BaseException:

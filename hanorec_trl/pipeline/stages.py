@@ -287,15 +287,41 @@ def _train(ctx: RunContext, trainer, folder: Path, description: str) -> dict:
     """Train (from the last checkpoint when resuming), save the adapter and the log history."""
     use_stage_progress(trainer, description)
     resume_from = last_checkpoint(folder / "trainer") if ctx.config.run.resume else None
-    if resume_from:
-        ctx.say(f"        resuming {description} from {resume_from}")
-    with compact_lm_head_on_cpu():
-        result = trainer.train(resume_from_checkpoint=resume_from)
+    finished = resume_from is not None and _checkpoint_is_final(Path(resume_from))
+    if finished:
+        # transformers would train one step past max_steps when resumed from the final checkpoint: restore it instead
+        ctx.say(f"        {description} had finished training: restoring {resume_from}")
+        _restore_adapter(trainer.model, Path(resume_from))
+        trainer.state = type(trainer.state).load_from_json(str(Path(resume_from) / "trainer_state.json"))
+        train_loss = None
+    else:
+        if resume_from:
+            ctx.say(f"        resuming {description} from {resume_from}")
+        with compact_lm_head_on_cpu():
+            train_loss = trainer.train(resume_from_checkpoint=resume_from).training_loss
     trainer.save_model(str(folder / "adapter"))
     if ctx.is_main:
         write_json_atomic(folder / "log_history.json", trainer.state.log_history)
-    return {"steps": trainer.state.global_step, "train_loss": result.training_loss, "resumed_from": resume_from,
+    return {"steps": trainer.state.global_step, "train_loss": train_loss, "resumed_from": resume_from,
             "train_rows": len(trainer.train_dataset)}
+
+
+def _checkpoint_is_final(checkpoint: Path) -> bool:
+    state = read_json(checkpoint / "trainer_state.json")
+    return state.get("max_steps", 0) > 0 and state.get("global_step", 0) >= state["max_steps"]
+
+
+def _restore_adapter(model, checkpoint: Path) -> None:
+    """Load the "default" LoRA weights saved in a trainer checkpoint into the (PEFT) model."""
+    from peft import set_peft_model_state_dict
+    from safetensors.torch import load_file
+
+    weights = checkpoint / "adapter_model.safetensors"
+    if not weights.is_file():
+        raise FileNotFoundError(f"{checkpoint} has no adapter_model.safetensors to restore the trained adapter from")
+    result = set_peft_model_state_dict(model, load_file(str(weights)), adapter_name="default")
+    if getattr(result, "unexpected_keys", None):
+        raise RuntimeError(f"{weights} does not match the model's adapter: unexpected {result.unexpected_keys[:5]}")
 
 
 # ----------------------------------------------------------------------------------------------------------------
