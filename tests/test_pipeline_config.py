@@ -220,3 +220,34 @@ def test_docs_cli_reference_is_current():
     start, end = "<!-- cli-reference:start -->", "<!-- cli-reference:end -->"
     section = text[text.index(start) + len(start) : text.index(end)]
     assert section.strip() == help_table().strip(), "regenerate the CLI reference in docs/pipeline.md"
+
+
+def test_report_for_an_ablation_table(tmp_path):
+    """The report of several variants: one row each in order, plots even for a variant without HaNoRec metrics."""
+    from hanorec_trl.pipeline.report import write_report
+
+    rng = __import__("numpy").random.default_rng(0)
+    models = [("sft", "SFT"), ("hano", "HaNoRec"), ("wo_sam", "w/o SAM"), ("wo_all", "w/o ALL (DPO)")]
+    items = [str(i) for i in range(10)]
+    for k, (name, _) in enumerate(models):
+        folder = tmp_path / "eval" / name
+        folder.mkdir(parents=True)
+        metrics = {"hr@1": 0.1 * k, "hr@3": 0.2, "ndcg@3": 0.15, "auc": 0.5 + 0.01 * k, "binary_auc": 0.5}
+        (folder / "metrics.json").write_text(json.dumps({"metrics": metrics}))
+        (folder / "similarity.json").write_text(json.dumps({"item_ids": items, "cosine": rng.normal(size=10).tolist()}))
+        if name != "sft":
+            history = [{"step": s, "loss": 0.69 - 0.01 * s} for s in (1, 2, 3)]
+            if name != "wo_all":
+                for h in history:
+                    h.update({"hano/beta_mean": 0.1, "hano/beta_min": 0.09, "hano/beta_max": 0.11,
+                              "hano/lambda_mean": 1.0, "hano/eta": 1.0})
+            (tmp_path / "dpo" / name).mkdir(parents=True)
+            (tmp_path / "dpo" / name / "log_history.json").write_text(json.dumps(history))
+    results = write_report(tmp_path, models, beta0=0.1, header={"dataset": "toy"}, disclaimer="toy numbers")
+    rows = [line for line in results["table"].splitlines() if line.startswith("| ") and "model" not in line]
+    assert [r.split("|")[1].strip() for r in rows] == [label for _, label in models]
+    assert "| AUC |" in results["table"] and "HR@5" not in results["table"]  # only the metrics present
+    assert list(json.loads((tmp_path / "report" / "results.json").read_text())["models"]) == [n for n, _ in models]
+    assert set(results["plots"]) == {"training_dynamics", "title_image_similarity"}
+    assert all(Path(p).stat().st_size > 10_000 for p in results["plots"].values())
+    assert "> **toy numbers**" in (tmp_path / "report" / "results.md").read_text()

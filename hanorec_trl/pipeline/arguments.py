@@ -490,8 +490,8 @@ def help_table() -> str:
     """A Markdown table of every argument (name, default, help), generated from the dataclasses."""
     lines = []
     for cls in ARGUMENT_CLASSES:
-        lines += [f"\n### {cls.__name__}\n", cls.__doc__.strip().splitlines()[0] + "\n", "| argument | default | help |",
-                  "|---|---|---|"]
+        lines += [f"\n### {cls.__name__}\n", cls.__doc__.strip().splitlines()[0] + "\n",
+                  "| argument | default | help |", "|---|---|---|"]
         for f in dataclasses.fields(cls):
             default = f.default if f.default is not dataclasses.MISSING else None
             text = f.metadata.get("help", "").replace("|", "\\|")

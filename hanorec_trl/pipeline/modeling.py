@@ -103,7 +103,7 @@ def _build_smollm2(margs: ModelArguments, seed: int):
     from .. import models
 
     if not hasattr(models, "smollm2_135m_instruct"):  # pragma: no cover - depends on the installed package version
-        raise PipelineConfigError("--model smollm2 needs hanorec_trl.models.smollm2_135m_instruct (a newer hanorec_trl)")
+        raise PipelineConfigError("--model smollm2 needs hanorec_trl.models.smollm2_135m_instruct (update hanorec_trl)")
     return models.smollm2_135m_instruct(dtype=torch.bfloat16 if margs.bf16 else torch.float32)
 
 
@@ -187,7 +187,9 @@ def resolve_model(margs: ModelArguments) -> ModelSpec:
             config = AutoConfig.from_pretrained(location, gguf_file=gguf_file)
         elif path.exists():
             if not (path / "config.json").is_file():
-                raise PipelineConfigError(f"--model {name}: {path} has no config.json (not a transformers model folder)")
+                raise PipelineConfigError(
+                    f"--model {name}: {path} has no config.json (not a transformers model folder)"
+                )
             location = str(path)
             config = AutoConfig.from_pretrained(location, trust_remote_code=margs.trust_remote_code)
         else:

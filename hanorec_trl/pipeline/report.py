@@ -139,7 +139,8 @@ def write_report(run_root: Path, models: Sequence[tuple[str, str]], *, beta0: fl
     if histories:
         plots["training_dynamics"] = str(plot_training_dynamics(histories, labels, beta0,
                                                                 folder / "training_dynamics.png"))
-    similarity = {name: read_json(p) for name, _ in models if (p := run_root / "eval" / name / "similarity.json").is_file()}
+    similarity = {name: read_json(p) for name, _ in models
+                  if (p := run_root / "eval" / name / "similarity.json").is_file()}
     similarity_summary: dict[str, Any] = {}
     if "sft" in similarity and len(similarity) > 1:
         before = np.asarray(similarity["sft"]["cosine"])

@@ -10,6 +10,7 @@ The example scripts are thin wrappers::
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import sys
@@ -145,13 +146,20 @@ def print_summary(results: dict[str, Any], root: Path) -> None:
     print(f"results: {root / 'report' / 'results.md'} and results.json ({results['wall_seconds']:.0f} s)")
 
 
-def _quiet_libraries() -> None:
-    """Keep the output to progress bars and the pipeline's lines."""
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    warnings.filterwarnings("ignore", message=".*gradient_checkpointing.*", category=FutureWarning)
+@contextlib.contextmanager
+def _quiet_libraries():
+    """Keep the output to progress bars and the pipeline's lines (restored afterwards)."""
     from transformers.utils import logging as hf_logging
 
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    verbosity = hf_logging.get_verbosity()
     hf_logging.set_verbosity_error()
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*gradient_checkpointing.*", category=FutureWarning)
+            yield
+    finally:
+        hf_logging.set_verbosity(verbosity)
 
 
 def main(argv: Sequence[str] | None = None, *, dataset: str | None = "movielens", ablations: bool = False) -> int:
@@ -162,13 +170,13 @@ def main(argv: Sequence[str] | None = None, *, dataset: str | None = "movielens"
     ``--method``/``--ablation`` describe. Errors a user can fix (bad arguments, data files, run directory) are printed
     as one ``error:`` line (exit code 2); anything else propagates with its traceback.
     """
-    _quiet_libraries()
     try:
         config = parse_args(argv, dataset=dataset)
-        if ablations:
-            run_pipeline(config, ABLATION_VARIANTS, run_name=f"{config.data.dataset}-ablations")
-        else:
-            run_pipeline(config)
+        with _quiet_libraries():
+            if ablations:
+                run_pipeline(config, ABLATION_VARIANTS, run_name=f"{config.data.dataset}-ablations")
+            else:
+                run_pipeline(config)
     except _user_errors() as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

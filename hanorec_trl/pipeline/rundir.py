@@ -121,7 +121,8 @@ class RunDir:
                 )
             if not ours:
                 raise RunDirError(
-                    f"--overwrite: {root} is not a run directory of this pipeline (no {RUN_FILE}); refusing to delete it"
+                    f"--overwrite: {root} is not a run directory of this pipeline (no {RUN_FILE}); "
+                    "refusing to delete it"
                 )
             shutil.rmtree(root)
         root.mkdir(parents=True, exist_ok=True)

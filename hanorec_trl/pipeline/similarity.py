@@ -45,7 +45,9 @@ def title_image_similarity(model, processor, item_ids: Sequence[str], titles: Se
                            images: Sequence[Any], *, batch_size: int = 8, progress: bool = True) -> np.ndarray:
     """cos(title representation, image representation) per item, both read through the language model."""
     encoder = QwenVLItemEncoder(model, processor, title_mode="contextual", batch_size=batch_size)
-    text = np.concatenate([encoder.encode_titles(titles[i : i + batch_size]) for i in range(0, len(titles), batch_size)])
+    text = np.concatenate(
+        [encoder.encode_titles(titles[i : i + batch_size]) for i in range(0, len(titles), batch_size)]
+    )
     pictures = [_load_image(item, image) for item, image in zip(item_ids, images)]
     image = contextual_image_embeddings(model, processor, pictures, batch_size=batch_size, progress=progress)
     text /= np.linalg.norm(text, axis=1, keepdims=True).clip(min=1e-12)

@@ -437,7 +437,8 @@ def stage_hardness(ctx: RunContext) -> dict:
             record["lambda"][mode] = [float(x) for x in scored["hano_lambda"]]
             record["delta_mean"][mode] = float(delta_mean)
         write_json_atomic(folder / "lambdas.json", record)
-        stats = {mode: {"min": min(v), "mean": float(np.mean(v)), "max": max(v)} for mode, v in record["lambda"].items()}
+        stats = {mode: {"min": min(v), "mean": float(np.mean(v)), "max": max(v)}
+                 for mode, v in record["lambda"].items()}
         ctx.say("        lambda (topk) min/mean/max = {min:.4f}/{mean:.4f}/{max:.4f}".format(**stats["topk"]))
         return {"items": len(item_ids), "rows": len(pairs), "lambda": stats, "delta_mean": record["delta_mean"],
                 "embedding_dim": int(embeddings.text.shape[1])}
