@@ -131,7 +131,7 @@ class DataArguments:
         },
     )
     synthetic_num_users: int = field(
-        default=100, metadata={"help": "Synthetic data (no --data_dir): number of users."}
+        default=80, metadata={"help": "Synthetic data (no --data_dir): number of users."}
     )
     synthetic_num_items: int = field(
         default=400, metadata={"help": "Synthetic data (no --data_dir): number of items."}
