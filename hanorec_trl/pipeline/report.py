@@ -55,23 +55,24 @@ def plot_training_dynamics(histories: dict[str, list[dict]], labels: dict[str, s
     fig, axes = plt.subplots(2, 2, figsize=(11, 7), sharex=True)
     panels = [(axes[0, 0], "beta' (mean, min-max band)"), (axes[0, 1], "lambda (batch mean)"),
               (axes[1, 0], "eta (responsiveness)"), (axes[1, 1], "DPO loss")]
-    for name, history in histories.items():
-        label = labels.get(name, name)
+    for index, (name, history) in enumerate(histories.items()):
+        label, color = labels.get(name, name), f"C{index}"  # one colour per variant in every panel
         steps, beta = _series(history, "hano/beta_mean")
         if len(steps):
-            line = axes[0, 0].plot(steps, beta, label=label)[0]
+            axes[0, 0].plot(steps, beta, label=label, color=color)
             _, low = _series(history, "hano/beta_min")
             _, high = _series(history, "hano/beta_max")
             if len(low) == len(steps) and len(high) == len(steps):
-                axes[0, 0].fill_between(steps, low, high, color=line.get_color(), alpha=0.2)
+                axes[0, 0].fill_between(steps, low, high, color=color, alpha=0.2)
         else:  # hardness and responsiveness off: beta' = beta0 throughout
             loss_steps, _ = _series(history, "loss")
             if len(loss_steps):
-                axes[0, 0].plot(loss_steps, np.full(len(loss_steps), beta0), linestyle="--", label=f"{label} (beta0)")
+                axes[0, 0].plot(loss_steps, np.full(len(loss_steps), beta0), linestyle="--", color=color,
+                                label=f"{label} (beta0)")
         for ax, key in ((axes[0, 1], "hano/lambda_mean"), (axes[1, 0], "hano/eta"), (axes[1, 1], "loss")):
             steps, values = _series(history, key)
             if len(steps):
-                ax.plot(steps, values, label=label)
+                ax.plot(steps, values, label=label, color=color)
     for ax, title in panels:
         ax.set_title(title)
         ax.grid(alpha=0.3)
@@ -95,8 +96,8 @@ def plot_similarity(before: np.ndarray, after: dict[str, np.ndarray], labels: di
 
     fig, (scatter, bars) = plt.subplots(1, 2, figsize=(11, 4.5))
     low, high = float(before.min()), float(before.max())
-    for name, values in after.items():
-        scatter.scatter(before, values, s=10, alpha=0.6, label=labels.get(name, name))
+    for index, (name, values) in enumerate(after.items()):
+        scatter.scatter(before, values, s=10, alpha=0.6, label=labels.get(name, name), color=f"C{index}")
         low, high = min(low, float(values.min())), max(high, float(values.max()))
     scatter.plot([low, high], [low, high], color="grey", linewidth=1, linestyle="--", label="unchanged")
     scatter.set_xlabel("title-image cosine, SFT model (before DPO)")
@@ -109,7 +110,7 @@ def plot_similarity(before: np.ndarray, after: dict[str, np.ndarray], labels: di
     for k, (name, values) in enumerate(after.items()):
         change = [float(np.mean(values[bins == b] - before[bins == b])) if np.any(bins == b) else 0.0
                   for b in range(5)]
-        bars.bar(np.arange(5) + k * width, change, width=width, label=labels.get(name, name))
+        bars.bar(np.arange(5) + k * width, change, width=width, label=labels.get(name, name), color=f"C{k}")
     bars.axhline(0, color="grey", linewidth=1)
     bars.set_xticks(np.arange(5) + width * (len(after) - 1) / 2)
     bars.set_xticklabels(["lowest", "2", "3", "4", "highest"])
