@@ -122,7 +122,7 @@ def _move_to(model: torch.nn.Module, device: torch.device) -> torch.device:
     return device
 
 
-def _masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+def masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     mask = mask.to(values.dtype).unsqueeze(-1)
     return (values * mask).sum(1) / mask.sum(1).clamp(min=1)
 
@@ -213,7 +213,7 @@ class QwenVLItemEncoder(ItemEncoder):
             else:
                 decoder = unwrap_model(self.model).get_decoder()
                 hidden = decoder(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"]).last_hidden_state
-            return _masked_mean(hidden.float(), enc["attention_mask"]).cpu().numpy()
+            return masked_mean(hidden.float(), enc["attention_mask"]).cpu().numpy()
 
     def encode_images(self, images: Sequence[Any]) -> np.ndarray:
         from .evaluation.scoring import eval_mode
@@ -290,7 +290,7 @@ class TextItemEncoder(ItemEncoder):
         ).to(self.device)
         with eval_mode(self.model):
             hidden = self.model(**enc).last_hidden_state
-        return _masked_mean(hidden.float(), enc["attention_mask"]).cpu().numpy()
+        return masked_mean(hidden.float(), enc["attention_mask"]).cpu().numpy()
 
     def encode_images(self, images: Sequence[Any]) -> np.ndarray:
         return np.zeros((len(images), self.dim), dtype=np.float32)
@@ -331,7 +331,7 @@ def _check_items(item_ids, titles, images) -> None:
             raise ValueError(f"item table row {row} (item {item!r}): empty or missing title {title!r}")
 
 
-def _load_image(item_id: str, image: ImageLike):
+def load_item_image(item_id: str, image: ImageLike):
     from PIL import Image
 
     if isinstance(image, (str, os.PathLike)):
@@ -429,7 +429,7 @@ def encode_items(
     if with_image:
 
         def encode_rows(rows):
-            return encoder.encode_images([_load_image(item_ids[r], images[r]) for r in rows])
+            return encoder.encode_images([load_item_image(item_ids[r], images[r]) for r in rows])
 
         encoded = _encode_in_batches(encode_rows, with_image, encoder.batch_size, "encoding images", progress)
         image[with_image] = np.concatenate(encoded)

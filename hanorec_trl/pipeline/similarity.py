@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from ..encoders import QwenVLItemEncoder, _load_image, _masked_mean
+from ..encoders import QwenVLItemEncoder, load_item_image, masked_mean
 from ..evaluation.scoring import eval_mode, model_device, unwrap_model
 
 IMAGE_ONLY_TEXT = "<|vision_start|><|image_pad|><|vision_end|>"
@@ -36,7 +36,7 @@ def contextual_image_embeddings(model, processor, images: Sequence[Any], batch_s
             batch = processor(text=[IMAGE_ONLY_TEXT] * len(chunk), images=chunk, return_tensors="pt", padding=True)
             batch = {k: v.to(device) for k, v in batch.items() if isinstance(v, torch.Tensor)}
             hidden = hf_model.model(**batch, use_cache=False).last_hidden_state
-            out.append(_masked_mean(hidden.float(), batch["input_ids"] == image_token_id).cpu().numpy())
+            out.append(masked_mean(hidden.float(), batch["input_ids"] == image_token_id).cpu().numpy())
             bar.update(len(chunk))
     return np.concatenate(out)
 
@@ -48,7 +48,7 @@ def title_image_similarity(model, processor, item_ids: Sequence[str], titles: Se
     text = np.concatenate(
         [encoder.encode_titles(titles[i : i + batch_size]) for i in range(0, len(titles), batch_size)]
     )
-    pictures = [_load_image(item, image) for item, image in zip(item_ids, images)]
+    pictures = [load_item_image(item, image) for item, image in zip(item_ids, images)]
     image = contextual_image_embeddings(model, processor, pictures, batch_size=batch_size, progress=progress)
     text /= np.linalg.norm(text, axis=1, keepdims=True).clip(min=1e-12)
     image /= np.linalg.norm(image, axis=1, keepdims=True).clip(min=1e-12)
