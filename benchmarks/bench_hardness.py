@@ -72,18 +72,18 @@ class PeakRSS:
 
 
 def make_embeddings(num_items, dim, data, dtype, with_image, seed):
-    """Random item embeddings: isotropic Gaussian, or a Gaussian mixture (num_items/100 clusters) for 'clustered'."""
+    """Random item embeddings: isotropic Gaussian; or, for 'clustered', a Gaussian mixture of num_items/100 clusters
+    (an item's text and image embeddings come from the same cluster, with a centre per modality)."""
     rng = np.random.default_rng(seed)
-    centres = rng.standard_normal((max(1, num_items // 100), dim), dtype=np.float32) if data == "clustered" else None
+    cluster = rng.integers(0, max(1, num_items // 100), size=num_items) if data == "clustered" else None
 
     def table():
         out = np.empty((num_items, dim), dtype=dtype)
+        centres = None if cluster is None else rng.standard_normal((cluster.max() + 1, dim), dtype=np.float32)
         for start in range(0, num_items, 65536):
             stop = min(start + 65536, num_items)
             block = rng.standard_normal((stop - start, dim), dtype=np.float32)
-            if centres is not None:
-                block = centres[rng.integers(0, len(centres), stop - start)] + 0.8 * block
-            out[start:stop] = block
+            out[start:stop] = block if centres is None else centres[cluster[start:stop]] + 0.8 * block
         return out
 
     text = table()
@@ -233,13 +233,15 @@ def plan_case(n, d, kind, args):
         if peak <= available:
             if (dtype, with_image) != ("float32", True):
                 notes.append(
-                    f"adapted: float32 text+image inputs would need ~{(2 * n * d * 4 + catalogue + index_extra) / GIB:.1f} "
-                    f"GiB (> {available / GIB:.1f} GiB usable), so inputs are {dtype}"
+                    "adapted: float32 text+image inputs would need "
+                    f"~{(2 * n * d * 4 + catalogue + index_extra) / GIB:.1f} GiB (> {available / GIB:.1f} GiB "
+                    f"usable), so inputs are {dtype}"
                     + ("" if with_image else " and text only (image_emb=None)")
                 )
             return {"input_dtype": dtype, "with_image": with_image, "planned_peak_gib": peak / GIB}, notes
-    return None, [f"skipped: needs >= {(n * d * 2 + catalogue + index_extra) / GIB:.1f} GiB even with float16 text-only "
-                  f"inputs; {available / GIB:.1f} GiB usable here"]
+    need = (n * d * 2 + catalogue + index_extra) / GIB
+    usable = available / GIB
+    return None, [f"skipped: needs >= {need:.1f} GiB even with float16 text-only inputs; {usable:.1f} GiB usable here"]
 
 
 def _available_memory_bytes():
@@ -270,7 +272,7 @@ def main():
     parser.add_argument("--recall-pairs", type=int, default=250, help="pairs whose anchors form the recall sample")
     parser.add_argument("--memory-fraction", type=float, default=0.9, help="share of available memory a case may use")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--out", type=Path, default=None, help="JSON output (default benchmarks/results/hardness-*.json)")
+    parser.add_argument("--out", type=Path, default=None, help="JSON file (default benchmarks/results/hardness-*.json)")
     parser.add_argument("--plot", action=argparse.BooleanOptionalAction, default=True)
     parser.add_argument("--worker", type=str, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -303,8 +305,10 @@ def main():
             for kind in kinds:
                 case = {"num_items": n, "dim": d, "kind": kind}
                 if kind == "hnsw" and n * d > args.hnsw_max_size:
-                    case["skipped"] = (f"skipped: HNSW builds single-threaded (deterministic) and {n:,} x {d} is "
-                                       f"beyond --hnsw-max-size={args.hnsw_max_size:.0e} (hours on 2 cores)")
+                    case["skipped"] = (
+                        f"skipped: HNSW builds single-threaded (deterministic), and {n:,} x {d} is beyond "
+                        f"--hnsw-max-size={args.hnsw_max_size:.0e} (tens of minutes or more here)"
+                    )
                     print(f"{n:>9,} x {d:<4} {kind:<5} {case['skipped']}")
                     results.append(case)
                     continue
@@ -341,7 +345,8 @@ def _run_worker(spec):
     done = subprocess.run(command, capture_output=True, text=True)
     if done.returncode != 0:
         tail = done.stderr.strip().splitlines()[-3:]
-        reason = f"failed (exit {done.returncode}{', killed: out of memory?' if done.returncode < 0 else ''}): " + " | ".join(tail)
+        killed = ", killed: out of memory?" if done.returncode < 0 else ""
+        reason = f"failed (exit {done.returncode}{killed}): " + " | ".join(tail)
         print(f"{spec['num_items']:>9,} x {spec['dim']:<4} {spec['kind']:<5} {reason}")
         return {"skipped": reason}
     return json.loads(done.stdout.strip().splitlines()[-1])
@@ -361,8 +366,9 @@ def _row(case):
 
 def _table(results, pairs):
     lines = [
-        f"| items | d | index | inputs | build s | hardness({pairs:,} pairs) s | CPU s | distinct anchors | peak RSS GiB "
-        "(build / score) | recall@K | lambda max diff vs exact, tau=1 / 0.1 | lambda range, tau=1 / 0.1 | load |",
+        f"| items | d | index | inputs | build s | hardness({pairs:,} pairs) s | CPU s | distinct anchors | "
+        "peak RSS GiB (build / score) | recall@K | lambda max diff vs exact, tau=1 / 0.1 | lambda range, tau=1 / 0.1 "
+        "| load |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for c in results:

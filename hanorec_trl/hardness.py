@@ -84,12 +84,17 @@ class HardnessIndexConfig:
         metadata={"help": "IVF: items sampled (seeded) to train k-means; None = min(num_items, 64 * nlist)."},
     )
     ivf_niter: int = field(default=10, metadata={"help": "IVF: k-means iterations."})
-    hnsw_m: int = field(default=32, metadata={"help": "HNSW: neighbours per node (graph degree; memory ~ 8*M bytes/item)."})
+    hnsw_m: int = field(
+        default=32, metadata={"help": "HNSW: neighbours per node (graph degree; memory ~ 8*M bytes/item)."}
+    )
     hnsw_ef_construction: int = field(default=80, metadata={"help": "HNSW: candidate list size while building."})
     hnsw_ef_search: int = field(
         default=128, metadata={"help": "HNSW: candidate list size while searching (raised to K + 4 if smaller)."}
     )
-    seed: int = field(default=0, metadata={"help": "Seed of the IVF training sample and k-means, and of HNSW levels."})
+    seed: int = field(
+        default=0,
+        metadata={"help": "Seed of the IVF training sample and k-means (HNSW uses FAISS's fixed level seed)."},
+    )
     deterministic: bool = field(
         default=True,
         metadata={
@@ -167,7 +172,9 @@ class HardnessIndex:
             )
         self.num_items, self.dim = text.shape
         if self.num_items < 2:
-            raise ValueError(f"a hardness index needs at least 2 items (an anchor and a neighbour), got {self.num_items}")
+            raise ValueError(
+                f"a hardness index needs at least 2 items (an anchor and a neighbour), got {self.num_items}"
+            )
         self.has_image = np.zeros(self.num_items, dtype=bool)
         with _faiss_threads(self.config.num_threads):
             if self.config.index == "flat":
@@ -182,7 +189,11 @@ class HardnessIndex:
     def _fused_chunks(self, text, image) -> Iterator[tuple[int, np.ndarray]]:
         """Yield ``(start, e[start:start+chunk])``: the validated fused unit vectors (Eq. 4), float32."""
         chunk = max(1, (32 << 20) // (8 * self.dim))  # ~32 MiB of float64 per chunk
-        problems = {"non-finite values": [], "an all-zero text embedding": [], "text and image embeddings that cancel": []}
+        problems = {
+            "non-finite values": [],
+            "an all-zero text embedding": [],
+            "text and image embeddings that cancel": [],
+        }
         for start in range(0, self.num_items, chunk):
             stop = min(start + chunk, self.num_items)
             rows = np.arange(start, stop)
@@ -238,7 +249,9 @@ class HardnessIndex:
                 self.faiss_index.add(fused[start : start + cfg.batch_size])
         del fused
         storage = faiss.downcast_index(self.faiss_index.storage)
-        self._vectors = faiss.rev_swig_ptr(storage.get_xb(), self.num_items * self.dim).reshape(self.num_items, self.dim)
+        self._vectors = faiss.rev_swig_ptr(storage.get_xb(), self.num_items * self.dim).reshape(
+            self.num_items, self.dim
+        )
 
     def _build_ivf(self, text, image):
         cfg = self.config
@@ -251,7 +264,9 @@ class HardnessIndex:
         self.faiss_index.cp.spherical = True
         train_size = min(self.num_items, cfg.ivf_train_size or 64 * nlist)
         if train_size < nlist:
-            raise ValueError(f"ivf_train_size={train_size} is smaller than ivf_nlist={nlist}: k-means needs >= 1 item per list")
+            raise ValueError(
+                f"ivf_train_size={train_size} is smaller than ivf_nlist={nlist}: k-means needs >= 1 item per list"
+            )
         self.faiss_index.cp.max_points_per_centroid = max(1, -(-train_size // nlist))  # FAISS must not subsample again
         self.faiss_index.cp.min_points_per_centroid = 1  # small catalogues: no "provide more points" message
         sample = np.sort(np.random.default_rng(cfg.seed).choice(self.num_items, size=train_size, replace=False))
@@ -278,8 +293,8 @@ class HardnessIndex:
     def top_k(self, rows, k: int = 10, *, exact: bool = False) -> tuple[np.ndarray, np.ndarray]:
         """Eq. 4: the K items nearest to each of ``rows``, the row itself excluded (by id).
 
-        Returns ``(neighbours, scores)``: int64 and float32 ``[len(rows), k]``, scores (cosines) descending, equal scores
-        by ascending row. ``exact=True`` searches exhaustively whatever the index kind (e.g. to measure recall).
+        Returns ``(neighbours, scores)``: int64 and float32 ``[len(rows), k]``, scores (cosines) descending, equal
+        scores by ascending row. ``exact=True`` searches exhaustively whatever the index kind (e.g. to measure recall).
         """
         rows = self._check_rows(np.asarray(rows, dtype=np.int64).ravel(), "rows")
         self._check_k(k)
@@ -619,7 +634,9 @@ def _as_embedding_array(values, name: str) -> np.ndarray:
             f"got {type(values).__name__}: {error}"
         ) from None
     if array.dtype.kind not in "fiu" or array.ndim != 2 or array.shape[1] == 0:
-        raise ValueError(f"{name} must be a [num_items, d] array of real numbers, got shape {array.shape} {array.dtype}")
+        raise ValueError(
+            f"{name} must be a [num_items, d] array of real numbers, got shape {array.shape} {array.dtype}"
+        )
     return array
 
 

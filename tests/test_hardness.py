@@ -192,7 +192,8 @@ def test_deterministic_and_independent_of_batching():
     chosen, rejected = random_pairs(400, 3000, seed=7)
     index = HardnessIndex(text, image)
     everything = index.deltas(chosen, rejected, k=10, temperature=0.5)
-    np.testing.assert_array_equal(everything, HardnessIndex(text, image).deltas(chosen, rejected, k=10, temperature=0.5))
+    rebuilt = HardnessIndex(text, image).deltas(chosen, rejected, k=10, temperature=0.5)
+    np.testing.assert_array_equal(everything, rebuilt)
     # a pair scored alone gets bit-identical Delta to the same pair inside a large job
     for sample in (0, 17, 2999):
         alone = index.deltas(chosen[sample : sample + 1], rejected[sample : sample + 1], k=10, temperature=0.5)
@@ -360,7 +361,11 @@ def dpo_rows(item_ids, chosen, rejected):
     """A DPO-like dataset whose item columns hold ids (str) or lists of ids."""
     as_ids = lambda rows: [item_ids[r] if np.ndim(r) == 0 else [item_ids[x] for x in r] for r in rows]  # noqa: E731
     return Dataset.from_dict(
-        {"prompt": [f"p{i}" for i in range(len(chosen))], "chosen_item": as_ids(chosen), "rejected_item": as_ids(rejected)}
+        {
+            "prompt": [f"p{i}" for i in range(len(chosen))],
+            "chosen_item": as_ids(chosen),
+            "rejected_item": as_ids(rejected),
+        }
     )
 
 
@@ -388,8 +393,11 @@ def test_add_hardness_column_single_and_several_pairs():
 
     # other column names, pairwise mode, and a dataset with an indices mapping (after select/shuffle)
     renamed = singles.rename_columns({"chosen_item": "w", "rejected_item": "l"}).select([4, 2, 0])
-    out, _ = add_hardness_column(renamed, index, item_rows, chosen_column="w", rejected_column="l", column="lam", mode="pairwise")
-    expected, _, _ = reference_lambdas(text, image, [chosen[i][:1] for i in (4, 2, 0)], [rejected[i][:1] for i in (4, 2, 0)], mode="pairwise")
+    out, _ = add_hardness_column(
+        renamed, index, item_rows, chosen_column="w", rejected_column="l", column="lam", mode="pairwise"
+    )
+    picked_chosen, picked_rejected = [chosen[i][:1] for i in (4, 2, 0)], [rejected[i][:1] for i in (4, 2, 0)]
+    expected, _, _ = reference_lambdas(text, image, picked_chosen, picked_rejected, mode="pairwise")
     np.testing.assert_allclose(out["lam"], expected, rtol=1e-6, atol=1e-7)
 
 
@@ -400,20 +408,24 @@ def test_add_hardness_column_refuses_bad_input():
     good = Dataset.from_dict({"chosen_item": ["1", "2", "3"], "rejected_item": ["4", "5", "6"]})
     with pytest.raises(KeyError, match=r"no column\(s\) \['rejected_item'\].*\['chosen_item', 'r'\]"):
         add_hardness_column(good.rename_column("rejected_item", "r"), index, item_rows)
-    with pytest.raises(KeyError, match=r"2 item ids in column 'rejected_item' are not in item_rows: 'x' \(rows 0, 2\); '77' \(rows 1\)"):
+    unknown = r"2 item ids in column 'rejected_item' are not in item_rows: 'x' \(rows 0, 2\); '77' \(rows 1\)"
+    with pytest.raises(KeyError, match=unknown):
         add_hardness_column(
             Dataset.from_dict({"chosen_item": ["1", "2", "3"], "rejected_item": ["x", "77", "x"]}), index, item_rows
         )
-    with pytest.raises(ValueError, match=r"rows 1 have 'chosen_item' and 'rejected_item' of different lengths \(row 1: 2 vs 1\)"):
+    lengths = r"rows 1 have 'chosen_item' and 'rejected_item' of different lengths \(row 1: 2 vs 1\)"
+    with pytest.raises(ValueError, match=lengths):
         add_hardness_column(
             Dataset.from_dict({"chosen_item": [["1"], ["2", "3"]], "rejected_item": [["4"], ["5"]]}), index, item_rows
         )
     with pytest.raises(ValueError, match="row 0 of column 'chosen_item' is an empty list"):
         add_hardness_column(Dataset.from_dict({"chosen_item": [[]], "rejected_item": [[]]}), index, item_rows)
+    int_ids = Dataset.from_dict({"chosen_item": [1193, 7], "rejected_item": ["2", "3"]})
     with pytest.raises(TypeError, match="row 0 of column 'chosen_item' holds 1193: item ids must be strings"):
-        add_hardness_column(Dataset.from_dict({"chosen_item": [1193, 7], "rejected_item": ["2", "3"]}), index, item_rows)
+        add_hardness_column(int_ids, index, item_rows)
+    with_none = Dataset.from_dict({"chosen_item": [["1", "2"]], "rejected_item": [["2", None]]})
     with pytest.raises(TypeError, match=r"row 0 of column 'rejected_item' holds \['2', None\]"):
-        add_hardness_column(Dataset.from_dict({"chosen_item": [["1", "2"]], "rejected_item": [["2", None]]}), index, item_rows)
+        add_hardness_column(with_none, index, item_rows)
     with pytest.raises(IndexError, match=r"outside the index's rows \[0, 40\): '1' -> 40"):
         add_hardness_column(good, index, {**item_rows, "1": 40})
     with pytest.raises(ValueError, match="k=40 but the catalogue has 40 items"):
