@@ -1,12 +1,16 @@
 """Noise-regularised distribution optimisation, NoDO (paper Eq. 9-10, DESIGN 2.4).
 
 Inside ``with lora_noise(model, std): ...`` every active LoRA layer computes with ``A' = A + s*eps_A`` and
-``B' = B + s*eps_B`` (``eps ~ N(0, I)``), i.e. ``(B + s*eps_B)(A + s*eps_A) x``. The parameters are never touched:
-``(A + s*eps) x = A x + s * (eps x)``, so a forward hook on each ``lora_A[adapter]`` / ``lora_B[adapter]`` module adds
-``s * F.linear(input, eps)`` to the module's output. Autograd then gives the gradients at the perturbed point.
+``B' = B + s*eps_B`` (``eps ~ N(0, I)``), i.e. ``(B + s*eps_B)(A + s*eps_A) x``. The noise is added to the LoRA
+weights in place when the context is entered and the saved originals are copied back, bit for bit, when it exits;
+the forward and backward then cost exactly what they cost without noise, and autograd gives the gradient at the
+perturbed point (``dL/dA' = dL/dA`` since ``A' = A + const``). Weights that cannot be changed in place (DeepSpeed
+ZeRO-3 partitions, distributed tensors) get a forward hook instead, adding ``s * F.linear(input, eps)`` to the
+module's output, which computes the same thing.
 
 The noise is drawn once when the context is entered and reused until it exits, so a forward recomputed during the
-backward pass (gradient checkpointing) sees the same noise: enter the context around forward *and* backward.
+backward pass (gradient checkpointing) sees the same noise: enter the context around forward *and* backward (a
+backward after the exit fails loudly: the weights it needs were restored in place).
 """
 
 from __future__ import annotations
@@ -112,23 +116,37 @@ def lora_noise(
     modules = _lora_linears(model, adapter_names)
     _check_has_lora(model, modules)
 
-    handles = []
-    scales = []
+    handles, restore, scales = [], [], []
     try:
-        for _, linear in modules:
-            weight = linear.weight
-            sample_device = generator.device if generator is not None else weight.device
-            eps = torch.randn(weight.shape, generator=generator, device=sample_device, dtype=torch.float32)
-            scale = std * _rms(weight).item() if mode == "relative" else std
-            scales.append(scale)
-            if scale == 0.0:
-                continue
-            noise = (eps * scale).to(device=weight.device, dtype=weight.dtype)
-            handles.append(linear.register_forward_hook(_make_hook(noise)))
+        with torch.no_grad():
+            for _, linear in modules:
+                weight = linear.weight
+                sample_device = generator.device if generator is not None else weight.device
+                eps = torch.randn(weight.shape, generator=generator, device=sample_device, dtype=torch.float32)
+                scale = std * _rms(weight).item() if mode == "relative" else std
+                scales.append(scale)
+                if scale == 0.0:
+                    continue
+                noise = (eps * scale).to(device=weight.device, dtype=weight.dtype)
+                if _can_perturb_in_place(weight):
+                    restore.append((weight, weight.detach().clone()))
+                    weight.add_(noise)
+                else:
+                    handles.append(linear.register_forward_hook(_make_hook(noise)))
         yield {"matrices": len(modules), "scale_mean": sum(scales) / len(scales)}
     finally:
+        with torch.no_grad():
+            for weight, original in restore:
+                weight.copy_(original)
         for handle in handles:
             handle.remove()
+
+
+def _can_perturb_in_place(weight: torch.Tensor) -> bool:
+    """A plain, materialised tensor (not a ZeRO-3 partition or a distributed tensor)."""
+    if hasattr(weight, "ds_id") or weight.numel() == 0:
+        return False
+    return type(weight.data) is torch.Tensor
 
 
 def _make_hook(noise: torch.Tensor):

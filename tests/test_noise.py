@@ -20,7 +20,15 @@ def small_peft_model():
     return get_peft_model(base, LoraConfig(r=3, lora_alpha=6, target_modules=["0", "2"], init_lora_weights=False))
 
 
-def test_perturbation_is_exactly_B_prime_A_prime_x():
+@pytest.fixture(params=["in_place", "hooks"])
+def noise_impl(request, monkeypatch):
+    """Both implementations: weights perturbed in place (plain tensors) and forward hooks (ZeRO-3, DTensor)."""
+    if request.param == "hooks":
+        monkeypatch.setattr("hanorec_trl.noise._can_perturb_in_place", lambda weight: False)
+    return request.param
+
+
+def test_perturbation_is_exactly_B_prime_A_prime_x(noise_impl):
     model = small_peft_model()
     x = torch.randn(4, 8)
     std = 0.3
@@ -44,7 +52,7 @@ def test_perturbation_is_exactly_B_prime_A_prime_x():
         torch.testing.assert_close(model(x), clean)
 
 
-def test_noise_is_fixed_within_the_context_and_parameters_untouched():
+def test_noise_is_fixed_within_the_context_and_parameters_untouched(noise_impl):
     model = small_peft_model()
     before = {k: v.clone() for k, v in model.state_dict().items()}
     x = torch.randn(4, 8)
@@ -55,6 +63,21 @@ def test_noise_is_fixed_within_the_context_and_parameters_untouched():
     after = model.state_dict()
     assert all(torch.equal(before[k], after[k]) for k in before)
     assert not model.base_model.model[0]._forward_hooks  # hooks removed on exit
+
+
+def test_both_implementations_give_the_same_gradients(monkeypatch):
+    x = torch.randn(4, 8)
+    grads = {}
+    for impl in ("in_place", "hooks"):
+        if impl == "hooks":
+            monkeypatch.setattr("hanorec_trl.noise._can_perturb_in_place", lambda weight: False)
+        model = small_peft_model()
+        with lora_noise(model, std=0.3, generator=torch.Generator().manual_seed(5)):
+            model(x).pow(2).sum().backward()
+        grads[impl] = {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
+    assert grads["in_place"].keys() == grads["hooks"].keys() and grads["in_place"]
+    for name in grads["in_place"]:
+        torch.testing.assert_close(grads["in_place"][name], grads["hooks"][name], rtol=1e-4, atol=1e-5)
 
 
 def test_relative_mode_scales_with_rms():
