@@ -22,7 +22,8 @@ of every variant, on the same batch k, back to back; the overhead is the median 
 (``paired_step_ratio``, with a 95% bootstrap interval), which cancels the batch-to-batch variation and the slow drift
 of a shared machine's load. ``trl_b`` vs ``trl`` shows how far two identical trainers differ on the machine at hand.
 
-Peak memory: each variant in its OWN subprocess (a process's high-water mark would otherwise cover all of them).
+Peak memory: each variant in its OWN subprocess (a process's high-water mark would otherwise cover all of them), run
+before the interleaved timing, while the parent holds no model (on a GPU, the children need that memory).
 
 * CPU: the resident set's high-water mark (``VmHWM`` of ``/proc/self/status``), reset through
   ``/proc/self/clear_refs`` right before ``train()``, so it covers training only (setup, e.g. the cached reference
@@ -39,17 +40,18 @@ with ``--peak-tflops``) = model FLOPs per step / period / peak FLOP/s, with the 
 batch (so the variants are compared on the same work; ``hano_fast`` skips part of it, so its figure is
 "TRL-equivalent"):
 
-    F_fwd  = 2 (N_lm + V d) T  +  2 L d sum_s S_s^2  +  2 N_vis P          (one forward: LM incl. LM head, causal
-                                                                            attention, vision tower)
-    F_bwd  = 2 (N_lm + V d) T  +  4 L d sum_s S_s^2  +  4 N_lora T         (activation gradients through the frozen
+    F_fwd  = 2 N_lm T + 2 V d C  +  2 L d sum_s S_s^2  +  2 N_vis P        (one forward: LM, LM head at the C
+                                                                            completion tokens, causal attention,
+                                                                            vision tower)
+    F_bwd  = 2 N_lm T + 2 V d C  +  4 L d sum_s S_s^2  +  4 N_lora T       (activation gradients through the frozen
                                                                             LM, LoRA weight gradients; no vision
                                                                             backward: frozen and below every adapter)
     F_step = F_fwd (policy) + F_fwd (reference) + F_bwd (policy)
 
 with N_lm the language model's parameters without the embedding table, V d the (tied) LM head, L layers, d the
 attention width (heads x head_dim), S_s each sequence's non-pad length, T = sum_s S_s, P the vision patches before
-merging, N_vis the vision tower's parameters, N_lora the adapter's. The LM head is counted at every position (TRL's
-fused head scores all positions), gradient-checkpointing recompute is not counted (model FLOPs, not hardware FLOPs),
+merging, N_vis the vision tower's parameters, N_lora the adapter's. The LM head is counted at the completion tokens
+only (TRL's fused head on CUDA projects only those), gradient-checkpointing recompute is not counted (model FLOPs, not hardware FLOPs),
 nor are the vision tower's windowed attention, norms and activations. Peak: bf16 dense, 989.4 TFLOP/s for H100/H200
 SXM, 312 for A100; other devices need ``--peak-tflops``.
 
@@ -68,11 +70,14 @@ Where the overhead goes (interleaved ablations, and the time inside the HaNo-spe
     python benchmarks/bench_trainer_overhead.py --variants trl trl_b hano hano_fast hano_off hano_no_noise \\
         hano_noise_only --breakdown
 
-GPU (Qwen2.5-VL-3B architecture, random weights, bf16, the real Qwen2.5 tokenizer; UNTESTED: no GPU was available
-when this was written)::
+GPU (Qwen2.5-VL-3B architecture, random weights, bf16, the real Qwen2.5 tokenizer)::
 
-    python benchmarks/bench_trainer_overhead.py --qwen-3b --steps 20 --warmup 3 \\
-        --out benchmarks/results/trainer_overhead_qwen3b.json
+    python benchmarks/bench_trainer_overhead.py --qwen-3b --no-gradient-checkpointing --variants trl trl_b hano \
+        --steps 10 --warmup 2 --components 0 --memory-variants trl hano --memory-repeats 1
+
+Its one GPU run (H200) finished the interleaved timing and then failed in the memory stage, which then ran after
+the timing, beside the parent's three models (out of memory); the memory stage now runs first. The GPU numbers in
+``benchmarks/README.md`` come from ``bench_fast_path.py`` (same model, data and settings, variants in sequence).
 """
 
 from __future__ import annotations
@@ -372,7 +377,7 @@ class PartTimer:
         saved.append((hano_trainer, "lora_noise", hano_trainer.lora_noise))
         for owner, name, part in patches:
             setattr(owner, name, self.wrap(owner.__dict__[name], part))
-        hano_trainer.lora_noise = self.wrap_context(hano_trainer.lora_noise, "lora_noise: sample noise + hooks")
+        hano_trainer.lora_noise = self.wrap_context(hano_trainer.lora_noise, "lora_noise: sample noise, perturb / restore")
         for trainer in trainers.values():
             collator = trainer.data_collator
             if isinstance(collator, hano_trainer.HardnessCollator):
@@ -551,10 +556,10 @@ def parameter_counts(model) -> dict:
 
 def model_flops_per_step(shape: dict, params: dict) -> float:
     """F_step of the module docstring for one batch of TRL's layout."""
-    lm = params["language_model_no_embedding"] + params["lm_head"]
+    lm = 2 * params["language_model_no_embedding"] * shape["tokens"] + 2 * params["lm_head"] * shape["completion_tokens"]
     attention = 2 * params["layers"] * params["attention_width"] * shape["sum_sq_lengths"]
-    forward = 2 * lm * shape["tokens"] + attention + 2 * params["vision"] * shape["vision_patches"]
-    backward = 2 * lm * shape["tokens"] + 2 * attention + 4 * params["lora"] * shape["tokens"]
+    forward = lm + attention + 2 * params["vision"] * shape["vision_patches"]
+    backward = lm + 2 * attention + 4 * params["lora"] * shape["tokens"]
     return 2 * forward + backward
 
 
@@ -681,6 +686,10 @@ def main(argv=None):
     cuda = args.qwen_3b
     sync = torch.cuda.synchronize if cuda else (lambda: None)
     device = torch.cuda.get_device_name() if cuda else f"CPU, {torch.get_num_threads()} torch threads"
+    runs = None
+    if not args.no_memory:
+        # first, while this process holds no model: on a GPU the children need the memory the trainers would take
+        runs = memory_runs([n for n in args.variants if n in args.memory_variants], args, argv)
     print(f"device: {device}; building {len(args.variants)} trainers ...", flush=True)
     processor = build_processor(args.qwen_3b)
     dataset = make_dataset(args)
@@ -743,8 +752,7 @@ def main(argv=None):
         v["step_overhead"] = v["paired_step_ratio"]["median"] - 1
         v["period_overhead"] = v["paired_period_ratio"]["median"] - 1
 
-    if not args.no_memory:
-        runs = memory_runs([n for n in args.variants if n in args.memory_variants], args, argv)
+    if runs is not None:
         key = "peak_allocated_mib" if cuda else "train_peak_rss_mib"
         result["memory"] = {
             name: {"measure": key, "peak_mib": statistics.median(r[key] for r in rs), "runs": rs}
