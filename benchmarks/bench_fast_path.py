@@ -70,6 +70,7 @@ from bench_trainer_overhead import (  # noqa: E402  (shared model, data and FLOP
     batch_shapes,
     build_model,
     build_processor,
+    common_settings,
     lora_config,
     make_dataset,
     model_flops_per_step,
@@ -108,23 +109,7 @@ def build_trainer(name: str, processor, dataset, args, output_dir: Path):
     from hanorec_trl import HaNoDPOConfig, HaNoDPOTrainer
 
     fields, checkpointing, _ = VARIANTS[name]
-    common = dict(
-        output_dir=str(output_dir / name),
-        per_device_train_batch_size=args.batch_size,
-        max_steps=args.warmup + args.steps,
-        learning_rate=1e-4,
-        beta=0.1,
-        max_length=None,  # TRL's default 1024 would cut image tokens
-        train_sampling_strategy="sequential",
-        gradient_checkpointing=checkpointing,
-        report_to="none",
-        save_strategy="no",
-        disable_tqdm=True,
-        logging_steps=1,
-        dataloader_num_workers=0,
-        seed=0,
-        **(dict(bf16=True) if args.qwen_3b else dict(use_cpu=True, bf16=False)),
-    )
+    common = {**common_settings(name, args, output_dir, checkpointing), "logging_steps": 1}
     model = build_model(processor, args)
     if fields is None:
         return DPOTrainer(model=model, args=DPOConfig(**common), train_dataset=dataset, processing_class=processor,

@@ -51,7 +51,8 @@ batch (so the variants are compared on the same work; ``hano_fast`` skips part o
 with N_lm the language model's parameters without the embedding table, V d the (tied) LM head, L layers, d the
 attention width (heads x head_dim), S_s each sequence's non-pad length, T = sum_s S_s, P the vision patches before
 merging, N_vis the vision tower's parameters, N_lora the adapter's. The LM head is counted at the completion tokens
-only (TRL's fused head on CUDA projects only those), gradient-checkpointing recompute is not counted (model FLOPs, not hardware FLOPs),
+only (TRL's fused head on CUDA projects only those), gradient-checkpointing recompute is not counted (model FLOPs,
+not hardware FLOPs),
 nor are the vision tower's windowed attention, norms and activations. Peak: bf16 dense, 989.4 TFLOP/s for H100/H200
 SXM, 312 for A100; other devices need ``--peak-tflops``.
 
@@ -196,19 +197,17 @@ def lora_config(model):
     return LoraConfig(r=8, lora_alpha=32, lora_dropout=0.05, target_modules=language_model_lora_regex(model))
 
 
-def build_trainer(name: str, processor, dataset, args, output_dir: Path):
-    from trl import DPOConfig, DPOTrainer
-
-    fields, _ = VARIANTS[name]
-    common = dict(
+def common_settings(name: str, args, output_dir: Path, gradient_checkpointing: bool) -> dict:
+    """The DPOConfig fields every variant shares (the issue's setup; bf16 on the GPU, fp32 on the CPU)."""
+    return dict(
         output_dir=str(output_dir / name),
         per_device_train_batch_size=args.batch_size,
         max_steps=args.warmup + args.steps,
         learning_rate=1e-4,
         beta=0.1,
-        max_length=None,
+        max_length=None,  # TRL's default 1024 would cut image tokens
         train_sampling_strategy="sequential",
-        gradient_checkpointing=not args.no_gradient_checkpointing,
+        gradient_checkpointing=gradient_checkpointing,
         report_to="none",
         save_strategy="no",
         disable_tqdm=True,
@@ -216,6 +215,13 @@ def build_trainer(name: str, processor, dataset, args, output_dir: Path):
         seed=0,
         **(dict(bf16=True) if args.qwen_3b else dict(use_cpu=True, bf16=False)),
     )
+
+
+def build_trainer(name: str, processor, dataset, args, output_dir: Path):
+    from trl import DPOConfig, DPOTrainer
+
+    fields, _ = VARIANTS[name]
+    common = common_settings(name, args, output_dir, not args.no_gradient_checkpointing)
     if fields is None:
         config, trainer_cls = DPOConfig(**common), DPOTrainer
     else:
@@ -377,7 +383,8 @@ class PartTimer:
         saved.append((hano_trainer, "lora_noise", hano_trainer.lora_noise))
         for owner, name, part in patches:
             setattr(owner, name, self.wrap(owner.__dict__[name], part))
-        hano_trainer.lora_noise = self.wrap_context(hano_trainer.lora_noise, "lora_noise: sample noise, perturb / restore")
+        hano_trainer.lora_noise = self.wrap_context(hano_trainer.lora_noise,
+                                                    "lora_noise: sample noise, perturb / restore")
         for trainer in trainers.values():
             collator = trainer.data_collator
             if isinstance(collator, hano_trainer.HardnessCollator):
@@ -556,7 +563,8 @@ def parameter_counts(model) -> dict:
 
 def model_flops_per_step(shape: dict, params: dict) -> float:
     """F_step of the module docstring for one batch of TRL's layout."""
-    lm = 2 * params["language_model_no_embedding"] * shape["tokens"] + 2 * params["lm_head"] * shape["completion_tokens"]
+    lm = (2 * params["language_model_no_embedding"] * shape["tokens"]
+          + 2 * params["lm_head"] * shape["completion_tokens"])
     attention = 2 * params["layers"] * params["attention_width"] * shape["sum_sq_lengths"]
     forward = lm + attention + 2 * params["vision"] * shape["vision_patches"]
     backward = lm + 2 * attention + 4 * params["lora"] * shape["tokens"]

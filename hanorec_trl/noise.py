@@ -66,7 +66,8 @@ def _check_has_lora(model: nn.Module, modules: list) -> None:
     if not isinstance(model, PeftModel):
         raise ValueError(
             f"lora_noise needs a PEFT LoRA model, got {type(model).__name__} with no LoRA layers. Wrap it with "
-            "peft.get_peft_model(model, LoraConfig(...)) (or pass peft_config= to the trainer), or set the noise std to 0."
+            "peft.get_peft_model(model, LoraConfig(...)) (or pass peft_config= to the trainer), or set the noise std "
+            "to 0."
         )
     raise ValueError(
         "lora_noise found no active LoRA linear layer in this PEFT model (adapters disabled, or not a LoRA adapter)."
