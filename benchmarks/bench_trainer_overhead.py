@@ -52,8 +52,7 @@ with N_lm the language model's parameters without the embedding table, V d the (
 attention width (heads x head_dim), S_s each sequence's non-pad length, T = sum_s S_s, P the vision patches before
 merging, N_vis the vision tower's parameters, N_lora the adapter's. The LM head is counted at the completion tokens
 only (TRL's fused head on CUDA projects only those), gradient-checkpointing recompute is not counted (model FLOPs,
-not hardware FLOPs),
-nor are the vision tower's windowed attention, norms and activations. Peak: bf16 dense, 989.4 TFLOP/s for H100/H200
+not hardware FLOPs), nor are the vision tower's windowed attention, norms and activations. Peak: bf16 dense, 989.4 TFLOP/s for H100/H200
 SXM, 312 for A100; other devices need ``--peak-tflops``.
 
 CPU (tiny random Qwen2.5-VL, the real architecture; 5 history + 10 candidate images of 56x84 px per prompt, 6 image
