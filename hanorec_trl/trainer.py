@@ -40,7 +40,14 @@ from trl import DPOTrainer
 from trl.trainer.utils import use_adapter
 
 from .config import HaNoDPOConfig
-from .fast.forward import packed_forward, trl_layout_inputs, unsupported_reason, unwrap_hf_model, vision_tower_frozen
+from .fast.forward import (
+    frozen_vision_without_graph,
+    packed_forward,
+    trl_layout_inputs,
+    unsupported_reason,
+    unwrap_hf_model,
+    vision_tower_frozen,
+)
 from .fast.packing import PACKED_KEY, SCALAR_COLUMNS, PackedPreferenceCollator
 from .fast.vision_cache import VisionFeatureCache, module_fingerprint
 from .noise import _lora_linears, lora_noise
@@ -473,14 +480,16 @@ class HaNoDPOTrainer(DPOTrainer):
         return generator
 
     def training_step(self, model, inputs, num_items_in_batch=None):
-        std = self.args.lora_noise_std
-        if std == 0:
-            return super().training_step(model, inputs, num_items_in_batch)
-        with lora_noise(
-            self.accelerator.unwrap_model(model), std=std, mode=self.args.lora_noise_mode,
-            generator=self._noise_generator(),
-        ) as info:
-            loss = super().training_step(model, inputs, num_items_in_batch)
+        # a frozen vision tower never needs a graph: no backward through it, on any path (exact)
+        with frozen_vision_without_graph(model):
+            std = self.args.lora_noise_std
+            if std == 0:
+                return super().training_step(model, inputs, num_items_in_batch)
+            with lora_noise(
+                self.accelerator.unwrap_model(model), std=std, mode=self.args.lora_noise_mode,
+                generator=self._noise_generator(),
+            ) as info:
+                loss = super().training_step(model, inputs, num_items_in_batch)
         self._metrics["train"]["hano/noise_scale"].append(info["scale_mean"])
         return loss
 

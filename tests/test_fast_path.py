@@ -1,11 +1,14 @@
 """Fast path (prompt-once packing, vision feature cache, cached reference): exact w.r.t. TRL's standard path."""
 
+import contextlib
+
 import pytest
 import torch
 from conftest import preference_dataset, preference_rows, solid_image
 from datasets import Dataset
-from trainer_utils import lora_grads, make_trainer, rows_of, trainer_batch
+from trainer_utils import first_batch, lora_grads, make_trainer, model_inputs, rows_of, trainer_batch
 
+from hanorec_trl.fast.forward import frozen_vision_without_graph
 from hanorec_trl.fast.vision_cache import image_key, module_fingerprint
 from hanorec_trl.models import tiny_qwen2, tiny_qwen2_5_vl
 
@@ -69,6 +72,65 @@ def test_vision_tower_runs_once_per_image_and_never_backward(tiny_tok, tiny_proc
     assert calls["forward_images"] == 0  # every image came from the cache
     assert calls["backward"] == 0
     assert cache.hits > 0
+
+
+def _count_vision_backward(model):
+    visual = model.get_base_model().model.visual
+    calls = []
+    visual.patch_embed.register_full_backward_hook(lambda *a: calls.append(1))
+    return calls
+
+
+def test_standard_path_never_backpropagates_through_frozen_vision(tiny_tok, tiny_processor, tmp_path):
+    """TRL's own batches (fast path off), checkpointing on: same LoRA gradients as trl.DPOTrainer, no vision backward."""
+    ds = preference_dataset(n=2, with_images=True, lambdas=[1.0] * 2)
+    grads, backward_calls = {}, {}
+    for hano in (True, False):
+        torch.manual_seed(0)
+        extra = dict(fast_prompt_once=False, use_hardness=False, use_responsiveness=False, lora_noise_std=0.0) if hano \
+            else {}
+        trainer = make_trainer(tiny_qwen2_5_vl(tiny_tok), tiny_processor, ds, tmp_path / str(hano), hano=hano,
+                               gradient_checkpointing=True, **extra)
+        trainer.current_gradient_accumulation_steps = 1
+        calls = _count_vision_backward(trainer.model)
+        trainer.model.zero_grad()
+        trainer.training_step(trainer.model, first_batch(trainer))
+        grads[hano], backward_calls[hano] = lora_grads(trainer.model), len(calls)
+    assert backward_calls == {True: 0, False: 1}  # TRL back-propagates through the frozen tower; we do not
+    assert grads[True].keys() == grads[False].keys() and grads[True]
+    for name in grads[False]:
+        torch.testing.assert_close(grads[True][name], grads[False][name], rtol=1e-5, atol=1e-7, msg=name)
+
+
+def test_frozen_vision_without_graph_keeps_gradients(tiny_tok, tiny_processor, tmp_path):
+    """The context used around SFT: with checkpointing's input hooks, gradients unchanged and no vision backward."""
+    ds = preference_dataset(n=2, with_images=True, lambdas=[1.0] * 2)
+    trainer = make_trainer(tiny_qwen2_5_vl(tiny_tok), tiny_processor, ds, tmp_path, fast_prompt_once=False,
+                           gradient_checkpointing=True)
+    model = trainer.model
+    model.train()
+    base = model.get_base_model()
+    base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    base.enable_input_require_grads()  # what Trainer.train() does under checkpointing: hooks the vision tower too
+    batch = model_inputs(first_batch(trainer))
+    calls = _count_vision_backward(model)
+    visual = model.get_base_model().model.visual
+    results = []
+    for wrap in (False, True):
+        model.zero_grad()
+        with frozen_vision_without_graph(model) if wrap else contextlib.nullcontext(False) as wrapped:
+            model(**batch, use_cache=False).logits.float().pow(2).mean().backward()
+        assert wrapped is wrap
+        results.append((lora_grads(model), len(calls)))
+        if not wrap:
+            assert len(calls) == 1
+    (plain, _), (cut, total_calls) = results
+    assert total_calls == 1  # the wrapped pass added no vision backward
+    assert "forward" not in visual.__dict__  # restored
+    for name in plain:
+        torch.testing.assert_close(cut[name], plain[name], rtol=1e-5, atol=1e-7, msg=name)
+    with frozen_vision_without_graph(tiny_qwen2(tiny_tok)) as wrapped:
+        assert wrapped is False  # a text model has nothing to cut
 
 
 class HookCounter:

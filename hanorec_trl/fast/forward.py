@@ -40,6 +40,38 @@ def vision_tower_frozen(hf_model: nn.Module) -> bool:
     return is_qwen_vl(hf_model) and not any(p.requires_grad for p in hf_model.model.visual.parameters())
 
 
+@contextlib.contextmanager
+def frozen_vision_without_graph(model: nn.Module):
+    """Runs a frozen Qwen2-VL-family vision tower under ``no_grad`` inside the context (issue "Fast path", part 4).
+
+    Under gradient checkpointing, transformers' ``enable_input_require_grads`` hooks the vision tower's patch
+    embedding too, so autograd records the whole frozen tower and the backward pass runs (and recomputes) it, although
+    nothing in it trains. Its output never needs a gradient when no parameter in it trains: cutting the graph there
+    leaves every trainable gradient unchanged. Yields whether the tower was wrapped (False for text models, trainable
+    or absent towers).
+    """
+    hf_model = unwrap_hf_model(model)
+    if not vision_tower_frozen(hf_model):
+        yield False
+        return
+    visual = hf_model.model.visual
+    instance_forward = visual.__dict__.get("forward")  # e.g. an accelerate offload hook; kept and restored
+    inner = visual.forward
+
+    def forward(*args, **kwargs):
+        with torch.no_grad():
+            return inner(*args, **kwargs)
+
+    visual.forward = forward
+    try:
+        yield True
+    finally:
+        if instance_forward is None:
+            del visual.forward
+        else:
+            visual.forward = instance_forward
+
+
 def unsupported_reason(hf_model: nn.Module) -> str | None:
     """Why the packed forward cannot run this model exactly, or None when it can."""
     text_config = hf_model.config.get_text_config()

@@ -37,6 +37,7 @@ from ..data import (
     load_split,
     write_synthetic_movielens,
 )
+from ..fast.forward import frozen_vision_without_graph
 from .arguments import PipelineConfig, Variant, extra_args
 from .modeling import (
     ModelSpec,
@@ -297,7 +298,8 @@ def _train(ctx: RunContext, trainer, folder: Path, description: str) -> dict:
     else:
         if resume_from:
             ctx.say(f"        resuming {description} from {resume_from}")
-        with compact_lm_head_on_cpu():
+        # SFT: no backward through a frozen vision tower (HaNoDPOTrainer does this itself)
+        with compact_lm_head_on_cpu(), frozen_vision_without_graph(trainer.model):
             train_loss = trainer.train(resume_from_checkpoint=resume_from).training_loss
     trainer.save_model(str(folder / "adapter"))
     if ctx.is_main:
