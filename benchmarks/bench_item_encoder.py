@@ -15,20 +15,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from hanorec_trl.data.loaders import read_movielens_movies  # noqa: E402
 from hanorec_trl.encoders import TextItemEncoder, encode_items  # noqa: E402
-
-
-def read_movies(path: Path) -> tuple[list[str], list[str]]:
-    """``MovieID::Title::Genres`` lines (ISO-8859-1) -> ids, titles."""
-    ids, titles = [], []
-    with open(path, encoding="latin-1") as f:
-        for line_no, line in enumerate(f, 1):
-            parts = line.rstrip("\n").split("::")
-            if len(parts) != 3:
-                raise ValueError(f"{path}, line {line_no}: expected MovieID::Title::Genres, got {line!r}")
-            ids.append(parts[0])
-            titles.append(parts[1])
-    return ids, titles
 
 
 def main(argv=None):
@@ -36,7 +24,8 @@ def main(argv=None):
     parser.add_argument("--movies", type=Path, default=Path("../shared/data/ml-1m/movies.dat"))
     parser.add_argument("--batch-size", type=int, default=64)
     args = parser.parse_args(argv)
-    ids, titles = read_movies(args.movies)
+    ids, by_id, _ = read_movielens_movies(args.movies)
+    titles = [by_id[i] for i in ids]
     encoder = TextItemEncoder.minilm(batch_size=args.batch_size)
     with tempfile.TemporaryDirectory() as cache:
         start = time.perf_counter()

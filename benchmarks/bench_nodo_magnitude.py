@@ -58,6 +58,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
 from hanorec_trl import lora_noise  # noqa: E402
+from hanorec_trl.data.loaders import read_movielens_movies  # noqa: E402
 from hanorec_trl.data.prompts import DEFAULT_TEMPLATES, ranking_prompt  # noqa: E402
 from hanorec_trl.models import smollm2_135m_instruct  # noqa: E402
 
@@ -85,14 +86,8 @@ def load_titles(path: Path | None) -> tuple[list[str], str]:
     """Movie titles: an ML-1M ``movies.dat`` (``id::Title (Year)::Genres``, ISO-8859-1) or the built-in list."""
     if path is None:
         return list(BUILTIN_TITLES), "built-in list"
-    titles = []
-    with open(path, encoding="iso-8859-1") as f:
-        for line_no, line in enumerate(f, 1):
-            parts = line.rstrip("\n").split("::")
-            if len(parts) != 3:
-                raise ValueError(f"{path}, line {line_no}: expected 'MovieID::Title (Year)::Genres', got {line!r}")
-            titles.append(parts[1])
-    return titles, str(path)
+    ids, titles, _ = read_movielens_movies(path)
+    return [titles[i] for i in ids], str(path)
 
 
 def make_examples(titles: list[str], n: int, seed: int) -> list[dict]:

@@ -19,6 +19,7 @@ from .loaders import (
     UnknownItemError,
     load_microlens,
     load_movielens_1m,
+    read_movielens_movies,
     load_netflix_llmrec,
 )
 from .prompts import DEFAULT_TEMPLATES, NO, YES, PromptTemplates, assistant_message, auc_prompt, ranking_prompt
@@ -59,6 +60,7 @@ __all__ = [
     "freeze_split",
     "load_microlens",
     "load_movielens_1m",
+    "read_movielens_movies",
     "load_netflix_llmrec",
     "load_split",
     "ranking_prompt",

@@ -404,7 +404,10 @@ def _parse_ml_ratings(path: Path, min_rating: float | None) -> tuple[list[str], 
     return users, items, timestamps
 
 
-def _parse_ml_movies(path: Path) -> tuple[list[str], dict[str, str], dict[str, tuple[str, ...]]]:
+def read_movielens_movies(path: str | Path) -> tuple[list[str], dict[str, str], dict[str, tuple[str, ...]]]:
+    """A MovieLens-1M ``movies.dat`` (``MovieID::Title (Year)::Genres``, ISO-8859-1; ``.gz`` too) -> ids in file order,
+    titles and genres by id. Malformed lines raise :class:`DataFormatError` naming file and line."""
+    path = Path(path)
     item_ids: list[str] = []
     titles: dict[str, str] = {}
     genres: dict[str, tuple[str, ...]] = {}
@@ -459,7 +462,7 @@ def load_movielens_1m(
     for path in (ratings_path, movies_path):
         if not path.is_file():
             raise FileNotFoundError(f"MovieLens file {path} does not exist")
-    item_ids, titles, genres = _parse_ml_movies(movies_path)
+    item_ids, titles, genres = read_movielens_movies(movies_path)
     users, items, timestamps = _parse_ml_ratings(ratings_path, min_rating)
     name = data_dir.name or "movielens"
     users, items, timestamps = _resolve_unknown_items(
