@@ -43,6 +43,7 @@ from .config import HaNoDPOConfig
 from .fast.forward import (
     frozen_vision_without_graph,
     packed_forward,
+    parameters_sharded,
     trl_layout_inputs,
     unsupported_reason,
     unwrap_hf_model,
@@ -324,7 +325,7 @@ class HaNoDPOTrainer(DPOTrainer):
         key = id(hf_model)
         if key not in self._vision_caches:
             cache = None
-            if self.args.fast_vision_cache and vision_tower_frozen(hf_model):
+            if self.args.fast_vision_cache and vision_tower_frozen(hf_model) and not parameters_sharded(self):
                 processor = getattr(self.processing_class, "image_processor", None)
                 settings = json.dumps(processor.to_dict() if processor is not None else {}, sort_keys=True, default=str)
                 fingerprint = module_fingerprint(hf_model.model.visual, extra=settings)

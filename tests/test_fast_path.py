@@ -1,6 +1,7 @@
 """Fast path (prompt-once packing, vision feature cache, cached reference): exact w.r.t. TRL's standard path."""
 
 import contextlib
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -8,8 +9,8 @@ from conftest import preference_dataset, preference_rows, solid_image
 from datasets import Dataset
 from trainer_utils import first_batch, lora_grads, make_trainer, model_inputs, rows_of, trainer_batch
 
-from hanorec_trl.fast.forward import frozen_vision_without_graph
-from hanorec_trl.fast.vision_cache import image_key, module_fingerprint
+from hanorec_trl.fast.forward import cached_image_features, frozen_vision_without_graph, parameters_sharded
+from hanorec_trl.fast.vision_cache import VisionFeatureCache, image_key, module_fingerprint
 from hanorec_trl.models import tiny_qwen2, tiny_qwen2_5_vl
 
 
@@ -131,6 +132,55 @@ def test_frozen_vision_without_graph_keeps_gradients(tiny_tok, tiny_processor, t
         torch.testing.assert_close(cut[name], plain[name], rtol=1e-5, atol=1e-7, msg=name)
     with frozen_vision_without_graph(tiny_qwen2(tiny_tok)) as wrapped:
         assert wrapped is False  # a text model has nothing to cut
+
+
+def test_cached_image_features_same_outputs_and_gradients(tiny_tok, tiny_processor, tmp_path):
+    """The cache used around SFT: same logits and LoRA gradients; a repeated batch never runs the tower again."""
+    ds = preference_dataset(n=2, with_images=True, lambdas=[1.0] * 2)
+    trainer = make_trainer(tiny_qwen2_5_vl(tiny_tok), tiny_processor, ds, tmp_path, fast_prompt_once=False,
+                           gradient_checkpointing=True)
+    model = trainer.model
+    model.train()
+    base = model.get_base_model()
+    base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    base.enable_input_require_grads()
+    batch = model_inputs(first_batch(trainer))
+    tower_calls = []
+    base.model.visual.register_forward_hook(lambda *a: tower_calls.append(1))
+
+    def logits_and_grads():
+        model.zero_grad()
+        logits = model(**batch, use_cache=False).logits.float()
+        logits.pow(2).mean().backward()
+        return logits.detach(), lora_grads(model)
+
+    plain_logits, plain_grads = logits_and_grads()
+    assert len(tower_calls) == 1
+    cache = VisionFeatureCache(module_fingerprint(base.model.visual))
+    with cached_image_features(model, cache) as wrapped:
+        assert wrapped
+        first = logits_and_grads()
+        second = logits_and_grads()
+    n_images = int(batch["image_grid_thw"].shape[0])
+    assert len(tower_calls) == 2  # the first cached pass ran the tower once, on the distinct images; then none
+    assert 0 < len(cache) <= n_images and cache.hits >= n_images
+    assert "get_image_features" not in base.model.__dict__  # restored
+    for logits, grads in (first, second):
+        torch.testing.assert_close(logits, plain_logits, rtol=1e-5, atol=1e-6)
+        for name in plain_grads:
+            torch.testing.assert_close(grads[name], plain_grads[name], rtol=1e-5, atol=1e-7, msg=name)
+
+
+def test_parameters_sharded():
+    def trainer(fsdp=False, deepspeed=False, stage=None):
+        plugin = SimpleNamespace(zero_stage=stage) if stage is not None else None
+        return SimpleNamespace(is_fsdp_enabled=fsdp, is_deepspeed_enabled=deepspeed,
+                               accelerator=SimpleNamespace(state=SimpleNamespace(deepspeed_plugin=plugin)))
+
+    assert not parameters_sharded(trainer())
+    assert parameters_sharded(trainer(fsdp=True))
+    assert parameters_sharded(trainer(deepspeed=True, stage=3))
+    assert not parameters_sharded(trainer(deepspeed=True, stage=2))
 
 
 class HookCounter:

@@ -75,6 +75,9 @@ def test_default_run_produces_results_plots_and_markers(run_dir):
     # the SFT adapter was merged: the DPO reference (adapters disabled) is the SFT model
     assert (run_dir / "sft" / "merged" / "config.json").is_file()
     assert (run_dir / "sft" / "trainer" / "checkpoint-2").is_dir()
+    # SFT computed each distinct poster's features once (docs/fast_path.md)
+    cache = json.loads((run_dir / "sft" / MARKER).read_text())["summary"]["vision_cache"]
+    assert cache["images"] == cache["misses"] > 0 and cache["hits"] > 0
 
 
 def test_resume_skips_finished_stages(run_dir, capsys):

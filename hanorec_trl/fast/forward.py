@@ -10,6 +10,7 @@ in its standard sequence, and, for Qwen2-VL-family models, the image features sp
 from __future__ import annotations
 
 import contextlib
+import hashlib
 from types import SimpleNamespace
 from typing import Any
 
@@ -70,6 +71,74 @@ def frozen_vision_without_graph(model: nn.Module):
             del visual.forward
         else:
             visual.forward = instance_forward
+
+
+def pixel_key(pixels: torch.Tensor, grid: list[int]) -> str:
+    """Content hash of one image's processed patches (as the image processor made them) and its grid."""
+    digest = hashlib.blake2b(digest_size=16)
+    digest.update(f"{list(grid)}:{pixels.dtype}:{tuple(pixels.shape)}".encode())
+    digest.update(pixels.detach().contiguous().cpu().numpy().tobytes())
+    return digest.hexdigest()
+
+
+@contextlib.contextmanager
+def cached_image_features(model: nn.Module, cache: VisionFeatureCache):
+    """Inside the context, a frozen Qwen2-VL-family vision tower computes each distinct image once (issue "Fast path",
+    part 1, for trainers that build their own batches, e.g. TRL's ``SFTTrainer``).
+
+    The model's ``get_image_features`` is wrapped: the batch's pixels are split per image, each image is keyed by the
+    hash of its processed patches (:func:`pixel_key`; exact: equal keys mean equal inputs to the tower), cached
+    features are reused and the missing images run through the tower once, under ``no_grad``. The caller's model sees
+    the same features. Yields whether the wrap applies (not for text models or trainable towers). Do not use it when
+    parameters are sharded across processes (DeepSpeed ZeRO-3, FSDP): skipping the tower on one rank would stall the
+    others' collective forward.
+    """
+    hf_model = unwrap_hf_model(model)
+    if not vision_tower_frozen(hf_model):
+        yield False
+        return
+    from transformers.modeling_outputs import BaseModelOutputWithPooling
+
+    inner_model = hf_model.model
+    instance_attr = inner_model.__dict__.get("get_image_features")
+    original = inner_model.get_image_features
+
+    def get_image_features(pixel_values, image_grid_thw=None, **kwargs):
+        grids = image_grid_thw.tolist()
+        chunks = torch.split(pixel_values, [t * h * w for t, h, w in grids])
+        keys = [pixel_key(chunk, grid) for chunk, grid in zip(chunks, grids, strict=True)]
+        first_of: dict[str, int] = {}
+        for i, key in enumerate(keys):
+            if key not in first_of and cache.get(key) is None:
+                first_of[key] = i
+        if first_of:
+            todo = list(first_of.values())
+            with torch.no_grad():
+                out = original(torch.cat([chunks[i] for i in todo]), image_grid_thw[todo], **kwargs)
+            for i, features in zip(todo, getattr(out, "pooler_output", out), strict=True):
+                cache.put(keys[i], features)
+        device = hf_model.get_input_embeddings().weight.device
+        return BaseModelOutputWithPooling(pooler_output=tuple(cache.get(k).to(device) for k in keys))
+
+    inner_model.get_image_features = get_image_features
+    try:
+        yield True
+    finally:
+        if instance_attr is None:
+            del inner_model.get_image_features
+        else:
+            inner_model.get_image_features = instance_attr
+
+
+def parameters_sharded(trainer) -> bool:
+    """Whether a transformers ``Trainer`` shards parameters across processes (DeepSpeed ZeRO-3 or FSDP): then every
+    rank must run every module's forward, and a per-rank feature cache would stall the collectives."""
+    if getattr(trainer, "is_fsdp_enabled", False):
+        return True
+    if getattr(trainer, "is_deepspeed_enabled", False):
+        plugin = getattr(trainer.accelerator.state, "deepspeed_plugin", None)
+        return plugin is None or getattr(plugin, "zero_stage", 3) == 3
+    return False
 
 
 def unsupported_reason(hf_model: nn.Module) -> str | None:

@@ -8,6 +8,7 @@ the others run on the main process while the rest wait.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import gc
 import logging
@@ -37,7 +38,14 @@ from ..data import (
     load_split,
     write_synthetic_movielens,
 )
-from ..fast.forward import frozen_vision_without_graph
+from ..fast.forward import (
+    cached_image_features,
+    frozen_vision_without_graph,
+    parameters_sharded,
+    unwrap_hf_model,
+    vision_tower_frozen,
+)
+from ..fast.vision_cache import VisionFeatureCache, module_fingerprint
 from .arguments import PipelineConfig, Variant, extra_args
 from .modeling import (
     ModelSpec,
@@ -284,9 +292,27 @@ def _lora_fields(config: PipelineConfig) -> dict[str, Any]:
             "attn_implementation": m.attn_implementation, "gradient_checkpointing": m.gradient_checkpointing}
 
 
-def _train(ctx: RunContext, trainer, folder: Path, description: str) -> dict:
+@contextlib.contextmanager
+def _sft_fast_path(trainer, stats: dict):
+    """Around SFT: a frozen vision tower runs without a graph, and (unless parameters are sharded) each distinct image's
+    features are computed once for the whole stage (docs/fast_path.md); the cache's counts go into ``stats``.
+    HaNoDPOTrainer does both itself."""
+    with contextlib.ExitStack() as stack:
+        stack.enter_context(frozen_vision_without_graph(trainer.model))
+        cache = None
+        hf_model = unwrap_hf_model(trainer.model)
+        if vision_tower_frozen(hf_model) and not parameters_sharded(trainer):
+            cache = VisionFeatureCache(module_fingerprint(hf_model.model.visual), device="cpu")
+            stack.enter_context(cached_image_features(trainer.model, cache))
+        yield
+        if cache is not None:
+            stats["vision_cache"] = {"images": len(cache), "hits": cache.hits, "misses": cache.misses}
+
+
+def _train(ctx: RunContext, trainer, folder: Path, description: str, sft: bool = False) -> dict:
     """Train (from the last checkpoint when resuming), save the adapter and the log history."""
     use_stage_progress(trainer, description)
+    stats: dict[str, Any] = {}
     resume_from = last_checkpoint(folder / "trainer") if ctx.config.run.resume else None
     finished = resume_from is not None and _checkpoint_is_final(Path(resume_from))
     if finished:
@@ -298,14 +324,13 @@ def _train(ctx: RunContext, trainer, folder: Path, description: str) -> dict:
     else:
         if resume_from:
             ctx.say(f"        resuming {description} from {resume_from}")
-        # SFT: no backward through a frozen vision tower (HaNoDPOTrainer does this itself)
-        with compact_lm_head_on_cpu(), frozen_vision_without_graph(trainer.model):
+        with compact_lm_head_on_cpu(), _sft_fast_path(trainer, stats) if sft else contextlib.nullcontext():
             train_loss = trainer.train(resume_from_checkpoint=resume_from).training_loss
     trainer.save_model(str(folder / "adapter"))
     if ctx.is_main:
         write_json_atomic(folder / "log_history.json", trainer.state.log_history)
     return {"steps": trainer.state.global_step, "train_loss": train_loss, "resumed_from": resume_from,
-            "train_rows": len(trainer.train_dataset)}
+            "train_rows": len(trainer.train_dataset), **stats}
 
 
 def _checkpoint_is_final(checkpoint: Path) -> bool:
@@ -355,7 +380,7 @@ def stage_sft(ctx: RunContext) -> dict:
         )
         trainer = SFTTrainer(model=model, args=args, train_dataset=train, processing_class=proc,
                              peft_config=lora_config(model, config.model))
-        summary = _train(ctx, trainer, folder, "SFT")
+        summary = _train(ctx, trainer, folder, "SFT", sft=True)
         del trainer, model
         _free_memory()
         if ctx.is_main and config.resolved_dpo_init() == "merge":
