@@ -89,6 +89,29 @@ def test_evaluate_recommender_likelihood(kind, tiny_vlm, tiny_processor, tiny_lm
         evaluate_recommender(model, proc, ranking, config=RecEvalConfig(progress=False), output_path=out)
 
 
+def test_vision_cache_gives_the_same_results(tiny_vlm, tiny_processor, tmp_path):
+    ranking = _ranking_rows(True)
+    ranking = ranking + [dict(r) for r in ranking]  # every image appears twice across the rows
+    tower_images = []
+    handle = tiny_vlm.model.visual.register_forward_hook(
+        lambda m, args, kwargs, out: tower_images.append(int((args[1] if len(args) > 1 else kwargs["grid_thw"]).shape[0])),
+        with_kwargs=True)
+    results, runs = {}, {}
+    for cached in (False, True):
+        tower_images.clear()
+        out = tmp_path / f"{cached}.json"
+        evaluate_recommender(tiny_vlm, tiny_processor, ranking, config=RecEvalConfig(progress=False,
+                             vision_cache=cached), output_path=out)
+        results[cached], runs[cached] = json.loads(out.read_text()), sum(tower_images)
+    handle.remove()
+    assert results[True]["per_row"]["ranking"]["ranks"] == results[False]["per_row"]["ranking"]["ranks"]
+    for key in ("hr@1", "hr@3", "ndcg@3"):
+        assert results[True]["metrics"][key] == results[False]["metrics"][key]
+    cache = results[True]["per_row"]["vision_cache"]
+    assert runs[True] == cache["images"] == cache["misses"] and cache["hits"] > 0
+    assert 0 < runs[True] < runs[False]  # each distinct image once instead of once per prompt
+
+
 def test_auc_first_token_and_binary(tiny_lm, tiny_tok):
     rows = _auc_rows(False)
     seq = evaluate_recommender(tiny_lm, tiny_tok, auc_rows=rows, config=RecEvalConfig(progress=False))

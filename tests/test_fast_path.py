@@ -63,14 +63,17 @@ def test_vision_tower_runs_once_per_image_and_never_backward(tiny_tok, tiny_proc
                            max_steps=4)
     visual = trainer.model.get_base_model().model.visual
     calls = {"forward_images": 0, "backward": 0}
-    visual.register_forward_hook(lambda m, args, out: calls.__setitem__(
-        "forward_images", calls["forward_images"] + int(args[1].shape[0]) if len(args) > 1 else calls["forward_images"]))
+    visual.register_forward_hook(lambda m, args, kwargs, out: calls.__setitem__(
+        "forward_images", calls["forward_images"] + int((args[1] if len(args) > 1 else kwargs["grid_thw"]).shape[0])),
+        with_kwargs=True)
     visual.patch_embed.register_full_backward_hook(lambda *a: calls.__setitem__("backward", calls["backward"] + 1))
     cache = trainer._vision_cache_for(trainer.model)
     distinct = len({image_key(im) for r in ds for im in r["images"]})
     assert len(cache) == distinct  # filled while caching the reference log-probs
+    trainer._vision_caches.clear()  # a fresh cache: the first step's images go through the tower (the hook sees them)
     trainer.train()
-    assert calls["forward_images"] == 0  # every image came from the cache
+    cache = trainer._vision_cache_for(trainer.model)
+    assert calls["forward_images"] == len(cache) == distinct  # each distinct image through the tower exactly once
     assert calls["backward"] == 0
     assert cache.hits > 0
 

@@ -17,6 +17,7 @@ LLMs), ``candidates`` (completion texts), ``candidate_items`` (ids), ``target_in
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import time
@@ -28,6 +29,8 @@ from typing import Any
 import numpy as np
 
 from ..data.prompts import NO, YES
+from ..fast.forward import cached_image_features, is_qwen_vl, unwrap_hf_model
+from ..fast.vision_cache import VisionFeatureCache, module_fingerprint
 from .generation import GenerationSettings, generate_answers, generation_ranks
 from .metrics import DEFAULT_KS, auc_score, binary_auc, ranking_metrics, target_rank
 from .scoring import SCORING_METHODS, score_candidates, tokenize_candidates
@@ -64,6 +67,11 @@ class RecEvalConfig:
     top_p: float = field(default=1.0, metadata={"help": "Generation mode: nucleus sampling top_p."})
     seed: int = field(default=0, metadata={"help": "Generation mode: seed for sampling."})
     progress: bool = field(default=True, metadata={"help": "Show tqdm progress bars."})
+    vision_cache: bool = field(
+        default=True,
+        metadata={"help": "Qwen2-VL-family models: compute each distinct image's vision features once for the whole "
+                  "evaluation (exact: the weights do not change during it; items repeat across prompts)."},
+    )
 
     def __post_init__(self):
         for name, value, allowed in (
@@ -203,6 +211,18 @@ def evaluate_auc(model, processing_class, rows: Sequence[dict], config: RecEvalC
     return metrics, {"p_yes": p_yes.tolist(), "labels": labels}
 
 
+@contextlib.contextmanager
+def _image_feature_cache(model, enabled: bool):
+    """A fresh vision-feature cache around one evaluation (yields it, or None where it does not apply)."""
+    hf_model = unwrap_hf_model(model)
+    if not enabled or not is_qwen_vl(hf_model):
+        yield None
+        return
+    cache = VisionFeatureCache(module_fingerprint(hf_model.model.visual), device="cpu")
+    with cached_image_features(model, cache, inference=True):
+        yield cache
+
+
 def evaluate_recommender(
     model,
     processing_class,
@@ -230,12 +250,15 @@ def evaluate_recommender(
     start = time.perf_counter()
     metrics: dict[str, float] = {}
     details: dict[str, Any] = {}
-    if ranking:
-        m, details["ranking"] = evaluate_ranking(model, processing_class, ranking, config)
-        metrics.update(m)
-    if auc:
-        m, details["auc"] = evaluate_auc(model, processing_class, auc, config)
-        metrics.update(m)
+    with _image_feature_cache(model, config.vision_cache) as cache:
+        if ranking:
+            m, details["ranking"] = evaluate_ranking(model, processing_class, ranking, config)
+            metrics.update(m)
+        if auc:
+            m, details["auc"] = evaluate_auc(model, processing_class, auc, config)
+            metrics.update(m)
+    if cache is not None:
+        details["vision_cache"] = {"images": len(cache), "hits": cache.hits, "misses": cache.misses}
     metrics["eval_seconds"] = time.perf_counter() - start
     if output_path is not None:
         path = Path(output_path)

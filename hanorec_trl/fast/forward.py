@@ -82,19 +82,20 @@ def pixel_key(pixels: torch.Tensor, grid: list[int]) -> str:
 
 
 @contextlib.contextmanager
-def cached_image_features(model: nn.Module, cache: VisionFeatureCache):
+def cached_image_features(model: nn.Module, cache: VisionFeatureCache, inference: bool = False):
     """Inside the context, a frozen Qwen2-VL-family vision tower computes each distinct image once (issue "Fast path",
     part 1, for trainers that build their own batches, e.g. TRL's ``SFTTrainer``).
 
     The model's ``get_image_features`` is wrapped: the batch's pixels are split per image, each image is keyed by the
     hash of its processed patches (:func:`pixel_key`; exact: equal keys mean equal inputs to the tower), cached
     features are reused and the missing images run through the tower once, under ``no_grad``. The caller's model sees
-    the same features. Yields whether the wrap applies (not for text models or trainable towers). Do not use it when
+    the same features. Yields whether the wrap applies (not for text models or trainable towers; ``inference=True``
+    also caches a tower with trainable parameters, for evaluation while the weights stay fixed). Do not use it when
     parameters are sharded across processes (DeepSpeed ZeRO-3, FSDP): skipping the tower on one rank would stall the
     others' collective forward.
     """
     hf_model = unwrap_hf_model(model)
-    if not vision_tower_frozen(hf_model):
+    if not (is_qwen_vl(hf_model) if inference else vision_tower_frozen(hf_model)):
         yield False
         return
     from transformers.modeling_outputs import BaseModelOutputWithPooling
