@@ -106,8 +106,9 @@ def test_standard_path_never_backpropagates_through_frozen_vision(tiny_tok, tiny
         torch.testing.assert_close(grads[True][name], grads[False][name], rtol=1e-5, atol=1e-7, msg=name)
 
 
-def test_frozen_vision_without_graph_keeps_gradients(tiny_tok, tiny_processor, tmp_path):
-    """The context used around SFT: with checkpointing's input hooks, gradients unchanged and no vision backward."""
+def _checkpointed_lora_vlm_and_batch(tiny_tok, tiny_processor, tmp_path):
+    """A LoRA tiny Qwen2.5-VL in training mode with checkpointing's input hooks (as Trainer.train() sets them up: the
+    vision tower's patch embedding is hooked too), and one batch of model inputs."""
     ds = preference_dataset(n=2, with_images=True, lambdas=[1.0] * 2)
     trainer = make_trainer(tiny_qwen2_5_vl(tiny_tok), tiny_processor, ds, tmp_path, fast_prompt_once=False,
                            gradient_checkpointing=True)
@@ -115,8 +116,13 @@ def test_frozen_vision_without_graph_keeps_gradients(tiny_tok, tiny_processor, t
     model.train()
     base = model.get_base_model()
     base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    base.enable_input_require_grads()  # what Trainer.train() does under checkpointing: hooks the vision tower too
-    batch = model_inputs(first_batch(trainer))
+    base.enable_input_require_grads()
+    return model, model_inputs(first_batch(trainer))
+
+
+def test_frozen_vision_without_graph_keeps_gradients(tiny_tok, tiny_processor, tmp_path):
+    """The context used around SFT: with checkpointing's input hooks, gradients unchanged and no vision backward."""
+    model, batch = _checkpointed_lora_vlm_and_batch(tiny_tok, tiny_processor, tmp_path)
     calls = _count_vision_backward(model)
     visual = model.get_base_model().model.visual
     results = []
@@ -139,15 +145,8 @@ def test_frozen_vision_without_graph_keeps_gradients(tiny_tok, tiny_processor, t
 
 def test_cached_image_features_same_outputs_and_gradients(tiny_tok, tiny_processor, tmp_path):
     """The cache used around SFT: same logits and LoRA gradients; a repeated batch never runs the tower again."""
-    ds = preference_dataset(n=2, with_images=True, lambdas=[1.0] * 2)
-    trainer = make_trainer(tiny_qwen2_5_vl(tiny_tok), tiny_processor, ds, tmp_path, fast_prompt_once=False,
-                           gradient_checkpointing=True)
-    model = trainer.model
-    model.train()
+    model, batch = _checkpointed_lora_vlm_and_batch(tiny_tok, tiny_processor, tmp_path)
     base = model.get_base_model()
-    base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    base.enable_input_require_grads()
-    batch = model_inputs(first_batch(trainer))
     tower_calls = []
     base.model.visual.register_forward_hook(lambda *a: tower_calls.append(1))
 
