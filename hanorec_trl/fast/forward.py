@@ -108,18 +108,24 @@ def cached_image_features(model: nn.Module, cache: VisionFeatureCache, inference
         grids = image_grid_thw.tolist()
         chunks = torch.split(pixel_values, [t * h * w for t, h, w in grids])
         keys = [pixel_key(chunk, grid) for chunk, grid in zip(chunks, grids, strict=True)]
-        first_of: dict[str, int] = {}
+        found: dict[str, torch.Tensor] = {}
+        first_of: dict[str, int] = {}  # each distinct image: one cache lookup (a hit or a miss) per batch
         for i, key in enumerate(keys):
-            if key not in first_of and cache.get(key) is None:
-                first_of[key] = i
+            if key not in found and key not in first_of:
+                features = cache.get(key)
+                if features is None:
+                    first_of[key] = i
+                else:
+                    found[key] = features
         if first_of:
             todo = list(first_of.values())
             with torch.no_grad():
                 out = original(torch.cat([chunks[i] for i in todo]), image_grid_thw[todo], **kwargs)
             for i, features in zip(todo, getattr(out, "pooler_output", out), strict=True):
                 cache.put(keys[i], features)
+                found[keys[i]] = features
         device = hf_model.get_input_embeddings().weight.device
-        return BaseModelOutputWithPooling(pooler_output=tuple(cache.get(k).to(device) for k in keys))
+        return BaseModelOutputWithPooling(pooler_output=tuple(found[k].to(device) for k in keys))
 
     inner_model.get_image_features = get_image_features
     try:
