@@ -29,8 +29,7 @@ from typing import Any
 import numpy as np
 
 from ..data.prompts import NO, YES
-from ..fast.forward import cached_image_features, is_qwen_vl, unwrap_hf_model
-from ..fast.vision_cache import VisionFeatureCache, module_fingerprint
+from ..fast.forward import image_feature_cache
 from .generation import GenerationSettings, generate_answers, generation_ranks
 from .metrics import DEFAULT_KS, auc_score, binary_auc, ranking_metrics, target_rank
 from .scoring import SCORING_METHODS, score_candidates, tokenize_candidates
@@ -211,18 +210,6 @@ def evaluate_auc(model, processing_class, rows: Sequence[dict], config: RecEvalC
     return metrics, {"p_yes": p_yes.tolist(), "labels": labels}
 
 
-@contextlib.contextmanager
-def _image_feature_cache(model, enabled: bool):
-    """A fresh vision-feature cache around one evaluation (yields it, or None where it does not apply)."""
-    hf_model = unwrap_hf_model(model)
-    if not enabled or not is_qwen_vl(hf_model):
-        yield None
-        return
-    cache = VisionFeatureCache(module_fingerprint(hf_model.model.visual), device="cpu")
-    with cached_image_features(model, cache, inference=True):
-        yield cache
-
-
 def evaluate_recommender(
     model,
     processing_class,
@@ -250,7 +237,7 @@ def evaluate_recommender(
     start = time.perf_counter()
     metrics: dict[str, float] = {}
     details: dict[str, Any] = {}
-    with _image_feature_cache(model, config.vision_cache) as cache:
+    with image_feature_cache(model, inference=True) if config.vision_cache else contextlib.nullcontext() as cache:
         if ranking:
             m, details["ranking"] = evaluate_ranking(model, processing_class, ranking, config)
             metrics.update(m)
@@ -258,7 +245,7 @@ def evaluate_recommender(
             m, details["auc"] = evaluate_auc(model, processing_class, auc, config)
             metrics.update(m)
     if cache is not None:
-        details["vision_cache"] = {"images": len(cache), "hits": cache.hits, "misses": cache.misses}
+        details["vision_cache"] = cache.counts()
     metrics["eval_seconds"] = time.perf_counter() - start
     if output_path is not None:
         path = Path(output_path)

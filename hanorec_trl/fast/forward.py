@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from .packing import PACKED_KEY, segment_mask_function
-from .vision_cache import VisionFeatureCache
+from .vision_cache import VisionFeatureCache, module_fingerprint
 
 SUPPORTED_ATTENTION = ("sdpa", "eager")
 PER_TOKEN_FIELDS = ("log_probs", "entropy", "mean_logits", "is_top1", "log_sum_sq_probs")
@@ -42,6 +42,21 @@ def vision_tower_frozen(hf_model: nn.Module) -> bool:
 
 
 @contextlib.contextmanager
+def _instance_attribute(obj: Any, name: str, value: Any):
+    """Sets ``obj.<name>`` on the instance for the duration, then restores what the instance had (e.g. an accelerate
+    offload hook), or removes the attribute so that the class's method shows through again."""
+    previous = obj.__dict__.get(name)
+    setattr(obj, name, value)
+    try:
+        yield
+    finally:
+        if previous is None:
+            delattr(obj, name)
+        else:
+            setattr(obj, name, previous)
+
+
+@contextlib.contextmanager
 def frozen_vision_without_graph(model: nn.Module):
     """Runs a frozen Qwen2-VL-family vision tower under ``no_grad`` inside the context (issue "Fast path", part 4).
 
@@ -56,21 +71,37 @@ def frozen_vision_without_graph(model: nn.Module):
         yield False
         return
     visual = hf_model.model.visual
-    instance_forward = visual.__dict__.get("forward")  # e.g. an accelerate offload hook; kept and restored
     inner = visual.forward
 
     def forward(*args, **kwargs):
         with torch.no_grad():
             return inner(*args, **kwargs)
 
-    visual.forward = forward
-    try:
+    with _instance_attribute(visual, "forward", forward):
         yield True
-    finally:
-        if instance_forward is None:
-            del visual.forward
-        else:
-            visual.forward = instance_forward
+
+
+def _features_through_cache(keys: list[str], chunks, grids: torch.Tensor, cache: VisionFeatureCache,
+                            get_image_features) -> list[torch.Tensor]:
+    """Per-image merged features: each distinct key is looked up once (a hit or a miss), and the missing images run
+    through ``get_image_features`` (the model's) once, together, under ``no_grad``, and are cached."""
+    found: dict[str, torch.Tensor] = {}
+    first_of: dict[str, int] = {}
+    for i, key in enumerate(keys):
+        if key not in found and key not in first_of:
+            features = cache.get(key)
+            if features is None:
+                first_of[key] = i
+            else:
+                found[key] = features
+    if first_of:
+        todo = list(first_of.values())
+        with torch.no_grad():
+            out = get_image_features(torch.cat([chunks[i] for i in todo]), grids[todo])
+        for i, features in zip(todo, getattr(out, "pooler_output", out), strict=True):
+            cache.put(keys[i], features)
+            found[keys[i]] = features
+    return [found[key] for key in keys]
 
 
 def pixel_key(pixels: torch.Tensor, grid: list[int]) -> str:
@@ -101,40 +132,32 @@ def cached_image_features(model: nn.Module, cache: VisionFeatureCache, inference
     from transformers.modeling_outputs import BaseModelOutputWithPooling
 
     inner_model = hf_model.model
-    instance_attr = inner_model.__dict__.get("get_image_features")
     original = inner_model.get_image_features
 
     def get_image_features(pixel_values, image_grid_thw=None, **kwargs):
         grids = image_grid_thw.tolist()
         chunks = torch.split(pixel_values, [t * h * w for t, h, w in grids])
         keys = [pixel_key(chunk, grid) for chunk, grid in zip(chunks, grids, strict=True)]
-        found: dict[str, torch.Tensor] = {}
-        first_of: dict[str, int] = {}  # each distinct image: one cache lookup (a hit or a miss) per batch
-        for i, key in enumerate(keys):
-            if key not in found and key not in first_of:
-                features = cache.get(key)
-                if features is None:
-                    first_of[key] = i
-                else:
-                    found[key] = features
-        if first_of:
-            todo = list(first_of.values())
-            with torch.no_grad():
-                out = original(torch.cat([chunks[i] for i in todo]), image_grid_thw[todo], **kwargs)
-            for i, features in zip(todo, getattr(out, "pooler_output", out), strict=True):
-                cache.put(keys[i], features)
-                found[keys[i]] = features
+        features = _features_through_cache(keys, chunks, image_grid_thw, cache,
+                                           lambda pixels, grid: original(pixels, grid, **kwargs))
         device = hf_model.get_input_embeddings().weight.device
-        return BaseModelOutputWithPooling(pooler_output=tuple(found[k].to(device) for k in keys))
+        return BaseModelOutputWithPooling(pooler_output=tuple(f.to(device) for f in features))
 
-    inner_model.get_image_features = get_image_features
-    try:
+    with _instance_attribute(inner_model, "get_image_features", get_image_features):
         yield True
-    finally:
-        if instance_attr is None:
-            del inner_model.get_image_features
-        else:
-            inner_model.get_image_features = instance_attr
+
+
+@contextlib.contextmanager
+def image_feature_cache(model: nn.Module, inference: bool = False):
+    """:func:`cached_image_features` with a fresh in-memory cache (features kept on the CPU), keyed by the vision
+    tower's weights; yields the cache, or None where the wrap does not apply."""
+    hf_model = unwrap_hf_model(model)
+    if not (is_qwen_vl(hf_model) if inference else vision_tower_frozen(hf_model)):
+        yield None
+        return
+    cache = VisionFeatureCache(module_fingerprint(hf_model.model.visual), device="cpu")
+    with cached_image_features(model, cache, inference=inference):
+        yield cache
 
 
 def parameters_sharded(trainer) -> bool:
@@ -174,23 +197,8 @@ def _image_features(hf_model, batch: dict, cache: VisionFeatureCache | None) -> 
             out = hf_model.model.get_image_features(pixel_values, grids)
         return torch.cat(list(getattr(out, "pooler_output", out)), dim=0)
 
-    features = [cache.get(key) for key in keys]
-    missing = [i for i, f in enumerate(features) if f is None]
-    if missing:
-        starts = [0]
-        for count in patches:
-            starts.append(starts[-1] + count)
-        # compute each distinct missing image once
-        first_of: dict[str, int] = {}
-        for i in missing:
-            first_of.setdefault(keys[i], i)
-        todo = list(first_of.values())
-        pv = torch.cat([pixel_values[starts[i] : starts[i + 1]] for i in todo])
-        with torch.no_grad():
-            out = hf_model.model.get_image_features(pv, grids[todo])
-        for i, feats in zip(todo, getattr(out, "pooler_output", out), strict=True):
-            cache.put(keys[i], feats)
-        features = [cache.get(key) for key in keys]
+    features = _features_through_cache(keys, torch.split(pixel_values, patches), grids, cache,
+                                       hf_model.model.get_image_features)
     device = hf_model.get_input_embeddings().weight.device
     return torch.cat([f.to(device, non_blocking=True) for f in features], dim=0)
 

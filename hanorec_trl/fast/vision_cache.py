@@ -64,6 +64,10 @@ class VisionFeatureCache:
     def __len__(self) -> int:
         return len(self._memory)
 
+    def counts(self) -> dict[str, int]:
+        """Distinct images held, and the lookups answered from the cache (hits) or not (misses)."""
+        return {"images": len(self), "hits": self.hits, "misses": self.misses}
+
     def _path(self, key: str) -> Path:
         return self.directory / f"{key}.pt"
 

@@ -38,14 +38,7 @@ from ..data import (
     load_split,
     write_synthetic_movielens,
 )
-from ..fast.forward import (
-    cached_image_features,
-    frozen_vision_without_graph,
-    parameters_sharded,
-    unwrap_hf_model,
-    vision_tower_frozen,
-)
-from ..fast.vision_cache import VisionFeatureCache, module_fingerprint
+from ..fast.forward import frozen_vision_without_graph, image_feature_cache, parameters_sharded
 from .arguments import PipelineConfig, Variant, extra_args
 from .modeling import (
     ModelSpec,
@@ -297,16 +290,11 @@ def _sft_fast_path(trainer, stats: dict):
     """Around SFT: a frozen vision tower runs without a graph, and (unless parameters are sharded) each distinct image's
     features are computed once for the whole stage (docs/fast_path.md); the cache's counts go into ``stats``.
     HaNoDPOTrainer does both itself."""
-    with contextlib.ExitStack() as stack:
-        stack.enter_context(frozen_vision_without_graph(trainer.model))
-        cache = None
-        hf_model = unwrap_hf_model(trainer.model)
-        if vision_tower_frozen(hf_model) and not parameters_sharded(trainer):
-            cache = VisionFeatureCache(module_fingerprint(hf_model.model.visual), device="cpu")
-            stack.enter_context(cached_image_features(trainer.model, cache))
+    caching = contextlib.nullcontext() if parameters_sharded(trainer) else image_feature_cache(trainer.model)
+    with frozen_vision_without_graph(trainer.model), caching as cache:
         yield
         if cache is not None:
-            stats["vision_cache"] = {"images": len(cache), "hits": cache.hits, "misses": cache.misses}
+            stats["vision_cache"] = cache.counts()
 
 
 def _train(ctx: RunContext, trainer, folder: Path, description: str, sft: bool = False) -> dict:
