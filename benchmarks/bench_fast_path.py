@@ -65,6 +65,7 @@ sys.path.insert(0, str(HERE.parent))
 from bench_trainer_overhead import (  # noqa: E402  (shared model, data and FLOP helpers)
     ALL_OFF,
     ALL_ON,
+    FAST_OFF,
     MIB,
     StepClock,
     batch_shapes,
@@ -81,7 +82,6 @@ from bench_trainer_overhead import (  # noqa: E402  (shared model, data and FLOP
 FAST = dict(fast_prompt_once=True, fast_vision_cache=True, fast_ref_cache=True)
 PROMPT_ONCE = dict(fast_prompt_once=True, fast_vision_cache=False, fast_ref_cache=False)
 VISION = dict(fast_prompt_once=True, fast_vision_cache=True, fast_ref_cache=False)
-FAST_OFF = dict(fast_prompt_once=False, fast_vision_cache=False, fast_ref_cache=False)
 # name -> (HaNoDPOConfig fields, or None for trl.DPOTrainer; gradient checkpointing; description)
 VARIANTS = {
     "trl_gc": (None, True, "trl.DPOTrainer, gradient checkpointing on (TRL's default)"),

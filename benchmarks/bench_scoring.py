@@ -37,76 +37,21 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from hanorec_trl.data.prompts import ranking_prompt  # noqa: E402
 from hanorec_trl.evaluation import GenerationSettings, generate_answers, score_candidates  # noqa: E402
-from hanorec_trl.models import qwen2_5_tokenizer, qwen2_5_vl_processor, tiny_qwen2_5_vl, tiny_tokenizer  # noqa: E402
-
-
-def qwen2_5_vl_3b_config(tokenizer):
-    """The Qwen2.5-VL-3B-Instruct architecture (as published), sized to ``tokenizer``'s special-token ids."""
-    from transformers import Qwen2_5_VLConfig
-
-    ids = {
-        t: tokenizer.convert_tokens_to_ids(t)
-        for t in ("<|endoftext|>", "<|im_end|>", "<|image_pad|>", "<|video_pad|>", "<|vision_start|>", "<|vision_end|>")
-    }
-    return Qwen2_5_VLConfig(
-        text_config=dict(
-            vocab_size=151936,
-            hidden_size=2048,
-            intermediate_size=11008,
-            num_hidden_layers=36,
-            num_attention_heads=16,
-            num_key_value_heads=2,
-            hidden_act="silu",
-            max_position_embeddings=128000,
-            rms_norm_eps=1e-6,
-            rope_parameters={"rope_type": "default", "rope_theta": 1e6, "mrope_section": [16, 24, 24]},
-            bos_token_id=ids["<|endoftext|>"],
-            eos_token_id=ids["<|im_end|>"],
-            pad_token_id=ids["<|endoftext|>"],
-            tie_word_embeddings=True,
-        ),
-        vision_config=dict(
-            depth=32,
-            hidden_size=1280,
-            intermediate_size=3420,
-            num_heads=16,
-            in_channels=3,
-            out_hidden_size=2048,
-            patch_size=14,
-            spatial_merge_size=2,
-            temporal_patch_size=2,
-            window_size=112,
-            fullatt_block_indexes=[7, 15, 23, 31],
-            tokens_per_second=2,
-            hidden_act="silu",
-        ),
-        image_token_id=ids["<|image_pad|>"],
-        video_token_id=ids["<|video_pad|>"],
-        vision_start_token_id=ids["<|vision_start|>"],
-        vision_end_token_id=ids["<|vision_end|>"],
-        tie_word_embeddings=True,
-    )
+from hanorec_trl.models import (  # noqa: E402
+    qwen2_5_tokenizer,
+    qwen2_5_vl_3b,
+    qwen2_5_vl_processor,
+    tiny_qwen2_5_vl,
+    tiny_tokenizer,
+)
 
 
 def build_3b(device: str):
-    from transformers import Qwen2_5_VLForConditionalGeneration
-
+    """The Qwen2.5-VL-3B architecture (random weights, bf16) and its processor, with the real Qwen2.5 tokenizer."""
     tok = qwen2_5_tokenizer()
-    config = qwen2_5_vl_3b_config(tok)
-    if device == "meta":
-        with torch.device("meta"):
-            model = Qwen2_5_VLForConditionalGeneration._from_config(config, dtype=torch.bfloat16)
-    else:
-        torch.manual_seed(0)
-        with torch.device(device):
-            model = Qwen2_5_VLForConditionalGeneration._from_config(
-                config, dtype=torch.bfloat16, attn_implementation="sdpa"
-            )
-    model.generation_config.pad_token_id = tok.pad_token_id
-    model.generation_config.eos_token_id = tok.convert_tokens_to_ids("<|im_end|>")
+    model = qwen2_5_vl_3b(tok, device=device, dtype=torch.bfloat16)
     # ML-1M posters are about 185x278; 12,845,056 is Qwen's default max_pixels
-    processor = qwen2_5_vl_processor(tok, min_pixels=3136, max_pixels=12845056)
-    return model, processor
+    return model, qwen2_5_vl_processor(tok, min_pixels=3136, max_pixels=12845056)
 
 
 def poster(seed: int, size: tuple[int, int]):

@@ -84,7 +84,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import dataclasses
 import functools
 import json
 import os
@@ -107,8 +106,10 @@ sys.path.insert(0, str(HERE.parent))
 
 from hanorec_trl import HaNoDPOConfig, HaNoDPOTrainer  # noqa: E402
 from hanorec_trl.data.prompts import DEFAULT_TEMPLATES, assistant_message, ranking_prompt  # noqa: E402
+from bench_scoring import poster  # noqa: E402  (the same random posters)
 from hanorec_trl.models import (  # noqa: E402
     language_model_lora_regex,
+    qwen2_5_vl_3b,
     qwen2_5_tokenizer,
     qwen2_5_vl_processor,
     tiny_qwen2_5_vl,
@@ -136,32 +137,15 @@ MIB = 2**20
 # ------------------------------------------------------------------------------------------------------ model + data
 def build_processor(qwen_3b: bool):
     tokenizer = qwen2_5_tokenizer() if qwen_3b else tiny_tokenizer()
-    # Qwen2.5-VL's released pixel bounds: a 185x278 poster becomes 7x10 = 70 merged image tokens
-    return qwen2_5_vl_processor(tokenizer, min_pixels=3136, max_pixels=12845056)
+    # Qwen2.5-VL's released pixel bounds (the defaults): a 185x278 poster becomes 7x10 = 70 merged image tokens
+    return qwen2_5_vl_processor(tokenizer)
 
 
 def build_model(processor, args):
     """A fresh model; every call gives identical weights (fixed seed)."""
     if not args.qwen_3b:
         return tiny_qwen2_5_vl(processor.tokenizer, hidden_size=args.tiny_hidden, num_layers=args.tiny_layers)
-    from bench_scoring import qwen2_5_vl_3b_config  # the published 3B architecture, shared with that benchmark
-    from transformers import Qwen2_5_VLForConditionalGeneration
-
-    config = qwen2_5_vl_3b_config(processor.tokenizer)
-    torch.manual_seed(0)
-    with torch.device("cuda"):
-        model = Qwen2_5_VLForConditionalGeneration._from_config(config, dtype=torch.bfloat16,
-                                                                 attn_implementation="sdpa")
-    model.generation_config.pad_token_id = processor.tokenizer.pad_token_id
-    model.generation_config.eos_token_id = processor.tokenizer.convert_tokens_to_ids("<|im_end|>")
-    return model
-
-
-def poster(seed: int, size: tuple[int, int]):
-    from PIL import Image
-
-    rng = np.random.default_rng(seed)
-    return Image.fromarray(rng.integers(0, 255, size=(size[1], size[0], 3), dtype=np.uint8))
+    return qwen2_5_vl_3b(processor.tokenizer, device="cuda", dtype=torch.bfloat16)
 
 
 def preference_rows(n_rows: int, image_size: tuple[int, int], n_history: int = 5, n_candidates: int = 10,
@@ -224,9 +208,7 @@ def build_trainer(name: str, processor, dataset, args, output_dir: Path):
     if fields is None:
         config, trainer_cls = DPOConfig(**common), DPOTrainer
     else:
-        known = {f.name for f in dataclasses.fields(HaNoDPOConfig)}
-        config = HaNoDPOConfig(**common, **{k: v for k, v in fields.items() if k in known})
-        trainer_cls = HaNoDPOTrainer
+        config, trainer_cls = HaNoDPOConfig(**common, **fields), HaNoDPOTrainer
     model = build_model(processor, args)
     return trainer_cls(model=model, args=config, train_dataset=dataset, processing_class=processor,
                        peft_config=lora_config(model))
@@ -677,9 +659,6 @@ def main(argv=None):
         parser.error("--qwen-3b needs a CUDA GPU (a 3B model's DPO step takes tens of minutes on a CPU)")
     if "trl" not in args.variants:
         parser.error("--variants must include 'trl' (the baseline every ratio refers to)")
-    known = {f.name for f in dataclasses.fields(HaNoDPOConfig)}
-    if "hano_fast" in args.variants and "fast_prompt_once" not in known:
-        print("note: this HaNoDPOConfig has no fast paths; 'hano_fast' equals 'hano'")
     if args.child:
         child_args = argparse.Namespace(**{**vars(args), "steps": args.memory_steps, "warmup": args.memory_warmup})
         print("CHILD_RESULT " + json.dumps(child_memory_run(args.child, child_args)), flush=True)

@@ -543,10 +543,11 @@ class HardnessIndex:
 
 def topk_profiles(scores, temperature: float = 1.0) -> np.ndarray:
     """Eq. 5: ``Z = softmax(c / tau)`` of each row of Top-K cosines (sorted descending), float64 ``[n, K]``."""
-    logits = np.asarray(scores, dtype=np.float64) / temperature
-    logits = logits - logits.max(axis=-1, keepdims=True)
-    profiles = np.exp(logits)
-    return profiles / profiles.sum(axis=-1, keepdims=True)
+    profiles = np.asarray(scores, dtype=np.float64) / temperature  # a new array: the steps below work in place
+    profiles -= profiles.max(axis=-1, keepdims=True)
+    np.exp(profiles, out=profiles)
+    profiles /= profiles.sum(axis=-1, keepdims=True)
+    return profiles
 
 
 def lambdas_from_deltas(deltas, delta_mean: float | None = None) -> tuple[np.ndarray, float]:

@@ -347,12 +347,46 @@ def _tiny_text_settings(tokenizer, ids: dict[str, int], hidden_size: int, num_la
     )
 
 
-def _build_tiny(model_class, config, ids: dict[str, int], seed: int):
+def _build_random(model_class, config, ids: dict[str, int], seed: int, device: str | torch.device = "cpu",
+                  dtype: torch.dtype = torch.float32, attn_implementation: str = "sdpa"):
+    """A model with seeded random weights, built directly on ``device``, with Qwen's generation ids."""
     torch.manual_seed(seed)
-    model = model_class._from_config(config, dtype=torch.float32, attn_implementation="sdpa")
+    with torch.device(device):
+        model = model_class._from_config(config, dtype=dtype, attn_implementation=attn_implementation)
     model.generation_config.pad_token_id = ids["<|endoftext|>"]
     model.generation_config.eos_token_id = ids["<|im_end|>"]
     return model
+
+
+# Qwen/Qwen2.5-VL-3B-Instruct's published config.json (transformers-5 names: rope_scaling -> rope_parameters).
+QWEN2_5_VL_3B_TEXT = dict(
+    vocab_size=151936, hidden_size=2048, intermediate_size=11008, num_hidden_layers=36, num_attention_heads=16,
+    num_key_value_heads=2, hidden_act="silu", max_position_embeddings=128000, rms_norm_eps=1e-6,
+    use_sliding_window=False, sliding_window=32768, max_window_layers=70, attention_dropout=0.0,
+    rope_parameters={"rope_type": "default", "rope_theta": 1000000.0, "mrope_section": [16, 24, 24]},
+    bos_token_id=151643, eos_token_id=151645, pad_token_id=151643, tie_word_embeddings=True,
+)
+QWEN2_5_VL_3B_VISION = dict(
+    depth=32, hidden_act="silu", hidden_size=1280, intermediate_size=3420, num_heads=16, in_channels=3,
+    out_hidden_size=2048, patch_size=14, spatial_merge_size=2, temporal_patch_size=2, window_size=112,
+    fullatt_block_indexes=[7, 15, 23, 31], tokens_per_second=2,
+)
+
+
+def qwen2_5_vl_3b(tokenizer, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32,
+                  attn_implementation: str = "sdpa", seed: int = 0):
+    """The Qwen2.5-VL-3B-Instruct architecture (3.75B parameters) with seeded random weights, built on ``device``
+    (``"meta"`` for a size check; initialising on a GPU takes a second, on a CPU minutes)."""
+    from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
+
+    ids = _special_ids(tokenizer)
+    config = Qwen2_5_VLConfig(
+        text_config=dict(QWEN2_5_VL_3B_TEXT), vision_config=dict(QWEN2_5_VL_3B_VISION),
+        image_token_id=ids["<|image_pad|>"], video_token_id=ids["<|video_pad|>"],
+        vision_start_token_id=ids["<|vision_start|>"], vision_end_token_id=ids["<|vision_end|>"],
+        tie_word_embeddings=True,
+    )
+    return _build_random(Qwen2_5_VLForConditionalGeneration, config, ids, seed, device, dtype, attn_implementation)
 
 
 def tiny_qwen2_5_vl(tokenizer, hidden_size: int = 64, num_layers: int = 2, vision_depth: int = 2, seed: int = 0):
@@ -392,7 +426,7 @@ def tiny_qwen2_5_vl(tokenizer, hidden_size: int = 64, num_layers: int = 2, visio
         vision_end_token_id=ids["<|vision_end|>"],
         tie_word_embeddings=True,
     )
-    return _build_tiny(Qwen2_5_VLForConditionalGeneration, config, ids, seed)
+    return _build_random(Qwen2_5_VLForConditionalGeneration, config, ids, seed)
 
 
 def tiny_qwen2(tokenizer, hidden_size: int = 64, num_layers: int = 2, seed: int = 0):
@@ -401,7 +435,7 @@ def tiny_qwen2(tokenizer, hidden_size: int = 64, num_layers: int = 2, seed: int 
 
     ids = _special_ids(tokenizer)
     config = Qwen2Config(**_tiny_text_settings(tokenizer, ids, hidden_size, num_layers))
-    return _build_tiny(Qwen2ForCausalLM, config, ids, seed)
+    return _build_random(Qwen2ForCausalLM, config, ids, seed)
 
 
 def is_vision_language_model(model) -> bool:

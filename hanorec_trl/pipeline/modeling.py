@@ -16,7 +16,6 @@ keeps a frozen copy of it as the reference ("ref" adapter).
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,25 +25,9 @@ import torch
 
 from .arguments import DataArguments, ModelArguments, PipelineConfigError
 
-logger = logging.getLogger(__name__)
 
 QWEN_VL_TYPES = ("qwen2_5_vl", "qwen2_vl")
 VLM, CAUSAL = "vlm", "causal"
-
-# Qwen/Qwen2.5-VL-3B-Instruct's published config.json (transformers-5 names: rope_scaling -> rope_parameters).
-QWEN2_5_VL_3B_TEXT = dict(
-    vocab_size=151936, hidden_size=2048, intermediate_size=11008, num_hidden_layers=36, num_attention_heads=16,
-    num_key_value_heads=2, hidden_act="silu", max_position_embeddings=128000, rms_norm_eps=1e-6,
-    use_sliding_window=False, sliding_window=32768, max_window_layers=70, attention_dropout=0.0,
-    rope_parameters={"rope_type": "default", "rope_theta": 1000000.0, "mrope_section": [16, 24, 24]},
-    bos_token_id=151643, eos_token_id=151645, pad_token_id=151643, tie_word_embeddings=True,
-)
-QWEN2_5_VL_3B_VISION = dict(
-    depth=32, hidden_act="silu", hidden_size=1280, intermediate_size=3420, num_heads=16, in_channels=3,
-    out_hidden_size=2048, patch_size=14, spatial_merge_size=2, temporal_patch_size=2, window_size=112,
-    fullatt_block_indexes=[7, 15, 23, 31], tokens_per_second=2,
-)
-
 
 @dataclass(frozen=True)
 class BuiltinModel:
@@ -75,36 +58,19 @@ def _build_tiny_lm(margs: ModelArguments, seed: int):
 
 
 def _build_qwen2_5_vl_3b(margs: ModelArguments, seed: int):
-    from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
-
-    from ..models import qwen2_5_tokenizer
+    from ..models import qwen2_5_tokenizer, qwen2_5_vl_3b
 
     tokenizer = qwen2_5_tokenizer()
-    ids = {t: tokenizer.convert_tokens_to_ids(t) for t in
-           ("<|image_pad|>", "<|video_pad|>", "<|vision_start|>", "<|vision_end|>")}
-    config = Qwen2_5_VLConfig(
-        text_config=dict(QWEN2_5_VL_3B_TEXT), vision_config=dict(QWEN2_5_VL_3B_VISION),
-        image_token_id=ids["<|image_pad|>"], video_token_id=ids["<|video_pad|>"],
-        vision_start_token_id=ids["<|vision_start|>"], vision_end_token_id=ids["<|vision_end|>"],
-        tie_word_embeddings=True,
-    )
-    torch.manual_seed(seed)
     device = "cuda" if torch.cuda.is_available() else "cpu"  # initialising 3.8B parameters is minutes on a CPU
-    with torch.device(device):
-        model = Qwen2_5_VLForConditionalGeneration._from_config(
-            config, dtype=torch.bfloat16 if margs.bf16 else torch.float32, attn_implementation=margs.attn_implementation
-        )
-    model.generation_config.pad_token_id = tokenizer.convert_tokens_to_ids("<|endoftext|>")
-    model.generation_config.eos_token_id = tokenizer.convert_tokens_to_ids("<|im_end|>")
+    model = qwen2_5_vl_3b(tokenizer, device=device, dtype=torch_dtype(margs),
+                          attn_implementation=margs.attn_implementation, seed=seed)
     return model.to("cpu"), tokenizer
 
 
 def _build_smollm2(margs: ModelArguments, seed: int):
-    from .. import models
+    from ..models import smollm2_135m_instruct
 
-    if not hasattr(models, "smollm2_135m_instruct"):  # pragma: no cover - depends on the installed package version
-        raise PipelineConfigError("--model smollm2 needs hanorec_trl.models.smollm2_135m_instruct (update hanorec_trl)")
-    return models.smollm2_135m_instruct(dtype=torch.bfloat16 if margs.bf16 else torch.float32)
+    return smollm2_135m_instruct(dtype=torch_dtype(margs))
 
 
 BUILTIN_MODELS: dict[str, BuiltinModel] = {

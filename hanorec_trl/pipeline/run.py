@@ -11,7 +11,6 @@ The example scripts are thin wrappers::
 from __future__ import annotations
 
 import contextlib
-import logging
 import os
 import sys
 import time
@@ -24,7 +23,6 @@ from .arguments import ABLATION_VARIANTS, PipelineConfig, PipelineConfigError, V
 from .modeling import check_device_support, resolve_model
 from .rundir import RunDir, RunDirError, default_run_dir
 
-logger = logging.getLogger(__name__)
 
 SFT_LABEL = "SFT"
 

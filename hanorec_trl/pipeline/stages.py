@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import gc
-import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -38,6 +37,7 @@ from ..data import (
     load_split,
     write_synthetic_movielens,
 )
+from ..evaluation.scoring import text_tokenizer
 from ..fast.forward import frozen_vision_without_graph, image_feature_cache, parameters_sharded
 from .arguments import PipelineConfig, Variant, extra_args
 from .modeling import (
@@ -52,7 +52,6 @@ from .modeling import (
 from .rundir import RunDir, read_json, write_json_atomic
 from .training import compact_lm_head_on_cpu, last_checkpoint, use_stage_progress, without_zero3_init
 
-logger = logging.getLogger(__name__)
 
 LOADERS: dict[str, Callable[..., RecData]] = {
     "movielens": load_movielens_1m,
@@ -111,9 +110,6 @@ class RunContext:
     def processing_class(self):
         return processing_class(self.spec, self.config.model, self.config.data)
 
-    def tokenizer(self, proc=None):
-        proc = proc if proc is not None else self.processing_class()
-        return getattr(proc, "tokenizer", proc)
 
 
 def _free_memory() -> None:
@@ -220,8 +216,7 @@ def stage_data(ctx: RunContext) -> dict:
         split = build_split(ctx.data, protocol)
         freeze_split(split, folder / "split")
         summary = {"source": "synthetic" if ctx.synthetic else str(data_location(ctx)), "counts": split.counts(),
-                   **{k: v for k, v in ctx.data.summary().items() if k != "fingerprint"},
-                   "fingerprint": ctx.data.fingerprint()}
+                   **ctx.data.summary()}
         write_json_atomic(folder / "summary.json", summary)
         return summary
 
@@ -359,7 +354,7 @@ def stage_sft(ctx: RunContext) -> dict:
         proc = ctx.processing_class()
         train = build_sft_dataset(ctx.train_examples, ctx.data, task=config.data.sft_task,
                                   with_images=ctx.with_images)
-        model = load_model(ctx.spec.path, ctx.spec, config.model, quantized=config.model.load_in_4bit)
+        model = _load_base(ctx)
         args = SFTConfig(
             **_trainer_settings(ctx, folder / "trainer"), num_train_epochs=sft.sft_epochs, max_steps=sft.sft_max_steps,
             per_device_train_batch_size=sft.sft_batch_size,
@@ -374,31 +369,36 @@ def stage_sft(ctx: RunContext) -> dict:
         if ctx.is_main and config.resolved_dpo_init() == "merge":
             with without_zero3_init():
                 merge_adapter(ctx.spec.path, folder / "adapter", ctx.spec, config.model, folder / "merged",
-                              ctx.tokenizer(proc))
+                              text_tokenizer(proc))
             summary["merged"] = str(folder / "merged")
         return summary
 
     return run_stage(ctx, "sft", folder, inputs, work, all_processes=True, keep=("trainer",))
 
 
+def _load_base(ctx: RunContext):
+    """The base model (4-bit with QLoRA), as SFT starts from it."""
+    return load_model(ctx.spec.path, ctx.spec, ctx.config.model, quantized=ctx.config.model.load_in_4bit)
+
+
+def _dpo_start(ctx: RunContext):
+    """What DPO's adapters sit on: the merged SFT weights (dpo_init='merge') or the base (dpo_init='adapter')."""
+    if ctx.config.resolved_dpo_init() == "merge":
+        return load_model(ctx.rundir.stage_dir("sft") / "merged", ctx.spec, ctx.config.model)
+    return _load_base(ctx)
+
+
 def load_sft_model(ctx: RunContext):
     """The SFT model: the merged weights (dpo_init='merge') or the base with the SFT adapter."""
-    config = ctx.config
-    sft = ctx.rundir.stage_dir("sft")
-    if config.resolved_dpo_init() == "merge":
-        return load_model(sft / "merged", ctx.spec, config.model)
-    return with_adapter(load_model(ctx.spec.path, ctx.spec, config.model, quantized=config.model.load_in_4bit),
-                        sft / "adapter")
+    model = _dpo_start(ctx)
+    if ctx.config.resolved_dpo_init() == "merge":
+        return model
+    return with_adapter(model, ctx.rundir.stage_dir("sft") / "adapter")
 
 
 def load_dpo_model(ctx: RunContext, variant: Variant):
     """The model after DPO: the DPO adapter on the merged SFT model (or on the base, dpo_init='adapter')."""
-    config = ctx.config
-    adapter = ctx.rundir.stage_dir("dpo", variant.name) / "adapter"
-    if config.resolved_dpo_init() == "merge":
-        return with_adapter(load_model(ctx.rundir.stage_dir("sft") / "merged", ctx.spec, config.model), adapter)
-    return with_adapter(load_model(ctx.spec.path, ctx.spec, config.model, quantized=config.model.load_in_4bit),
-                        adapter)
+    return with_adapter(_dpo_start(ctx), ctx.rundir.stage_dir("dpo", variant.name) / "adapter")
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -438,7 +438,8 @@ def stage_hardness(ctx: RunContext) -> dict:
         encoder = QwenVLItemEncoder(model, proc, title_mode=dpo.hardness_title_mode)
         item_ids = list(ctx.data.item_ids)
         titles, images = _item_table(ctx, item_ids)
-        embeddings = encode_items(encoder, item_ids, titles, images, cache_dir=folder / "cache")
+        # no cache: item_embeddings.npz below is this stage's output, and a finished stage never recomputes it
+        embeddings = encode_items(encoder, item_ids, titles, images, use_cache=False)
         np.savez(folder / "item_embeddings.npz", item_ids=np.array(item_ids), text=embeddings.text,
                  image=embeddings.image)
         del model, encoder
@@ -501,12 +502,11 @@ def stage_dpo(ctx: RunContext, variant: Variant) -> dict:
         dataset = _dpo_dataset(ctx)
         if switches["use_hardness"]:
             dataset = _with_lambdas(ctx, dataset, switches["hardness_mode"])
+        model = _dpo_start(ctx)
         if config.resolved_dpo_init() == "merge":
-            model = load_model(ctx.rundir.stage_dir("sft") / "merged", ctx.spec, config.model)
             peft_config = lora_config(model, config.model)
         else:  # continue the SFT adapter; TRL keeps a frozen copy of it as the reference ("ref" adapter)
-            base = load_model(ctx.spec.path, ctx.spec, config.model, quantized=config.model.load_in_4bit)
-            model, peft_config = with_adapter(base, ctx.rundir.stage_dir("sft") / "adapter", trainable=True), None
+            model, peft_config = with_adapter(model, ctx.rundir.stage_dir("sft") / "adapter", trainable=True), None
         args = HaNoDPOConfig(
             **_trainer_settings(ctx, folder / "trainer"), num_train_epochs=dpo.dpo_epochs,
             max_steps=dpo.dpo_max_steps, per_device_train_batch_size=dpo.dpo_batch_size,
