@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from .packing import PACKED_KEY, segment_mask_function
-from .vision_cache import VisionFeatureCache, module_fingerprint
+from .vision_cache import VisionFeatureCache
 
 SUPPORTED_ATTENTION = ("sdpa", "eager")
 PER_TOKEN_FIELDS = ("log_probs", "entropy", "mean_logits", "is_top1", "log_sum_sq_probs")
@@ -149,13 +149,13 @@ def cached_image_features(model: nn.Module, cache: VisionFeatureCache, inference
 
 @contextlib.contextmanager
 def image_feature_cache(model: nn.Module, inference: bool = False):
-    """:func:`cached_image_features` with a fresh in-memory cache (features kept on the CPU), keyed by the vision
-    tower's weights; yields the cache, or None where the wrap does not apply."""
+    """:func:`cached_image_features` with a fresh in-memory cache (features kept on the CPU) that lives as long as
+    the context, over which the weights do not change; yields the cache, or None where the wrap does not apply."""
     hf_model = unwrap_hf_model(model)
     if not (is_qwen_vl(hf_model) if inference else vision_tower_frozen(hf_model)):
         yield None
         return
-    cache = VisionFeatureCache(module_fingerprint(hf_model.model.visual), device="cpu")
+    cache = VisionFeatureCache("in-memory", device="cpu")  # the fingerprint only names an on-disk folder
     with cached_image_features(model, cache, inference=inference):
         yield cache
 
