@@ -1,10 +1,12 @@
 """Offline model artefacts: the Qwen2.5 tokenizer conversion, the processor, the tiny models."""
 
 import json
+from pathlib import Path
 
 import pytest
 from conftest import shared_path, solid_image
 
+from hanorec_trl import models
 from hanorec_trl.data.prompts import assistant_message, ranking_prompt
 from hanorec_trl.models import (
     QWEN_SPECIAL_TOKENS,
@@ -47,7 +49,14 @@ def test_qwen_tokenizer_matches_the_reference_conversion(qwen_tok):
         )
 
 
-def test_qwen_tokenizer_special_ids_and_cache(qwen_tok, tmp_path):
+def test_qwen_tokenizer_special_ids_and_cache(qwen_tok, monkeypatch):
+    # the second call loads the converted tokenizer from its cache folder instead of converting again
+    def no_conversion(*args, **kwargs):
+        raise AssertionError("converted again instead of loading the cache")
+
+    monkeypatch.setattr(models, "_assemble_fast_tokenizer", no_conversion)
+    cached = qwen2_5_tokenizer(cache=Path(qwen_tok.name_or_path))
+    assert cached("Heat (1995)")["input_ids"] == qwen_tok("Heat (1995)")["input_ids"]
     ids = [qwen_tok.convert_tokens_to_ids(t) for t in QWEN_SPECIAL_TOKENS]
     assert ids == list(range(151643, 151665))
     assert qwen_tok.pad_token == "<|endoftext|>" and qwen_tok.eos_token == "<|im_end|>"

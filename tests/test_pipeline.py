@@ -8,6 +8,7 @@ import json
 import math
 
 import pytest
+import torch
 from PIL import Image
 
 from hanorec_trl.pipeline import main
@@ -67,6 +68,8 @@ def test_default_run_produces_results_plots_and_markers(run_dir):
     assert rows == 16  # 8 sequences x (ranking + AUC)
     for mode in ("topk", "pairwise"):
         assert len(lambdas["lambda"][mode]) == rows and all(0.5 < x < 2.0 for x in lambdas["lambda"][mode])
+        assert len(set(lambdas["lambda"][mode])) > 1  # per-row hardness, not a constant (0.5 < x < 2 always holds)
+    assert lambdas["lambda"]["topk"] != lambdas["lambda"]["pairwise"]
     # title-image similarities before (SFT) and after (HaNoRec) DPO, on the same items
     before = json.loads((run_dir / "eval" / "sft" / "similarity.json").read_text())
     after = json.loads((run_dir / "eval" / "hano" / "similarity.json").read_text())
@@ -99,10 +102,20 @@ def _interrupt_dpo(run_dir):
         path.unlink()
 
 
+def _assert_same_tensors(got: dict, want: dict) -> None:
+    assert got.keys() == want.keys() and want
+    for name in want:
+        torch.testing.assert_close(got[name], want[name], rtol=1e-5, atol=1e-7, msg=name)
+
+
 def test_interrupted_dpo_resumes_from_its_last_checkpoint(run_dir, capsys):
     import shutil
 
+    from safetensors.torch import load_file
+
     before = _results(run_dir)["models"]["hano"]
+    adapter_file = run_dir / "dpo" / "hano" / "adapter" / "adapter_model.safetensors"
+    weights = load_file(str(adapter_file))
     trainer = run_dir / "dpo" / "hano" / "trainer"
     # interrupted after step 1: training continues from checkpoint-1 and reaches the same weights
     _interrupt_dpo(run_dir)
@@ -116,6 +129,7 @@ def test_interrupted_dpo_resumes_from_its_last_checkpoint(run_dir, capsys):
     resumed = _results(run_dir)["models"]["hano"]
     for key in METRICS:
         assert resumed[key] == pytest.approx(before[key], abs=1e-6), key
+    _assert_same_tensors(load_file(str(adapter_file)), weights)  # the metrics alone are too coarse to tell
     # interrupted after the final checkpoint, before the adapter was saved: restored, not trained a step further
     _interrupt_dpo(run_dir)
     assert main(FAST + ["--output_dir", str(run_dir), "--resume"]) == 0
@@ -125,6 +139,7 @@ def test_interrupted_dpo_resumes_from_its_last_checkpoint(run_dir, capsys):
     restored = _results(run_dir)["models"]["hano"]
     for key in METRICS:
         assert restored[key] == pytest.approx(before[key], abs=1e-6), key
+    _assert_same_tensors(load_file(str(adapter_file)), weights)
 
 
 def test_resumed_run_refuses_changed_arguments_and_extends_with_plain_dpo(run_dir, capsys):
