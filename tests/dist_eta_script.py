@@ -39,3 +39,7 @@ record = {
     "lambdas": seen_lambdas,
 }
 (out / f"rank{rank}.json").write_text(json.dumps(record))
+# Leave the process group before the interpreter exits: a gloo group still alive at teardown can abort the process
+# (SIGABRT, "terminate called without an active exception"; pytorch/pytorch#190489).
+trainer.accelerator.wait_for_everyone()
+trainer.accelerator.state.destroy_process_group()

@@ -251,3 +251,16 @@ def test_report_for_an_ablation_table(tmp_path):
     assert set(results["plots"]) == {"training_dynamics", "title_image_similarity"}
     assert all(Path(p).stat().st_size > 10_000 for p in results["plots"].values())
     assert "> **toy numbers**" in (tmp_path / "report" / "results.md").read_text()
+
+
+def test_main_leaves_the_process_group_it_ran_in(tmp_path, capsys):
+    """A rank that exits with its gloo/NCCL group alive can abort at interpreter teardown; main() destroys it."""
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'rendezvous'}", rank=0, world_size=1)
+    try:
+        _refused(["--max_users", "0"], capsys, "max_users")
+        assert not dist.is_initialized()
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()

@@ -178,7 +178,18 @@ def main(argv: Sequence[str] | None = None, *, dataset: str | None = "movielens"
     except _user_errors() as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    finally:
+        _leave_process_group()
     return 0
+
+
+def _leave_process_group() -> None:
+    """Destroy the ``torch.distributed`` group (if ``accelerate launch`` made one) before the interpreter exits: a gloo
+    or NCCL group still alive at teardown can abort a rank after training finished (pytorch/pytorch#190489)."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
 
 
 def main_ablations(argv: Sequence[str] | None = None) -> int:
