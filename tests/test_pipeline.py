@@ -155,3 +155,16 @@ def test_resumed_run_refuses_changed_arguments_and_extends_with_plain_dpo(run_di
     history = json.loads((run_dir / "dpo" / "dpo" / "log_history.json").read_text())
     assert not any("hano/beta_mean" in h for h in history)  # plain TRL DPO: HaNoRec's adaptive beta is off
     assert any("loss" in h for h in history)
+
+
+def test_variants_compare_sft_dpo_and_hano_in_one_table(run_dir, capsys):
+    # both variants trained earlier in this run directory: --variants only evaluates nothing new and tabulates them
+    assert main(FAST + ["--output_dir", str(run_dir), "--resume", "--variants", "dpo", "hano"]) == 0
+    out = capsys.readouterr().out
+    assert "[dpo/dpo] finished earlier: skipped" in out and "[dpo/hano] finished earlier: skipped" in out
+    results = _results(run_dir)
+    assert list(results["models"]) == ["sft", "dpo", "hano"]
+    table = (run_dir / "report" / "results.md").read_text()
+    rows = [line.split("|")[1].strip() for line in table.splitlines() if line.startswith("| ")]
+    assert rows[1:] == ["SFT", "DPO", "HaNoRec"], table
+    assert results["models"]["dpo"] != results["models"]["hano"]

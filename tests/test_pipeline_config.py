@@ -53,6 +53,11 @@ def test_variants_follow_method_ablation_and_switches():
     assert parse_args(["--ablation", "wo_nodo"]).variant().switches(wo_sam.dpo)["lora_noise_std"] == 0.0
     assert parse_args(["--lora_noise_std", "0"]).variant().name == "hano-hardness-responsiveness"
     assert [v.label for v in ABLATION_VARIANTS] == ["HaNoRec", "w/o HaRS", "w/o SAM", "w/o NoDO", "w/o ALL (DPO)"]
+    # --variants: several variants from one SFT model, in the order given; the ablation script's list otherwise
+    assert [v.label for v in parse_args(["--variants", "dpo", "hano"]).variants_to_train()] == ["DPO", "HaNoRec"]
+    assert parse_args([]).variants_to_train(ABLATION_VARIANTS) == list(ABLATION_VARIANTS)
+    assert [v.name for v in parse_args(["--variants", "wo_sam"]).variants_to_train(ABLATION_VARIANTS)] == ["wo_sam"]
+    assert parse_args(["--method", "sft"]).variants_to_train() == []
 
 
 @pytest.mark.parametrize(
@@ -66,6 +71,9 @@ def test_variants_follow_method_ablation_and_switches():
         (["--model", "smollm2", "--tokenizer", "tiny"], "built-in tiny models only"),
         (["--dpo_extra_args", "{not json"], "must be a JSON object"),
         (["--max_train_sequences", "0"], "at least 1"),
+        (["--variants", "dpo", "dpo"], "names a variant twice"),
+        (["--variants", "hano", "--method", "sft"], "drop --method sft"),
+        (["--variants", "hano", "--ablation", "wo_sam"], "drop --ablation wo_sam"),
     ],
 )
 def test_bad_combinations_are_refused_with_the_fields_named(argv, message):

@@ -67,6 +67,8 @@ WO_ALL = Variant("wo_all", "w/o ALL (DPO)", False, False, lora_noise_std=0.0)
 ABLATION_VARIANTS: tuple[Variant, ...] = (HANO, WO_HARS, WO_SAM, WO_NODO, WO_ALL)
 PLAIN_DPO = Variant("dpo", "DPO", False, False, lora_noise_std=0.0)
 ABLATIONS = ("none",) + tuple(v.name for v in ABLATION_VARIANTS if v is not HANO)
+VARIANTS_BY_NAME: dict[str, Variant] = {v.name: v for v in (PLAIN_DPO,) + ABLATION_VARIANTS}
+VARIANT_NAMES = tuple(VARIANTS_BY_NAME)
 
 
 @dataclass
@@ -88,6 +90,15 @@ class RunArguments:
             "(use_hardness and use_responsiveness off), 'wo_sam' (pairwise hardness), 'wo_nodo' (lora_noise_std=0), "
             "'wo_all' (plain DPO). examples/ablations.py runs all of them on one SFT model.",
             "choices": list(ABLATIONS),
+        },
+    )
+    variants: list[str] | None = field(
+        default=None,
+        metadata={
+            "help": "Train several preference-optimization variants from the one SFT model and compare them in one "
+            "table, instead of the one that --method/--ablation describe; e.g. '--variants dpo hano' for SFT vs DPO "
+            "vs HaNoRec. Default: --method/--ablation (examples/ablations.py: every ablation of paper Sec. 4.3).",
+            "choices": list(VARIANT_NAMES),
         },
     )
     output_dir: str | None = field(
@@ -370,6 +381,16 @@ class PipelineConfig:
         return cls(**{name: classes[name](**values.get(name, {})) for name in classes})
 
     # --------------------------------------------------------------------------------------------- derived settings
+    def variants_to_train(self, default: Sequence[Variant] | None = None) -> list[Variant]:
+        """The variants to train from the one SFT model: ``--variants`` if given, else ``default`` (the ablation
+        script's list), else the one :meth:`variant` describes (none for ``--method sft``)."""
+        if self.run.variants:
+            return [VARIANTS_BY_NAME[name] for name in self.run.variants]
+        if default is not None:
+            return list(default)
+        variant = self.variant()
+        return [variant] if variant is not None else []
+
     def variant(self) -> Variant | None:
         """The preference-optimization variant this run trains (None for --method sft)."""
         method, ablation, dpo = self.run.method, self.run.ablation, self.dpo
@@ -399,6 +420,20 @@ class PipelineConfig:
     def validate(self) -> None:
         """Checks combinations that the dataclasses cannot; raises :class:`PipelineConfigError`."""
         run, data, model, sft, dpo = self.run, self.data, self.model, self.sft, self.dpo
+        if run.variants is not None:
+            if not run.variants:
+                raise PipelineConfigError(f"--variants needs at least one of {', '.join(VARIANT_NAMES)}")
+            unknown = [name for name in run.variants if name not in VARIANTS_BY_NAME]
+            if unknown:
+                raise PipelineConfigError(f"--variants: unknown {', '.join(unknown)}; choose from {', '.join(VARIANT_NAMES)}")
+            if len(set(run.variants)) != len(run.variants):
+                raise PipelineConfigError(f"--variants names a variant twice: {' '.join(run.variants)}")
+            clashing = [f"--method {run.method}"] if run.method == "sft" else []
+            clashing += [f"--ablation {run.ablation}"] if run.ablation != "none" else []
+            if clashing:
+                raise PipelineConfigError(
+                    f"--variants {' '.join(run.variants)} replaces --method/--ablation; drop {' '.join(clashing)}"
+                )
         if run.method != "hano" and run.ablation != "none":
             raise PipelineConfigError(f"--ablation {run.ablation} needs --method hano (got --method {run.method})")
         if run.resume and run.overwrite:
@@ -504,6 +539,7 @@ def help_table() -> str:
 
 __all__ = [
     "ABLATION_VARIANTS",
+    "VARIANT_NAMES",
     "ARGUMENT_CLASSES",
     "DPOArguments",
     "DataArguments",

@@ -61,8 +61,8 @@ def run_pipeline(config: PipelineConfig, variants: Sequence[Variant] | None = No
                  run_name: str | None = None) -> dict[str, Any]:
     """Run every stage of ``config`` (skipping finished ones on ``--resume``) and return the results.
 
-    ``variants``: the preference-optimization variants to train from the one SFT model (default: the one that
-    ``--method``/``--ablation``/the switches describe; none for ``--method sft``). Returns the results dict also
+    ``variants``: the preference-optimization variants to train from the one SFT model (default: ``--variants``, else
+    the one that ``--method``/``--ablation``/the switches describe; none for ``--method sft``). Returns the results dict also
     written to ``<run>/report/results.json``, with the Markdown table under ``"table"``.
     """
     from accelerate import PartialState
@@ -84,8 +84,7 @@ def run_pipeline(config: PipelineConfig, variants: Sequence[Variant] | None = No
     started = time.perf_counter()
     config.validate()
     if variants is None:
-        variant = config.variant()
-        variants = [variant] if variant is not None else []
+        variants = config.variants_to_train()
     # preflight: everything that can be refused is refused before the run directory is touched
     check_device_support(config.model)
     spec = resolve_model(config.model)
@@ -164,15 +163,16 @@ def main(argv: Sequence[str] | None = None, *, dataset: str | None = "movielens"
     """Parse arguments (``--config recipe.yaml`` + overrides), run the pipeline, return the exit code.
 
     ``dataset``: the example script's dataset (``None``: take ``--dataset`` from the arguments). ``ablations``: train
-    every variant of paper Sec. 4.3 (:data:`ABLATION_VARIANTS`) from the one SFT model instead of the one that
-    ``--method``/``--ablation`` describe. Errors a user can fix (bad arguments, data files, run directory) are printed
+    every variant of paper Sec. 4.3 (:data:`ABLATION_VARIANTS`, or those ``--variants`` names) from the one SFT model
+    instead of the one that ``--method``/``--ablation`` describe. Errors a user can fix (bad arguments, data files, run directory) are printed
     as one ``error:`` line (exit code 2); anything else propagates with its traceback.
     """
     try:
         config = parse_args(argv, dataset=dataset)
         with _quiet_libraries():
             if ablations:
-                run_pipeline(config, ABLATION_VARIANTS, run_name=f"{config.data.dataset}-ablations")
+                run_pipeline(config, config.variants_to_train(ABLATION_VARIANTS),
+                             run_name=f"{config.data.dataset}-ablations")
             else:
                 run_pipeline(config)
     except _user_errors() as e:
