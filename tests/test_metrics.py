@@ -11,6 +11,8 @@ from hanorec_trl.evaluation.metrics import (
     binary_auc,
     hit_rate_at_k,
     ndcg_at_k,
+    ndcg_gains,
+    paired_bootstrap,
     ranking_metrics,
     target_rank,
 )
@@ -109,3 +111,35 @@ def test_binary_auc_equals_balanced_accuracy():
     assert binary_auc(y, p) == pytest.approx(balanced_accuracy(y, p))
     with pytest.raises(ValueError, match="hard 0/1 predictions"):
         binary_auc([1, 0], [0.7, 0.2])
+
+
+def test_ndcg_gains_per_row():
+    ranks = [1, 3, 11, float("inf")]
+    assert ndcg_gains(ranks, 10).tolist() == [1.0, 0.5, 0.0, 0.0]
+    assert ndcg_at_k(ranks, 10) == pytest.approx(np.mean(ndcg_gains(ranks, 10)))
+
+
+def test_paired_bootstrap_pairs_the_rows():
+    rng = np.random.default_rng(0)
+    baseline = rng.random(200)
+    same = paired_bootstrap(baseline, baseline)
+    assert same == {"difference": 0.0, "low": 0.0, "high": 0.0, "p_not_better": 1.0}
+    # a constant +0.1 shift is certain when rows are paired, although it is small against the rows' spread
+    shifted = paired_bootstrap(baseline + 0.1, baseline)
+    assert shifted["difference"] == pytest.approx(0.1) and shifted["low"] == pytest.approx(0.1)
+    assert shifted["p_not_better"] == 0.0
+    # one row better out of 20: a positive mean whose interval reaches 0
+    hits = np.zeros(20)
+    one = paired_bootstrap(np.r_[1.0, hits[1:]], hits, seed=1)
+    assert one["difference"] == pytest.approx(0.05) and one["low"] == 0.0 < one["high"]
+    assert 0.2 < one["p_not_better"] < 0.5  # P(row 0 never drawn in 20 draws) = 0.95^20 = 0.36
+
+
+def test_paired_bootstrap_refuses_unpaired_input():
+    with pytest.raises(ValueError, match="same rows"):
+        paired_bootstrap([1.0, 0.0], [1.0, 0.0, 1.0])
+    with pytest.raises(ValueError, match="finite"):
+        paired_bootstrap([1.0, float("inf")], [1.0, 0.0])
+    with pytest.raises(ValueError, match="confidence"):
+        paired_bootstrap([1.0], [0.0], confidence=1.0)
+

@@ -158,13 +158,16 @@ def test_resumed_run_refuses_changed_arguments_and_extends_with_plain_dpo(run_di
 
 
 def test_variants_compare_sft_dpo_and_hano_in_one_table(run_dir, capsys):
-    # both variants trained earlier in this run directory: --variants only evaluates nothing new and tabulates them
+    # both variants trained earlier in this run directory: --variants trains and evaluates nothing new, it tabulates them
     assert main(FAST + ["--output_dir", str(run_dir), "--resume", "--variants", "dpo", "hano"]) == 0
     out = capsys.readouterr().out
     assert "[dpo/dpo] finished earlier: skipped" in out and "[dpo/hano] finished earlier: skipped" in out
     results = _results(run_dir)
     assert list(results["models"]) == ["sft", "dpo", "hano"]
-    table = (run_dir / "report" / "results.md").read_text()
+    table = (run_dir / "report" / "results.md").read_text().split("\n\n| model | vs |")[0]
     rows = [line.split("|")[1].strip() for line in table.splitlines() if line.startswith("| ")]
     assert rows[1:] == ["SFT", "DPO", "HaNoRec"], table
-    assert results["models"]["dpo"] != results["models"]["hano"]
+    # ... with HaNoRec paired against both SFT and plain DPO on the same test rows
+    pairs = {(d["model"], d["reference"]) for d in results["paired_differences"]}
+    assert pairs == {("dpo", "sft"), ("hano", "sft"), ("hano", "dpo")}
+    assert all(d["rows"] == results["test_sequences"] for d in results["paired_differences"])

@@ -241,7 +241,8 @@ def test_report_for_an_ablation_table(tmp_path):
         folder = tmp_path / "eval" / name
         folder.mkdir(parents=True)
         metrics = {"hr@1": 0.1 * k, "hr@3": 0.2, "ndcg@3": 0.15, "auc": 0.5 + 0.01 * k, "binary_auc": 0.5}
-        (folder / "metrics.json").write_text(json.dumps({"metrics": metrics}))
+        ranks = [1] * k + [3] * (10 - k)  # model k ranks the target first in its first k rows
+        (folder / "metrics.json").write_text(json.dumps({"metrics": metrics, "per_row": {"ranking": {"ranks": ranks}}}))
         (folder / "similarity.json").write_text(json.dumps({"item_ids": items, "cosine": rng.normal(size=10).tolist()}))
         if name != "sft":
             history = [{"step": s, "loss": 0.69 - 0.01 * s} for s in (1, 2, 3)]
@@ -259,6 +260,16 @@ def test_report_for_an_ablation_table(tmp_path):
     assert set(results["plots"]) == {"training_dynamics", "title_image_similarity"}
     assert all(Path(p).stat().st_size > 10_000 for p in results["plots"].values())
     assert "> **toy numbers**" in (tmp_path / "report" / "results.md").read_text()
+    # paired differences: every variant against SFT, and the HaNoRec variants against plain DPO (w/o ALL)
+    pairs = [(d["model"], d["reference"], d["metric"]) for d in results["paired_differences"]]
+    assert pairs == [(m, ref, metric) for m, ref in [("hano", "sft"), ("wo_sam", "sft"), ("wo_all", "sft"),
+                                                     ("hano", "wo_all"), ("wo_sam", "wo_all")]
+                     for metric in ("hr@1", "ndcg@3")]
+    hano_vs_sft = results["paired_differences"][0]
+    assert hano_vs_sft["difference"] == pytest.approx(0.1) and hano_vs_sft["rows"] == 10  # 1 of 10 rows: 3 -> 1
+    wo_sam_vs_dpo = results["paired_differences"][-1]  # row 2: rank 3 (gain 0.5) where w/o ALL ranks 1
+    assert wo_sam_vs_dpo["difference"] == pytest.approx(-(1 - 0.5) / 10) and wo_sam_vs_dpo["high"] <= 0
+    assert "| HaNoRec | w/o ALL (DPO) | HR@1 | -0.2000 |" in (tmp_path / "report" / "results.md").read_text()
 
 
 def test_main_leaves_the_process_group_it_ran_in(tmp_path, capsys):

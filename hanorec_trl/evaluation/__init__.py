@@ -10,7 +10,17 @@
 from .callback import RecommendationEvalCallback
 from .evaluate import RecEvalConfig, evaluate_auc, evaluate_ranking, evaluate_recommender
 from .generation import GenerationSettings, generate_answers, match_candidates, parse_titles, rank_from_generation
-from .metrics import auc_score, balanced_accuracy, binary_auc, hit_rate_at_k, ndcg_at_k, ranking_metrics, target_rank
+from .metrics import (
+    auc_score,
+    balanced_accuracy,
+    binary_auc,
+    hit_rate_at_k,
+    ndcg_at_k,
+    ndcg_gains,
+    paired_bootstrap,
+    ranking_metrics,
+    target_rank,
+)
 from .scoring import score_candidates, tokenize_candidates
 
 __all__ = [
@@ -27,6 +37,8 @@ __all__ = [
     "hit_rate_at_k",
     "match_candidates",
     "ndcg_at_k",
+    "ndcg_gains",
+    "paired_bootstrap",
     "parse_titles",
     "rank_from_generation",
     "ranking_metrics",

@@ -79,12 +79,16 @@ def hit_rate_at_k(ranks: Sequence[float], k: int, num_candidates: int | Sequence
     return float(np.mean(values <= k))
 
 
-def ndcg_at_k(ranks: Sequence[float], k: int, num_candidates: int | Sequence[int] | None = None) -> float:
-    """NDCG@K with a single relevant item: ``mean(1/log2(rank+1))`` over rows with ``rank <= k``, 0 otherwise."""
+def ndcg_gains(ranks: Sequence[float], k: int, num_candidates: int | Sequence[int] | None = None) -> np.ndarray:
+    """Per-row NDCG@K with a single relevant item: ``1/log2(rank+1)`` if ``rank <= k``, else 0."""
     _check_k(k, num_candidates)
     values = _check_ranks(ranks)
-    gains = np.where(values <= k, 1.0 / np.log2(np.minimum(values, k) + 1.0), 0.0)
-    return float(np.mean(gains))
+    return np.where(values <= k, 1.0 / np.log2(np.minimum(values, k) + 1.0), 0.0)
+
+
+def ndcg_at_k(ranks: Sequence[float], k: int, num_candidates: int | Sequence[int] | None = None) -> float:
+    """NDCG@K: the mean of :func:`ndcg_gains` over the rows."""
+    return float(np.mean(ndcg_gains(ranks, k, num_candidates)))
 
 
 def ranking_metrics(
@@ -150,3 +154,31 @@ def balanced_accuracy(labels: Sequence[int], predictions: Sequence[int]) -> floa
     tpr = float(np.mean(p[y] == 1))
     tnr = float(np.mean(p[~y] == 0))
     return (tpr + tnr) / 2.0
+
+
+def paired_bootstrap(values: Sequence[float], baseline: Sequence[float], *, num_resamples: int = 10_000,
+                     confidence: float = 0.95, seed: int = 0) -> dict[str, float]:
+    """The mean per-row difference ``values - baseline`` of two models on the same test rows, with a paired
+    percentile-bootstrap confidence interval (rows resampled with replacement, both models together).
+
+    Returns ``{"difference", "low", "high", "p_not_better"}``; ``p_not_better`` is the fraction of resamples whose
+    difference is <= 0 (a one-sided bootstrap p-value for "values is better"). Two models evaluated on different rows
+    cannot be paired: unequal lengths are an error.
+    """
+    a = np.asarray(values, dtype=np.float64)
+    b = np.asarray(baseline, dtype=np.float64)
+    if a.ndim != 1 or a.shape != b.shape or a.size == 0:
+        raise ValueError(f"paired_bootstrap needs two non-empty 1-D arrays over the same rows, got {a.shape} and "
+                         f"{b.shape}")
+    if not (np.all(np.isfinite(a)) and np.all(np.isfinite(b))):
+        raise ValueError("paired_bootstrap: per-row values must be finite")
+    if not 0 < confidence < 1 or num_resamples < 1:
+        raise ValueError(f"confidence must lie in (0, 1) and num_resamples >= 1, got {confidence}, {num_resamples}")
+    diff = a - b
+    rows = np.random.default_rng(seed).integers(0, diff.size, size=(num_resamples, diff.size))
+    means = diff[rows].mean(axis=1)
+    tail = (1.0 - confidence) / 2.0
+    low, high = np.quantile(means, [tail, 1.0 - tail])
+    return {"difference": float(diff.mean()), "low": float(low), "high": float(high),
+            "p_not_better": float(np.mean(means <= 0.0))}
+

@@ -36,6 +36,46 @@ def results_table(rows: Sequence[tuple[str, dict[str, float]]]) -> str:
     return "\n".join(lines)
 
 
+PLAIN_DPO_NAMES = ("dpo", "wo_all")
+
+
+def paired_differences(per_row_ranks: dict[str, list[float | None]], models: Sequence[tuple[str, str]],
+                       ks: Sequence[int]) -> list[dict[str, Any]]:
+    """Each preference-optimized model against SFT and against plain DPO (when the run has it) on the same test rows:
+    the mean per-row difference of HR@1 and NDCG@max(K) with a 95% paired bootstrap interval
+    (:func:`~hanorec_trl.evaluation.metrics.paired_bootstrap`). Models without per-row ranks, or evaluated on other
+    rows than their reference, are left out."""
+    from ..evaluation.metrics import ndcg_gains, paired_bootstrap
+
+    top = max(ks)
+    ranks = {name: np.asarray([np.inf if r is None else r for r in values], dtype=np.float64)
+             for name, values in per_row_ranks.items()}
+    per_metric = {name: {"hr@1": (r <= 1).astype(np.float64), f"ndcg@{top}": ndcg_gains(r, top)}
+                  for name, r in ranks.items()}
+    names = [name for name, _ in models]
+    plain_dpo = [name for name in names if name in PLAIN_DPO_NAMES]
+    pairs = [(name, "sft") for name in names if name != "sft"]
+    pairs += [(name, reference) for reference in plain_dpo for name in names if name not in ("sft", *plain_dpo)]
+    out = []
+    for name, reference in pairs:
+        if name not in per_metric or reference not in per_metric or len(ranks[name]) != len(ranks[reference]):
+            continue
+        for metric, values in per_metric[name].items():
+            out.append({"model": name, "reference": reference, "metric": metric, "rows": len(values),
+                        **paired_bootstrap(values, per_metric[reference][metric])})
+    return out
+
+
+def differences_table(differences: Sequence[dict[str, Any]], labels: dict[str, str]) -> str:
+    """Markdown: one row per (model, reference, metric) with the difference and its 95% interval."""
+    lines = ["| model | vs | metric | difference | 95% CI | P(diff <= 0) |", "|---|---|---|---:|---|---:|"]
+    for d in differences:
+        lines.append(f"| {labels.get(d['model'], d['model'])} | {labels.get(d['reference'], d['reference'])} | "
+                     f"{_header(d['metric'])} | {d['difference']:+.4f} | [{d['low']:+.4f}, {d['high']:+.4f}] | "
+                     f"{d['p_not_better']:.3f} |")
+    return "\n".join(lines)
+
+
 def _series(history: list[dict], key: str) -> tuple[np.ndarray, np.ndarray]:
     points = [(h["step"], h[key]) for h in history if key in h and "step" in h]
     if not points:
@@ -130,9 +170,14 @@ def write_report(run_root: Path, models: Sequence[tuple[str, str]], *, beta0: fl
     ``report/results.{md,json}`` and the plots. Returns the results dict (with the Markdown table under "table")."""
     folder = run_root / "report"
     folder.mkdir(parents=True, exist_ok=True)
-    metrics = {name: read_json(run_root / "eval" / name / "metrics.json")["metrics"] for name, _ in models}
+    evaluations = {name: read_json(run_root / "eval" / name / "metrics.json") for name, _ in models}
+    metrics = {name: evaluation["metrics"] for name, evaluation in evaluations.items()}
     labels = dict(models)
     table = results_table([(label, metrics[name]) for name, label in models])
+    ranks = {name: e["per_row"]["ranking"]["ranks"] for name, e in evaluations.items()
+             if "ranking" in e.get("per_row", {})}
+    ks = sorted({int(m.split("@")[1]) for values in metrics.values() for m in values if m.startswith("ndcg@")})
+    differences = paired_differences(ranks, models, ks) if ks and len(ranks) > 1 else []
 
     plots: dict[str, str] = {}
     histories = {name: read_json(p) for name, _ in models
@@ -156,19 +201,25 @@ def write_report(run_root: Path, models: Sequence[tuple[str, str]], *, beta0: fl
 
     results = {**header, "disclaimer": disclaimer, "models": {name: {"label": labels[name], **metrics[name]}
                                                               for name, _ in models},
-               "title_image_similarity": similarity_summary, "plots": plots}
+               "paired_differences": differences, "title_image_similarity": similarity_summary, "plots": plots}
     write_json_atomic(folder / "results.json", results, sort_keys=False)  # models in table order
     lines = [f"# Results: {header.get('run_dir', '')}", ""]
     if disclaimer:
         lines += [f"> **{disclaimer}**", ""]
     lines += [f"Dataset: {header.get('dataset')}; model: {header.get('model')}; test sequences: "
               f"{header.get('test_sequences')}.", "", table, ""]
+    if differences:
+        lines += ["Paired differences on the same test rows (95% percentile bootstrap over rows, 10,000 resamples; "
+                  "an interval that contains 0 is no evidence of a difference):", "",
+                  differences_table(differences, labels), ""]
     if similarity_summary:
         lines += ["Mean title-image cosine (paper Fig. 1c/4): " + ", ".join(
             f"{labels.get(k[:-5], k[:-5])} {v:.4f}" for k, v in similarity_summary.items() if k.endswith("_mean")), ""]
     lines += [f"![{name}]({Path(p).name})" for name, p in plots.items()]
     (folder / "results.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
-    return {**results, "table": table}
+    return {**results, "table": table,
+            "differences_table": differences_table(differences, labels) if differences else None}
 
 
-__all__ = ["plot_similarity", "plot_training_dynamics", "results_table", "write_report"]
+__all__ = ["differences_table", "paired_differences", "plot_similarity", "plot_training_dynamics", "results_table",
+           "write_report"]

@@ -138,6 +138,9 @@ def print_summary(results: dict[str, Any], root: Path) -> None:
         print("NOTE: " + results["disclaimer"])
     print(f"Test split: {results['test_sequences']} sequences of {results['dataset']}; model {results['model']}.")
     print(results["table"])
+    if results.get("differences_table"):
+        print("\nPaired differences on the same test rows (95% bootstrap interval; one containing 0 shows no difference):")
+        print(results["differences_table"])
     for name, path in results["plots"].items():
         print(f"plot {name}: {path}")
     print(f"results: {root / 'report' / 'results.md'} and results.json ({results['wall_seconds']:.0f} s)")
