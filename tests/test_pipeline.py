@@ -158,7 +158,7 @@ def test_resumed_run_refuses_changed_arguments_and_extends_with_plain_dpo(run_di
 
 
 def test_variants_compare_sft_dpo_and_hano_in_one_table(run_dir, capsys):
-    # both variants trained earlier in this run directory: --variants trains and evaluates nothing new, it tabulates them
+    # both variants were trained earlier in this run directory: --variants trains nothing new, it tabulates them
     assert main(FAST + ["--output_dir", str(run_dir), "--resume", "--variants", "dpo", "hano"]) == 0
     out = capsys.readouterr().out
     assert "[dpo/dpo] finished earlier: skipped" in out and "[dpo/hano] finished earlier: skipped" in out

@@ -181,4 +181,3 @@ def paired_bootstrap(values: Sequence[float], baseline: Sequence[float], *, num_
     low, high = np.quantile(means, [tail, 1.0 - tail])
     return {"difference": float(diff.mean()), "low": float(low), "high": float(high),
             "p_not_better": float(np.mean(means <= 0.0))}
-

@@ -425,7 +425,9 @@ class PipelineConfig:
                 raise PipelineConfigError(f"--variants needs at least one of {', '.join(VARIANT_NAMES)}")
             unknown = [name for name in run.variants if name not in VARIANTS_BY_NAME]
             if unknown:
-                raise PipelineConfigError(f"--variants: unknown {', '.join(unknown)}; choose from {', '.join(VARIANT_NAMES)}")
+                raise PipelineConfigError(
+                    f"--variants: unknown {', '.join(unknown)}; choose from {', '.join(VARIANT_NAMES)}"
+                )
             if len(set(run.variants)) != len(run.variants):
                 raise PipelineConfigError(f"--variants names a variant twice: {' '.join(run.variants)}")
             clashing = [f"--method {run.method}"] if run.method == "sft" else []
@@ -539,7 +541,6 @@ def help_table() -> str:
 
 __all__ = [
     "ABLATION_VARIANTS",
-    "VARIANT_NAMES",
     "ARGUMENT_CLASSES",
     "DPOArguments",
     "DataArguments",
@@ -549,6 +550,7 @@ __all__ = [
     "PipelineConfigError",
     "RunArguments",
     "SFTArguments",
+    "VARIANT_NAMES",
     "Variant",
     "extra_args",
     "help_table",

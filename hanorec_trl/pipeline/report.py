@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from .arguments import PLAIN_DPO, WO_ALL
 from .rundir import read_json, write_json_atomic
 
 METRIC_COLUMNS = ("hr@1", "hr@3", "ndcg@3", "hr@5", "ndcg@5", "hr@10", "ndcg@10", "auc", "binary_auc")
@@ -36,7 +37,7 @@ def results_table(rows: Sequence[tuple[str, dict[str, float]]]) -> str:
     return "\n".join(lines)
 
 
-PLAIN_DPO_NAMES = ("dpo", "wo_all")
+PLAIN_DPO_NAMES = (PLAIN_DPO.name, WO_ALL.name)  # every HaNoRec switch off: TRL's DPO
 
 
 def paired_differences(per_row_ranks: dict[str, list[float | None]], models: Sequence[tuple[str, str]],
@@ -178,6 +179,7 @@ def write_report(run_root: Path, models: Sequence[tuple[str, str]], *, beta0: fl
              if "ranking" in e.get("per_row", {})}
     ks = sorted({int(m.split("@")[1]) for values in metrics.values() for m in values if m.startswith("ndcg@")})
     differences = paired_differences(ranks, models, ks) if ks and len(ranks) > 1 else []
+    differences_md = differences_table(differences, labels) if differences else None
 
     plots: dict[str, str] = {}
     histories = {name: read_json(p) for name, _ in models
@@ -208,17 +210,16 @@ def write_report(run_root: Path, models: Sequence[tuple[str, str]], *, beta0: fl
         lines += [f"> **{disclaimer}**", ""]
     lines += [f"Dataset: {header.get('dataset')}; model: {header.get('model')}; test sequences: "
               f"{header.get('test_sequences')}.", "", table, ""]
-    if differences:
+    if differences_md:
         lines += ["Paired differences on the same test rows (95% percentile bootstrap over rows, 10,000 resamples; "
                   "an interval that contains 0 is no evidence of a difference):", "",
-                  differences_table(differences, labels), ""]
+                  differences_md, ""]
     if similarity_summary:
         lines += ["Mean title-image cosine (paper Fig. 1c/4): " + ", ".join(
             f"{labels.get(k[:-5], k[:-5])} {v:.4f}" for k, v in similarity_summary.items() if k.endswith("_mean")), ""]
     lines += [f"![{name}]({Path(p).name})" for name, p in plots.items()]
     (folder / "results.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
-    return {**results, "table": table,
-            "differences_table": differences_table(differences, labels) if differences else None}
+    return {**results, "table": table, "differences_table": differences_md}
 
 
 __all__ = ["differences_table", "paired_differences", "plot_similarity", "plot_training_dynamics", "results_table",

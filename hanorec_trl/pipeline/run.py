@@ -62,8 +62,8 @@ def run_pipeline(config: PipelineConfig, variants: Sequence[Variant] | None = No
     """Run every stage of ``config`` (skipping finished ones on ``--resume``) and return the results.
 
     ``variants``: the preference-optimization variants to train from the one SFT model (default: ``--variants``, else
-    the one that ``--method``/``--ablation``/the switches describe; none for ``--method sft``). Returns the results dict also
-    written to ``<run>/report/results.json``, with the Markdown table under ``"table"``.
+    the one that ``--method``/``--ablation``/the switches describe; none for ``--method sft``). Returns the results
+    dict also written to ``<run>/report/results.json``, with the Markdown table under ``"table"``.
     """
     from accelerate import PartialState
 
@@ -139,7 +139,8 @@ def print_summary(results: dict[str, Any], root: Path) -> None:
     print(f"Test split: {results['test_sequences']} sequences of {results['dataset']}; model {results['model']}.")
     print(results["table"])
     if results.get("differences_table"):
-        print("\nPaired differences on the same test rows (95% bootstrap interval; one containing 0 shows no difference):")
+        print("\nPaired differences on the same test rows (95% bootstrap interval; one containing 0 shows no "
+              "difference):")
         print(results["differences_table"])
     for name, path in results["plots"].items():
         print(f"plot {name}: {path}")
@@ -167,8 +168,8 @@ def main(argv: Sequence[str] | None = None, *, dataset: str | None = "movielens"
 
     ``dataset``: the example script's dataset (``None``: take ``--dataset`` from the arguments). ``ablations``: train
     every variant of paper Sec. 4.3 (:data:`ABLATION_VARIANTS`, or those ``--variants`` names) from the one SFT model
-    instead of the one that ``--method``/``--ablation`` describe. Errors a user can fix (bad arguments, data files, run directory) are printed
-    as one ``error:`` line (exit code 2); anything else propagates with its traceback.
+    instead of the one that ``--method``/``--ablation`` describe. Errors a user can fix (bad arguments, data files, run
+    directory) are printed as one ``error:`` line (exit code 2); anything else propagates with its traceback.
     """
     try:
         config = parse_args(argv, dataset=dataset)
