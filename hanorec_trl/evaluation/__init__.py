@@ -8,13 +8,23 @@
 """
 
 from .callback import RecommendationEvalCallback
-from .evaluate import RecEvalConfig, evaluate_auc, evaluate_ranking, evaluate_recommender
+from .evaluate import (
+    RecEvalConfig,
+    evaluate_auc,
+    evaluate_ranking,
+    evaluate_recommender,
+    example_groups,
+    position_diagnostic,
+)
 from .generation import GenerationSettings, generate_answers, match_candidates, parse_titles, rank_from_generation
 from .metrics import (
+    auc_interval,
     auc_score,
+    average_ranks,
     balanced_accuracy,
     binary_auc,
     hit_rate_at_k,
+    mean_interval,
     ndcg_at_k,
     ndcg_gains,
     paired_bootstrap,
@@ -27,18 +37,23 @@ __all__ = [
     "GenerationSettings",
     "RecEvalConfig",
     "RecommendationEvalCallback",
+    "auc_interval",
     "auc_score",
+    "average_ranks",
     "balanced_accuracy",
     "binary_auc",
     "evaluate_auc",
     "evaluate_ranking",
     "evaluate_recommender",
+    "example_groups",
     "generate_answers",
     "hit_rate_at_k",
+    "mean_interval",
     "match_candidates",
     "ndcg_at_k",
     "ndcg_gains",
     "paired_bootstrap",
+    "position_diagnostic",
     "parse_titles",
     "rank_from_generation",
     "ranking_metrics",

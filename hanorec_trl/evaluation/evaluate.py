@@ -7,6 +7,15 @@ LLMs), ``candidates`` (completion texts), ``candidate_items`` (ids), ``target_in
 * Ranking, ``ranking_mode="likelihood"`` (default): every candidate is scored by its log-likelihood as the completion
   (:func:`~hanorec_trl.evaluation.scoring.score_candidates`, prompt once), ranked with pessimistic ties.
   ``"generation"``: the paper's protocol (:mod:`~hanorec_trl.evaluation.generation`).
+* Position-free ranking: rows that share a ``sequence_id`` (and the same ``candidate_items``) are one example shown
+  in several candidate orders (``build_ranking_eval_dataset(permutations=...)``). Each candidate's score is the mean
+  of its scores over those rows (likelihood: log-likelihood; generation: a vote ``n - j`` for the candidate listed
+  j-th in the answer, 0 if unlisted), then the example is ranked once. With every cyclic shift, a model that only
+  prefers a list position gives all candidates the same positional average. Metrics are per example
+  (``num_ranking_rows``); ``num_prompt_rows`` counts the scored prompts.
+* Position diagnostic over the scored prompts: ``position_top_first`` (the share of prompts whose top-scored candidate
+  is the first listed; ties share the credit; 1/n for a position-free model) and ``position_spearman`` (the mean
+  Spearman correlation of a candidate's score with its slot; negative = earlier slots score higher).
 * AUC: ``P(Yes) = exp(s_yes) / (exp(s_yes) + exp(s_no)) = sigmoid(s_yes - s_no)`` where ``s`` is, with
   ``auc_probability="sequence"`` (default), the full completion log-likelihood of "Yes" / "No" (the answer and the
   end-of-turn tokens, the very sequences DPO compares), or with ``"first_token"`` the log-probability of the
@@ -30,8 +39,8 @@ import numpy as np
 
 from ..data.prompts import NO, YES
 from ..fast.forward import image_feature_cache
-from .generation import GenerationSettings, generate_answers, generation_ranks
-from .metrics import DEFAULT_KS, auc_score, binary_auc, ranking_metrics, target_rank
+from .generation import GenerationSettings, generate_answers, match_candidates, parse_titles
+from .metrics import DEFAULT_KS, auc_score, average_ranks, binary_auc, ranking_metrics, target_rank
 from .scoring import SCORING_METHODS, score_candidates, tokenize_candidates
 
 RANKING_MODES = ("likelihood", "generation")
@@ -58,7 +67,10 @@ class RecEvalConfig:
         metadata={"help": "P(Yes) from the full 'Yes'/'No' completion likelihoods ('sequence') or the first token."},
     )
     batch_size: int = field(default=4, metadata={"help": "Prompts per forward (all candidates of a prompt together)."})
-    max_ranking_rows: int | None = field(default=None, metadata={"help": "Evaluate only the first N ranking rows."})
+    max_ranking_rows: int | None = field(
+        default=None,
+        metadata={"help": "Evaluate only the first N ranking examples (all candidate orders of each)."},
+    )
     max_auc_rows: int | None = field(default=None, metadata={"help": "Evaluate only the first N AUC rows."})
     max_new_tokens: int = field(default=64, metadata={"help": "Generation mode: new tokens per answer."})
     do_sample: bool = field(default=False, metadata={"help": "Generation mode: sample instead of greedy decoding."})
@@ -89,12 +101,16 @@ _AUC_KEYS = ("prompt", "label")
 
 
 def _rows(rows: Iterable[dict] | None, limit: int | None, required: Sequence[str], kind: str) -> list[dict]:
+    """The rows of the first ``limit`` examples (rows sharing a ``sequence_id`` are one example), checked."""
     if rows is None:
         return []
     out = []
+    examples: set = set()
     for i, row in enumerate(rows):
-        if limit is not None and i >= limit:
+        key = row.get("sequence_id", ("row", i))
+        if limit is not None and key not in examples and len(examples) >= limit:
             break
+        examples.add(key)
         missing = [k for k in required if k not in row or row[k] is None]
         if missing:
             raise ValueError(f"{kind} row {i}: missing {missing} (has {sorted(row)})")
@@ -117,16 +133,80 @@ def _default_ks(sizes: Sequence[int]) -> tuple[int, ...]:
     return tuple(k for k in DEFAULT_KS if k <= min(sizes))
 
 
+def example_groups(rows: Sequence[dict]) -> list[list[int]]:
+    """Row indices grouped by example: rows with the same ``sequence_id`` are candidate orders of one example (they
+    must list the same candidate items and the same target); a row without ``sequence_id`` or ``candidate_items`` is
+    an example of its own. Groups are in order of first appearance."""
+    groups: dict[Any, list[int]] = {}
+    for i, row in enumerate(rows):
+        key = row.get("sequence_id")
+        if key is None or row.get("candidate_items") is None:
+            key = ("row", i)
+        groups.setdefault(key, []).append(i)
+    for key, members in groups.items():
+        first = rows[members[0]]
+        items = list(first["candidate_items"]) if first.get("candidate_items") is not None else None
+        if items is None:
+            continue
+        target = items[int(first["target_index"])]
+        for i in members[1:]:
+            other = list(rows[i]["candidate_items"])
+            if sorted(other) != sorted(items) or other[int(rows[i]["target_index"])] != target:
+                raise ValueError(
+                    f"ranking rows {members[0]} and {i} share sequence_id {key!r} but list other candidate items or "
+                    "another target; rows of one sequence_id must be orders of the same candidates"
+                )
+    return list(groups.values())
+
+
+def _aggregate(rows: Sequence[dict], group: list[int], per_row_scores: Sequence[Sequence[float]]) -> np.ndarray:
+    """Mean score of each candidate over the rows of one example, in the first row's candidate order."""
+    first = rows[group[0]]
+    if len(group) == 1:
+        return np.asarray(per_row_scores[group[0]], dtype=np.float64)
+    items = list(first["candidate_items"])
+    position = {item: j for j, item in enumerate(items)}
+    total = np.zeros(len(items), dtype=np.float64)
+    for i in group:
+        for item, score in zip(rows[i]["candidate_items"], per_row_scores[i]):
+            total[position[item]] += score
+    return total / len(group)
+
+
+def position_diagnostic(per_row_scores: Sequence[Sequence[float]]) -> dict[str, float]:
+    """How much scores depend on list slot: ``position_top_first`` (share of rows whose top score is slot 0, ties
+    sharing the credit) and ``position_spearman`` (mean over rows of Spearman(score, slot); rows with constant scores
+    are left out of the mean; NaN when every row is constant)."""
+    top_first, correlations = [], []
+    for scores in per_row_scores:
+        s = np.asarray(scores, dtype=np.float64)
+        best = s == s.max()
+        top_first.append(float(best[0]) / float(best.sum()))
+        if s.size > 1 and not np.all(s == s[0]):
+            ranks = average_ranks(s)
+            slots = np.arange(s.size, dtype=np.float64)
+            correlations.append(float(np.corrcoef(ranks, slots)[0, 1]))
+    return {"position_top_first": float(np.mean(top_first)),
+            "position_spearman": float(np.mean(correlations)) if correlations else float("nan")}
+
+
+def _generation_votes(answer: str, candidates: Sequence[str]) -> tuple[list[float], bool]:
+    """Per-candidate votes from one generated answer: ``n - j`` for the candidate listed j-th, 0 if unlisted."""
+    order = match_candidates(parse_titles(answer, candidates), candidates)
+    votes = [0.0] * len(candidates)
+    for j, index in enumerate(order):
+        votes[index] = float(len(candidates) - j)
+    return votes, bool(order)
+
+
 def evaluate_ranking(model, processing_class, rows: Sequence[dict], config: RecEvalConfig) -> tuple[dict, dict]:
-    """HR@K / NDCG@K over ranking rows; returns ``(metrics, per_row)``."""
+    """HR@K / NDCG@K over ranking rows (one rank per example; see the module doc); returns ``(metrics, per_row)``."""
     for i, row in enumerate(rows):
         _check_ranking_row(i, row)
+    groups = example_groups(rows)
     prompts = [r["prompt"] for r in rows]
     images = [r.get("images") for r in rows]
     candidates = [list(r["candidates"]) for r in rows]
-    targets = [int(r["target_index"]) for r in rows]
-    sizes = [len(c) for c in candidates]
-    ks = config.ks if config.ks is not None else _default_ks(sizes)
     per_row: dict[str, Any] = {}
     if config.ranking_mode == "likelihood":
         logps = score_candidates(
@@ -140,10 +220,8 @@ def evaluate_ranking(model, processing_class, rows: Sequence[dict], config: RecE
             progress=config.progress,
             desc="ranking (likelihood)",
         )
-        scores = [[float(t.sum()) for t in row] for row in logps]
-        ranks = np.asarray([target_rank(s, t) for s, t in zip(scores, targets)], dtype=np.float64)
-        failures = np.zeros(len(rows), dtype=bool)
-        per_row["scores"] = scores
+        row_scores = [[float(t.sum()) for t in row] for row in logps]
+        parsed = [True] * len(rows)
     else:
         settings = GenerationSettings(
             config.max_new_tokens, config.do_sample, config.temperature, config.top_p, config.seed
@@ -157,13 +235,29 @@ def evaluate_ranking(model, processing_class, rows: Sequence[dict], config: RecE
             batch_size=config.batch_size,
             progress=config.progress,
         )
-        ranks, failures = generation_ranks(answers, candidates, targets)
+        row_scores, parsed = map(list, zip(*(_generation_votes(a, c) for a, c in zip(answers, candidates))))
         per_row["answers"] = answers
-    metrics = ranking_metrics(ranks, ks, sizes)
-    metrics["num_ranking_rows"] = len(rows)
+    scores, ranks, failures = [], [], []
+    for group in groups:
+        aggregated = _aggregate(rows, group, row_scores)
+        failed = not any(parsed[i] for i in group)
+        target = int(rows[group[0]]["target_index"])
+        scores.append(aggregated.tolist())
+        ranks.append(np.inf if failed else float(target_rank(aggregated, target)))
+        failures.append(failed)
+    ranks_array = np.asarray(ranks, dtype=np.float64)
+    sizes = [len(candidates[g[0]]) for g in groups]
+    ks = config.ks if config.ks is not None else _default_ks(sizes)
+    metrics = ranking_metrics(ranks_array, ks, sizes)
+    metrics["num_ranking_rows"] = len(groups)
+    metrics["num_prompt_rows"] = len(rows)
+    metrics.update(position_diagnostic(row_scores))
     if config.ranking_mode == "generation":
-        metrics["parse_failure_rate"] = float(failures.mean())
-    per_row["ranks"] = [None if np.isinf(r) else int(r) for r in ranks]
+        metrics["parse_failure_rate"] = float(np.mean(failures))
+    per_row["scores"] = scores
+    per_row["row_scores"] = row_scores
+    per_row["sequence_ids"] = [rows[g[0]].get("sequence_id") for g in groups]
+    per_row["ranks"] = [None if np.isinf(r) else int(r) for r in ranks_array]
     return metrics, per_row
 
 
@@ -263,4 +357,6 @@ __all__ = [
     "evaluate_auc",
     "evaluate_ranking",
     "evaluate_recommender",
+    "example_groups",
+    "position_diagnostic",
 ]

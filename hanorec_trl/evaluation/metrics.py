@@ -119,14 +119,12 @@ def _check_labels(labels: Sequence[int], scores: Sequence[float]) -> tuple[np.nd
     return y.astype(bool), s
 
 
-def auc_score(labels: Sequence[int], scores: Sequence[float]) -> float:
-    """ROC AUC from scores (higher = more likely positive): the probability that a random positive outscores a
-    random negative, a tie counting 1/2. Computed from average ranks (Mann-Whitney U)."""
-    y, s = _check_labels(labels, scores)
+def average_ranks(values: Sequence[float]) -> np.ndarray:
+    """1-based ranks of ``values`` in ascending order, each run of equal values getting its average rank."""
+    s = np.asarray(values, dtype=np.float64)
     order = np.argsort(s, kind="mergesort")
     sorted_s = s[order]
     ranks = np.empty(s.size, dtype=np.float64)
-    # average 1-based rank over each run of equal scores
     start = 0
     while start < s.size:
         end = start
@@ -134,6 +132,14 @@ def auc_score(labels: Sequence[int], scores: Sequence[float]) -> float:
             end += 1
         ranks[order[start : end + 1]] = (start + end) / 2.0 + 1.0
         start = end + 1
+    return ranks
+
+
+def auc_score(labels: Sequence[int], scores: Sequence[float]) -> float:
+    """ROC AUC from scores (higher = more likely positive): the probability that a random positive outscores a
+    random negative, a tie counting 1/2. Computed from average ranks (Mann-Whitney U)."""
+    y, s = _check_labels(labels, scores)
+    ranks = average_ranks(s)
     n_pos = int(y.sum())
     n_neg = y.size - n_pos
     u = ranks[y].sum() - n_pos * (n_pos + 1) / 2.0
@@ -172,8 +178,7 @@ def paired_bootstrap(values: Sequence[float], baseline: Sequence[float], *, num_
                          f"{b.shape}")
     if not (np.all(np.isfinite(a)) and np.all(np.isfinite(b))):
         raise ValueError("paired_bootstrap: per-row values must be finite")
-    if not 0 < confidence < 1 or num_resamples < 1:
-        raise ValueError(f"confidence must lie in (0, 1) and num_resamples >= 1, got {confidence}, {num_resamples}")
+    _check_interval_settings(confidence, num_resamples)
     diff = a - b
     rows = np.random.default_rng(seed).integers(0, diff.size, size=(num_resamples, diff.size))
     means = diff[rows].mean(axis=1)
@@ -181,3 +186,39 @@ def paired_bootstrap(values: Sequence[float], baseline: Sequence[float], *, num_
     low, high = np.quantile(means, [tail, 1.0 - tail])
     return {"difference": float(diff.mean()), "low": float(low), "high": float(high),
             "p_not_better": float(np.mean(means <= 0.0))}
+
+
+def _check_interval_settings(confidence: float, num_resamples: int) -> None:
+    if not 0 < confidence < 1 or num_resamples < 1:
+        raise ValueError(f"confidence must lie in (0, 1) and num_resamples >= 1, got {confidence}, {num_resamples}")
+
+
+def mean_interval(values: Sequence[float], *, num_resamples: int = 10_000, confidence: float = 0.95,
+                  seed: int = 0) -> tuple[float, float]:
+    """The percentile-bootstrap interval of the mean of per-row values (e.g. HR@K hits or NDCG@K gains)."""
+    a = np.asarray(values, dtype=np.float64)
+    if a.ndim != 1 or a.size == 0 or not np.all(np.isfinite(a)):
+        raise ValueError(f"mean_interval needs a non-empty 1-D array of finite values, got shape {a.shape}")
+    _check_interval_settings(confidence, num_resamples)
+    rows = np.random.default_rng(seed).integers(0, a.size, size=(num_resamples, a.size))
+    tail = (1.0 - confidence) / 2.0
+    low, high = np.quantile(a[rows].mean(axis=1), [tail, 1.0 - tail])
+    return float(low), float(high)
+
+
+def auc_interval(labels: Sequence[int], scores: Sequence[float], *, num_resamples: int = 2_000,
+                 confidence: float = 0.95, seed: int = 0) -> tuple[float, float]:
+    """The percentile-bootstrap interval of :func:`auc_score`, resampling rows within each class (so every resample
+    has both classes and the class sizes of the data)."""
+    y, s = _check_labels(labels, scores)
+    _check_interval_settings(confidence, num_resamples)
+    rng = np.random.default_rng(seed)
+    pos, neg = s[y], s[~y]
+    values = np.empty(num_resamples, dtype=np.float64)
+    labels_resampled = np.concatenate([np.ones(pos.size, dtype=int), np.zeros(neg.size, dtype=int)])
+    for b in range(num_resamples):
+        sample = np.concatenate([pos[rng.integers(0, pos.size, pos.size)], neg[rng.integers(0, neg.size, neg.size)]])
+        values[b] = auc_score(labels_resampled, sample)
+    tail = (1.0 - confidence) / 2.0
+    low, high = np.quantile(values, [tail, 1.0 - tail])
+    return float(low), float(high)
