@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 from trl import DPOConfig
@@ -29,6 +30,8 @@ class HaNoDPOConfig(DPOConfig):
     Parameters:
         use_hardness (`bool`, defaults to `True`): read lambda from `hardness_column` (HaRS, Eq. 4-6); off: lambda = 1.
         hardness_column (`str`, defaults to `"hano_lambda"`): dataset column holding lambda per row.
+        lambda_max (`float`, defaults to `100.0`): largest lambda accepted in `hardness_column`; a larger value is
+            refused with its row (Eq. 6 gives values below 10 for cosine similarities). `inf` disables the bound.
         use_responsiveness (`bool`, defaults to `True`): compute eta per batch (Eq. 7-8); off: eta = 1.
         responsiveness (`str`, defaults to `"ema"`): `"ema"` (DESIGN 2.2) or `"batch"` (the released code's formula).
         responsiveness_momentum (`float`, defaults to `0.9`): momentum of the running statistics of `"ema"`.
@@ -58,6 +61,11 @@ class HaNoDPOConfig(DPOConfig):
     hardness_column: str = field(
         default="hano_lambda",
         metadata={"help": "Dataset column holding the per-row hardness lambda (see hanorec_trl.add_hardness_column)."},
+    )
+    lambda_max: float = field(
+        default=100.0,
+        metadata={"help": "Largest hardness lambda accepted in `hardness_column` (Eq. 6 gives values below 10); a "
+                  "larger value is refused with its row. inf disables the bound."},
     )
     use_responsiveness: bool = field(
         default=True,
@@ -129,6 +137,41 @@ class HaNoDPOConfig(DPOConfig):
         },
     )
 
+    def _check_values(self) -> None:
+        """Refuse numbers that would train nothing (beta' at the floor) or blow up; the message names the field."""
+
+        def number(name: str) -> float:
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise ValueError(f"{name} must be a number, got {value!r}")
+            return float(value)
+
+        checks = {
+            "beta": (lambda v: math.isfinite(v) and v > 0, "a finite number > 0 (beta0 of Eq. 11; beta <= 0 trains "
+                     "every pair at beta_floor)"),
+            "beta_floor": (lambda v: math.isfinite(v) and v > 0, "a finite number > 0"),
+            "lora_noise_std": (lambda v: math.isfinite(v) and v >= 0, "a finite number >= 0 (0 disables NoDO)"),
+            "responsiveness_eps": (lambda v: math.isfinite(v) and v >= 0, "a finite number >= 0"),
+            "responsiveness_momentum": (lambda v: 0 <= v < 1, "in [0, 1)"),
+            "lambda_max": (lambda v: v > 0, "a number > 0 (inf: no bound)"),
+        }
+        for name, (ok, what) in checks.items():
+            value = number(name)
+            if not ok(value):
+                raise ValueError(f"{name} must be {what}, got {value}")
+        warmup = self.responsiveness_warmup
+        if isinstance(warmup, bool) or not isinstance(warmup, int) or warmup < 0:
+            raise ValueError(f"responsiveness_warmup must be an integer >= 0, got {warmup!r}")
+        if self.eta_min is not None:
+            value = number("eta_min")
+            if not (math.isfinite(value) and value >= 0):
+                raise ValueError(f"eta_min must be a finite number >= 0 (or None), got {value}")
+        if self.eta_max is not None:
+            value = number("eta_max")
+            if not (math.isfinite(value) and value > 0):
+                raise ValueError(f"eta_max must be a finite number > 0 (or None; 0 would set every beta' to "
+                                 f"beta_floor), got {value}")
+
     @property
     def uses_adaptive_beta(self) -> bool:
         """True when beta varies per sample or per batch (hardness or responsiveness on)."""
@@ -136,16 +179,11 @@ class HaNoDPOConfig(DPOConfig):
 
     def __post_init__(self):
         super().__post_init__()
+        self._check_values()
         if self.responsiveness not in RESPONSIVENESS_MODES:
             raise ValueError(f"responsiveness must be one of {RESPONSIVENESS_MODES}, got {self.responsiveness!r}")
         if self.lora_noise_mode not in NOISE_MODES:
             raise ValueError(f"lora_noise_mode must be one of {NOISE_MODES}, got {self.lora_noise_mode!r}")
-        if not self.lora_noise_std >= 0:
-            raise ValueError(f"lora_noise_std must be >= 0, got {self.lora_noise_std}")
-        if not self.beta_floor > 0:
-            raise ValueError(f"beta_floor must be > 0, got {self.beta_floor}")
-        if not 0 <= self.responsiveness_momentum < 1:
-            raise ValueError(f"responsiveness_momentum must be in [0, 1), got {self.responsiveness_momentum}")
         if self.vision_cache_device not in ("cpu", "model"):
             raise ValueError(f"vision_cache_device must be 'cpu' or 'model', got {self.vision_cache_device!r}")
         if self.eta_min is not None and self.eta_max is not None and self.eta_min > self.eta_max:

@@ -25,8 +25,11 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import math
 import os
+import re
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -57,10 +60,100 @@ from .responsiveness import ResponsivenessTracker
 logger = logging.getLogger(__name__)
 
 HANO_STATE_NAME = "hano_state.json"
+TRAINER_STATE_NAME = "trainer_state.json"  # transformers.trainer writes it last in a checkpoint
 
 
-def validate_lambda_column(dataset: Any, column: str, name: str) -> None:
-    """Checks that ``dataset[column]`` exists and holds finite, non-negative numbers; errors name the rows."""
+class NonFiniteTrainingError(FloatingPointError):
+    """Training produced a non-finite loss or gradient norm; the message names the step and the usual causes."""
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Checkpoints: which ones are complete
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def _safetensors_problem(path: Path) -> str | None:
+    """Why a ``.safetensors`` file is unusable (truncated, bad header), or None; reads the header only."""
+    try:
+        size = path.stat().st_size
+        with open(path, "rb") as f:
+            head = f.read(8)
+            if len(head) < 8:
+                return f"{path.name} is truncated ({size} bytes)"
+            length = int.from_bytes(head, "little")
+            if length > size - 8:
+                return f"{path.name} is truncated ({size} bytes, its header alone needs {8 + length})"
+            header = json.loads(f.read(length))
+    except (OSError, UnicodeDecodeError, ValueError) as err:
+        return f"{path.name} cannot be read ({err})"
+    if not isinstance(header, dict):
+        return f"{path.name} has no tensor table"
+    end = max((v["data_offsets"][1] for k, v in header.items() if k != "__metadata__" and isinstance(v, dict)
+               and "data_offsets" in v), default=0)
+    if 8 + length + end > size:
+        return f"{path.name} is truncated ({size} bytes; its tensors need {8 + length + end})"
+    return None
+
+
+def checkpoint_problem(checkpoint: str | os.PathLike, *, hano_state: bool = False) -> str | None:
+    """Why a trainer checkpoint folder cannot be resumed from, or None when it is complete.
+
+    Complete: ``trainer_state.json`` (transformers writes it after the weights, optimizer and RNG states) parses,
+    every ``.safetensors`` file is whole (header and size), some model or adapter weights exist and, with
+    ``hano_state`` (``use_responsiveness``), ``hano_state.json`` (written by :class:`HaNoDPOTrainer` before
+    ``trainer_state.json``) parses.
+    """
+    path = Path(checkpoint)
+    if not path.is_dir():
+        return f"{path} is not a folder"
+    try:
+        state = json.loads((path / TRAINER_STATE_NAME).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return f"no {TRAINER_STATE_NAME} (the save was interrupted)"
+    except (OSError, UnicodeDecodeError, ValueError) as err:
+        return f"{TRAINER_STATE_NAME} does not parse ({err})"
+    if not isinstance(state, dict) or "global_step" not in state:
+        return f"{TRAINER_STATE_NAME} has no global_step"
+    tensors = sorted(path.glob("*.safetensors"))
+    if not tensors and not any(path.glob("*.bin")):
+        return "no model or adapter weights"
+    for file in tensors:
+        problem = _safetensors_problem(file)
+        if problem:
+            return problem
+    if hano_state:
+        try:
+            saved = json.loads((path / HANO_STATE_NAME).read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            return f"no {HANO_STATE_NAME} (the responsiveness state; the save was interrupted)"
+        except (OSError, UnicodeDecodeError, ValueError) as err:
+            return f"{HANO_STATE_NAME} does not parse ({err})"
+        if not isinstance(saved, dict) or "responsiveness" not in saved:
+            return f"{HANO_STATE_NAME} has no responsiveness state"
+    return None
+
+
+def last_complete_checkpoint(folder: str | os.PathLike, *, hano_state: bool = False
+                             ) -> tuple[str | None, list[tuple[str, str]]]:
+    """The newest complete ``checkpoint-N`` in a trainer output folder (None if none) and the newer ones that were
+    skipped, as ``(path, why)`` (see :func:`checkpoint_problem`)."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return None, []
+    pattern = re.compile(rf"^{PREFIX_CHECKPOINT_DIR}-(\d+)$")
+    found = sorted(((int(m.group(1)), p) for p in folder.iterdir() if (m := pattern.match(p.name)) and p.is_dir()),
+                   reverse=True)
+    skipped: list[tuple[str, str]] = []
+    for _, path in found:
+        problem = checkpoint_problem(path, hano_state=hano_state)
+        if problem is None:
+            return str(path), skipped
+        skipped.append((str(path), problem))
+    return None, skipped
+
+
+def validate_lambda_column(dataset: Any, column: str, name: str, maximum: float = math.inf) -> None:
+    """Checks that ``dataset[column]`` exists and holds finite numbers in [0, ``maximum``]; errors name the rows."""
     if dataset is None or isinstance(dataset, IterableDataset):
         return  # streamed rows are checked batch by batch
     if not isinstance(dataset, Dataset):
@@ -87,6 +180,15 @@ def validate_lambda_column(dataset: Any, column: str, name: str) -> None:
             f"column {column!r} of the {name} dataset has {bad.size} invalid lambda value(s) (NaN, inf or negative; "
             f"lambda must be finite and >= 0): {shown}"
         )
+    large = np.flatnonzero(values > maximum)
+    if large.size:
+        shown = ", ".join(f"row {i}: {values[i]:g}" for i in large[:5])
+        raise ValueError(
+            f"column {column!r} of the {name} dataset has {large.size} lambda value(s) above lambda_max={maximum:g} "
+            f"({shown}). Eq. 6 gives lambda = sigmoid(Delta) / sigmoid(mean Delta), below 10 for cosine "
+            "similarities; such a value would scale beta (and the gradients) by it. Fix the column, or raise "
+            "HaNoDPOConfig.lambda_max if it is intended."
+        )
 
 
 class HardnessCollator:
@@ -95,9 +197,10 @@ class HardnessCollator:
     TRL's preference collators ignore unknown keys, so without this the hardness column would never reach the loss.
     """
 
-    def __init__(self, inner: Callable, column: str):
+    def __init__(self, inner: Callable, column: str, maximum: float = math.inf):
         self.inner = inner
         self.column = column
+        self.maximum = maximum
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.inner, name)
@@ -115,11 +218,11 @@ class HardnessCollator:
             raise TypeError(f"hardness column {self.column!r} must hold one number per row, got {values[:4]}") from e
         if lambdas.dim() != 1:
             raise TypeError(f"hardness column {self.column!r} must hold one number per row, got {values[:4]}")
-        bad = ~torch.isfinite(lambdas) | (lambdas < 0)
+        bad = ~torch.isfinite(lambdas) | (lambdas < 0) | (lambdas > self.maximum)
         if bad.any():
             raise ValueError(
-                f"invalid lambda in a batch (NaN, inf or negative) in column {self.column!r}: "
-                f"{lambdas[bad].tolist()[:5]}"
+                f"invalid lambda in a batch (NaN, inf, negative or above lambda_max={self.maximum:g}) in column "
+                f"{self.column!r}: {lambdas[bad].tolist()[:5]}"
             )
         batch = self.inner([{k: v for k, v in example.items() if k != self.column} for example in examples])
         batch[self.column] = lambdas
@@ -221,7 +324,9 @@ class HaNoDPOTrainer(DPOTrainer):
     ):
         if args is None:
             model_name = model if isinstance(model, str) else model.config._name_or_path
-            args = HaNoDPOConfig(f"{str(model_name).split('/')[-1] or 'model'}-HaNoDPO")
+            # bf16 only where it can run (TRL's default, bf16=True, is refused on a CPU)
+            bf16 = torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+            args = HaNoDPOConfig(f"{str(model_name).split('/')[-1] or 'model'}-HaNoDPO", bf16=bf16)
         elif not isinstance(args, HaNoDPOConfig):
             raise TypeError(
                 f"HaNoDPOTrainer needs a HaNoDPOConfig, got {type(args).__name__}. Build one with the same fields, "
@@ -241,10 +346,10 @@ class HaNoDPOTrainer(DPOTrainer):
                 "peft_config=LoraConfig(...) so that the reference is the model with its adapter disabled."
             )
         if args.use_hardness:
-            validate_lambda_column(train_dataset, args.hardness_column, "train")
+            validate_lambda_column(train_dataset, args.hardness_column, "train", args.lambda_max)
             evals = eval_dataset.items() if isinstance(eval_dataset, dict) else [("eval", eval_dataset)]
             for name, dataset in evals:
-                validate_lambda_column(dataset, args.hardness_column, name)
+                validate_lambda_column(dataset, args.hardness_column, name, args.lambda_max)
 
         super().__init__(
             model=model,
@@ -268,7 +373,7 @@ class HaNoDPOTrainer(DPOTrainer):
         elif args.fast_prompt_once:
             logger.warning("HaNoDPOTrainer: prompt-once fast path off: %s", self.fast_path_off_reason)
         if args.use_hardness:
-            self.data_collator = HardnessCollator(self.data_collator, args.hardness_column)
+            self.data_collator = HardnessCollator(self.data_collator, args.hardness_column, args.lambda_max)
         self._maybe_cache_reference_logps()
         self.responsiveness_tracker = ResponsivenessTracker(
             momentum=args.responsiveness_momentum,
@@ -485,28 +590,82 @@ class HaNoDPOTrainer(DPOTrainer):
         with frozen_vision_without_graph(model):
             std = self.args.lora_noise_std
             if std == 0:
-                return super().training_step(model, inputs, num_items_in_batch)
+                loss = super().training_step(model, inputs, num_items_in_batch)
+                self._check_finite("loss", loss)
+                return loss
             with lora_noise(
                 self.accelerator.unwrap_model(model), std=std, mode=self.args.lora_noise_mode,
                 generator=self._noise_generator(),
             ) as info:
                 loss = super().training_step(model, inputs, num_items_in_batch)
+        self._check_finite("loss", loss)
         self._metrics["train"]["hano/noise_scale"].append(info["scale_mean"])
         return loss
 
+    # ------------------------------------------------------------------------------------------ non-finite values
+    def _get_grad_norm(self, model, grad_norm=None):
+        """transformers' gradient norm (before the optimizer step), refused when it is not finite."""
+        grad_norm = super()._get_grad_norm(model, grad_norm=grad_norm)
+        if grad_norm is not None:
+            self._check_finite("gradient norm", grad_norm)
+        return grad_norm
+
+    def _check_finite(self, what: str, value) -> None:
+        """Stops training with :class:`NonFiniteTrainingError` naming the step when ``value`` is NaN or inf (on any
+        process), before the optimizer applies it and before a checkpoint stores it."""
+        tensor = torch.as_tensor(value, dtype=torch.float32).detach().reshape(-1)[:1]
+        if self.accelerator.num_processes > 1:
+            tensor = self.accelerator.gather(tensor.to(self.accelerator.device))
+        values = tensor.float().cpu()
+        if bool(torch.isfinite(values).all()):
+            return
+        shown = next(float(v) for v in values if not math.isfinite(float(v)))
+        step = self.state.global_step + 1
+        raise NonFiniteTrainingError(
+            f"training stopped at step {step}: the {what} is {shown} (not finite). Usual causes: a learning rate or "
+            f"beta (now {self.args.beta}) too large, lambda values that are too large (column "
+            f"{self.args.hardness_column!r}), fp16 overflow. Nothing of step {step} was applied or saved; the "
+            f"checkpoints before it (in {self.args.output_dir}) are intact."
+        )
+
     # -------------------------------------------------------------------------------------- checkpoint and resume
     def _save_checkpoint(self, model, trial):
+        # The HaNo state goes in first: transformers writes trainer_state.json last and then rotates the older
+        # checkpoints away, so a checkpoint that looks complete always holds it (checkpoint_problem).
+        if self.args.should_save:
+            run_dir = self._get_output_dir(trial=trial)
+            self._save_hano_state(os.path.join(run_dir, f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"))
         super()._save_checkpoint(model, trial)
-        if not self.args.should_save:
-            return
-        folder = os.path.join(self._get_output_dir(trial=trial), f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}")
-        if not os.path.isdir(folder):  # the checkpoint was rotated away or not written
-            return
+
+    def _save_hano_state(self, folder: str) -> None:
+        os.makedirs(folder, exist_ok=True)
         state = {"responsiveness": self.responsiveness_tracker.state_dict()}
         tmp = os.path.join(folder, HANO_STATE_NAME + ".tmp")
         with open(tmp, "w") as f:
             json.dump(state, f, indent=2)
         os.replace(tmp, os.path.join(folder, HANO_STATE_NAME))
+
+    def train(self, resume_from_checkpoint=None, trial=None, ignore_keys_for_eval=None, **kwargs):
+        """``Trainer.train``; ``resume_from_checkpoint=True`` takes the newest *complete* checkpoint (an interrupted
+        save is skipped, with a warning), and an explicit checkpoint that is incomplete is refused."""
+        need_state = self.args.use_responsiveness
+        if resume_from_checkpoint is True:
+            found, skipped = last_complete_checkpoint(self.args.output_dir, hano_state=need_state)
+            for path, why in skipped:
+                logger.warning("HaNoDPOTrainer: skipping the incomplete checkpoint %s: %s", path, why)
+            if found is None:
+                raise ValueError(f"No valid checkpoint found in output directory ({self.args.output_dir})"
+                                 + (f"; incomplete: {skipped}" if skipped else ""))
+            resume_from_checkpoint = found
+        elif isinstance(resume_from_checkpoint, (str, os.PathLike)):
+            problem = checkpoint_problem(resume_from_checkpoint, hano_state=need_state)
+            if problem:
+                raise ValueError(
+                    f"cannot resume from {resume_from_checkpoint}: {problem}. Resume from an earlier complete "
+                    "checkpoint (hanorec_trl.trainer.last_complete_checkpoint finds it) or start over."
+                )
+        return super().train(resume_from_checkpoint=resume_from_checkpoint, trial=trial,
+                             ignore_keys_for_eval=ignore_keys_for_eval, **kwargs)
 
     def _load_optimizer_and_scheduler(self, checkpoint):
         super()._load_optimizer_and_scheduler(checkpoint)
@@ -515,9 +674,10 @@ class HaNoDPOTrainer(DPOTrainer):
         path = os.path.join(checkpoint, HANO_STATE_NAME)
         if not os.path.exists(path):
             if self.args.use_responsiveness:
-                logger.warning(
-                    "%s has no %s (not written by HaNoDPOTrainer): eta restarts from a fresh ResponsivenessTracker",
-                    checkpoint, HANO_STATE_NAME,
+                raise ValueError(
+                    f"{checkpoint} has no {HANO_STATE_NAME}: it was not written by HaNoDPOTrainer, or its save was "
+                    "interrupted. Resuming from it would restart eta (a different result); resume from an earlier "
+                    "complete checkpoint, or set use_responsiveness=False."
                 )
             return
         with open(path) as f:

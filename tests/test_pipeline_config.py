@@ -82,10 +82,13 @@ def test_bad_combinations_are_refused_with_the_fields_named(argv, message):
 
 
 def test_extra_trainer_arguments_accept_json_and_yaml_mappings(tmp_path):
-    config = parse_args(["--sft_extra_args", '{"warmup_ratio": 0.1}'])
+    config = parse_args(["--sft_extra_args", '{"warmup_steps": 2}'])
     from hanorec_trl.pipeline.arguments import extra_args
 
-    assert extra_args(config, "sft_extra_args") == {"warmup_ratio": 0.1}
+    assert extra_args(config, "sft_extra_args") == {"warmup_steps": 2}
+    # a name that is not a trainer field is refused before any stage (it used to fail after SFT)
+    with pytest.raises(PipelineConfigError, match="not field.*of SFTConfig: warmup_ratio"):
+        parse_args(["--sft_extra_args", '{"warmup_ratio": 0.1}'])
     recipe = tmp_path / "r.yaml"
     recipe.write_text("dpo_extra_args:\n  lr_scheduler_type: constant\n")
     assert extra_args(parse_args(["--config", str(recipe)]), "dpo_extra_args") == {"lr_scheduler_type": "constant"}

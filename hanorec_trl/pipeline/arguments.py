@@ -25,7 +25,6 @@ from typing import Any
 
 DATASETS = ("movielens", "microlens", "netflix")
 METHODS = ("sft", "dpo", "hano")
-TASKS = ("ranking", "auc", "both")
 HARDNESS_MODES = ("topk", "pairwise")
 DPO_INITS = ("auto", "merge", "adapter")
 
@@ -163,7 +162,16 @@ class DataArguments:
     )
     split_by: str = field(
         default="sequence",
-        metadata={"help": "'sequence' (paper) or 'user'.", "choices": ["sequence", "user"]},
+        metadata={"help": "'sequence' (paper) or 'user' (every window of a user in one part: no test target appears "
+                  "in a training history).", "choices": ["sequence", "user"]},
+    )
+    sliding_windows: bool = field(
+        default=False,
+        metadata={"help": "Every window of sequence_length consecutive items of a user becomes a sequence (not only "
+                  "the most recent one): more training examples per user. Use with --split_by user."},
+    )
+    max_windows_per_user: int | None = field(
+        default=None, metadata={"help": "With --sliding_windows: keep at most this many (most recent) windows per user."}
     )
     max_train_sequences: int | None = field(
         default=None, metadata={"help": "Train SFT and DPO on the first N training sequences only; None: all."}
@@ -173,14 +181,23 @@ class DataArguments:
     )
     sft_task: str = field(
         default="both",
-        metadata={"help": "SFT prompts: 'ranking' (Fig. 6b), 'auc' (Fig. 6a) or 'both'.", "choices": list(TASKS)},
+        metadata={"help": "SFT prompts: 'ranking' (Fig. 6b, candidates listed), 'next_item' (history only, every "
+                  "candidate scored as the continuation), 'auc' (Fig. 6a), several joined by '+' "
+                  "(e.g. 'next_item+auc'), or 'both' (= 'ranking+auc')."},
     )
     dpo_task: str = field(
         default="both",
-        metadata={"help": "DPO pairs: 'ranking', 'auc' or 'both' (paper App. C.2).", "choices": list(TASKS)},
+        metadata={"help": "DPO pairs (paper App. C.2): the same task names as --sft_task."},
+    )
+    rejected: str = field(
+        default="random",
+        metadata={"help": "Rejected items of ranking / next-item DPO pairs: 'random' (num_rejected of the example's "
+                  "negatives, uniformly, seeded: the paper's randomly sampled unobserved item), 'all' (one pair per "
+                  "negative) or 'hard' (the num_rejected negatives closest to the target in the SFT model's item "
+                  "embeddings).", "choices": ["random", "all", "hard"]},
     )
     num_rejected: int = field(
-        default=1, metadata={"help": "Rejected candidates (DPO rows) per ranking example."}
+        default=1, metadata={"help": "Rejected negatives (DPO rows) per ranking / next-item example ('random', 'hard')."}
     )
     image_min_pixels: int = field(
         default=28 * 28, metadata={"help": "Vision models: smallest image area after resizing (pixels)."}
@@ -347,6 +364,25 @@ class EvalArguments:
         metadata={"help": "P(Yes) from the full 'Yes'/'No' completions ('sequence') or their first token.",
                   "choices": ["sequence", "first_token"]},
     )
+    eval_prompt: str = field(
+        default="auto",
+        metadata={"help": "Ranking prompt of the evaluation: 'list' (Fig. 6b, candidates listed), 'next_item' "
+                  "(history only) or 'auto' (next_item when --sft_task trains it, else list).",
+                  "choices": ["auto", "list", "next_item"]},
+    )
+    score_permutations: int | None = field(
+        default=None,
+        metadata={"help": "'list' prompt: candidate orders per test example whose scores are averaged per candidate "
+                  "(cyclic shifts of the stored order, so every candidate sits in every slot equally often). None: "
+                  "every shift (num_candidates orders, exactly position-free); P: a seeded subset of P shifts; 1: "
+                  "the stored order only (LLMs then favour the first-listed candidate)."},
+    )
+    baselines: list[str] = field(
+        default_factory=lambda: ["random", "position", "popularity", "markov", "item_knn"],
+        metadata={"help": "Classical baselines scored on the same test rows and shown in every results table "
+                  "(hanorec_trl.baselines); 'none' for none. Under uniform negatives popularity is the bar to beat.",
+                  "choices": ["random", "position", "popularity", "markov", "item_knn", "none"]},
+    )
     similarity_items: int = field(
         default=100,
         metadata={"help": "Vision models: items (test targets and candidates first) whose title-image cosine is "
@@ -417,9 +453,40 @@ class PipelineConfig:
             return "adapter" if self.model.load_in_4bit else "merge"
         return self.model.dpo_init
 
+    def evaluation_prompt(self) -> str:
+        """The ranking prompt format of the evaluation (``--eval_prompt``; 'auto' follows the SFT task)."""
+        from ..data.builders import parse_tasks
+
+        if self.eval.eval_prompt != "auto":
+            return self.eval.eval_prompt
+        return "next_item" if "next_item" in parse_tasks(self.data.sft_task) else "list"
+
+    def baseline_names(self) -> list[str]:
+        return [] if self.eval.baselines == ["none"] else list(self.eval.baselines)
+
+    def _validate_protocol_and_evaluation(self) -> None:
+        from ..data.builders import parse_tasks
+
+        data, ev = self.data, self.eval
+        for name in ("sft_task", "dpo_task"):
+            try:
+                parse_tasks(getattr(data, name))
+            except ValueError as e:
+                raise PipelineConfigError(f"--{name}: {e}") from None
+        if data.max_windows_per_user is not None and (data.max_windows_per_user < 1 or not data.sliding_windows):
+            raise PipelineConfigError("--max_windows_per_user needs --sliding_windows and a value of at least 1")
+        if ev.score_permutations is not None and ev.score_permutations < 1:
+            raise PipelineConfigError(f"--score_permutations must be at least 1 (or None: every order), got "
+                                      f"{ev.score_permutations}")
+        if "none" in ev.baselines and len(ev.baselines) > 1:
+            raise PipelineConfigError(f"--baselines none excludes the others, got {' '.join(ev.baselines)}")
+        if len(set(ev.baselines)) != len(ev.baselines):
+            raise PipelineConfigError(f"--baselines names a baseline twice: {' '.join(ev.baselines)}")
+
     def validate(self) -> None:
         """Checks combinations that the dataclasses cannot; raises :class:`PipelineConfigError`."""
         run, data, model, sft, dpo = self.run, self.data, self.model, self.sft, self.dpo
+        self._validate_protocol_and_evaluation()
         if run.variants is not None:
             if not run.variants:
                 raise PipelineConfigError(f"--variants needs at least one of {', '.join(VARIANT_NAMES)}")
@@ -472,10 +539,64 @@ class PipelineConfig:
                 bad.append(f"--{name} {value}")
         if bad:
             raise PipelineConfigError(f"these arguments must be at least 1: {', '.join(bad)}")
-        if dpo.lora_noise_std < 0 or dpo.beta <= 0:
-            raise PipelineConfigError("--lora_noise_std must be >= 0 and --beta > 0")
-        for name in ("sft_extra_args", "dpo_extra_args"):
-            extra_args(self, name)  # raises on bad JSON
+        # Every value that would otherwise fail (or train nothing) only after SFT or DPO has run (docs/reliability.md).
+        import math
+
+        ev = self.eval
+        numbers = {  # name: (value, test, what it must be)
+            "beta": (dpo.beta, lambda v: v > 0, "> 0"),
+            "lora_noise_std": (dpo.lora_noise_std, lambda v: v >= 0, ">= 0"),
+            "sft_learning_rate": (sft.sft_learning_rate, lambda v: v > 0, "> 0"),
+            "dpo_learning_rate": (dpo.dpo_learning_rate, lambda v: v > 0, "> 0"),
+            "sft_epochs": (sft.sft_epochs, lambda v: v > 0 or sft.sft_max_steps > 0, "> 0 (or --sft_max_steps)"),
+            "dpo_epochs": (dpo.dpo_epochs, lambda v: v > 0 or dpo.dpo_max_steps > 0, "> 0 (or --dpo_max_steps)"),
+            "hardness_temperature": (dpo.hardness_temperature, lambda v: v > 0, "> 0"),
+            "lora_dropout": (model.lora_dropout, lambda v: 0 <= v < 1, "in [0, 1)"),
+            "lora_alpha": (model.lora_alpha, lambda v: v > 0, "> 0"),
+        }
+        bad = [f"--{name} {value} (must be a finite number {what})" for name, (value, ok, what) in numbers.items()
+               if not (isinstance(value, (int, float)) and math.isfinite(value) and ok(value))]
+        integers = {  # name: (value, smallest allowed)
+            "sequence_length": (data.sequence_length, 2), "num_candidates": (data.num_candidates, 2),
+            "min_interactions": (data.min_interactions, max(data.sequence_length, 2)),
+            "auc_num_unwatched": (data.auc_num_unwatched, 0), "responsiveness_warmup": (dpo.responsiveness_warmup, 0),
+            "similarity_items": (ev.similarity_items, 0), "synthetic_num_users": (data.synthetic_num_users, 1),
+            "synthetic_num_items": (data.synthetic_num_items, 2), "image_min_pixels": (data.image_min_pixels, 1),
+            "image_max_pixels": (data.image_max_pixels, max(data.image_min_pixels, 1)),
+        }
+        bad += [f"--{name} {value} (must be at least {least})" for name, (value, least) in integers.items()
+                if value < least]
+        for name in ("sft_max_steps", "dpo_max_steps"):
+            value = getattr(sft if name.startswith("sft") else dpo, name)
+            if value == 0 or value < -1:
+                bad.append(f"--{name} {value} (must be -1, i.e. use the epochs, or at least 1)")
+        for name in ("sft_max_length", "dpo_max_length"):
+            value = getattr(sft if name.startswith("sft") else dpo, name)
+            if value is not None and value < 1:
+                bad.append(f"--{name} {value} (must be at least 1, or None)")
+        if ev.eval_ks is not None:
+            wrong = [k for k in ev.eval_ks if not 1 <= k <= data.num_candidates]
+            if not ev.eval_ks or wrong:
+                bad.append(f"--eval_ks {' '.join(map(str, ev.eval_ks)) or '(none)'} (each K must be between 1 and "
+                           f"--num_candidates {data.num_candidates})")
+        uses_hardness = any(v.use_hardness for v in self.variants_to_train()) or getattr(data, "rejected", "") == "hard"
+        if data.data_dir is None and uses_hardness and dpo.hardness_k >= data.synthetic_num_items:
+            bad.append(f"--hardness_k {dpo.hardness_k} (the synthetic catalogue has --synthetic_num_items "
+                       f"{data.synthetic_num_items} items, so K can be at most {data.synthetic_num_items - 1})")
+        if data.data_dir is None and data.num_candidates + data.auc_num_unwatched >= data.synthetic_num_items:
+            bad.append(f"--num_candidates {data.num_candidates} with --auc_num_unwatched {data.auc_num_unwatched} "
+                       f"(the synthetic catalogue has only {data.synthetic_num_items} items)")
+        if bad:
+            raise PipelineConfigError("invalid arguments: " + "; ".join(bad))
+        from trl import SFTConfig
+
+        from ..config import HaNoDPOConfig
+
+        for name, cls in (("sft_extra_args", SFTConfig), ("dpo_extra_args", HaNoDPOConfig)):
+            known = {f.name for f in dataclasses.fields(cls)}
+            unknown = sorted(set(extra_args(self, name)) - known)  # extra_args raises on bad JSON
+            if unknown:
+                raise PipelineConfigError(f"--{name}: not field(s) of {cls.__name__}: {', '.join(unknown)}")
 
 
 def extra_args(config: PipelineConfig, name: str) -> dict[str, Any]:

@@ -11,7 +11,9 @@ The example scripts are thin wrappers::
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
+import shlex
 import sys
 import time
 import warnings
@@ -19,9 +21,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from .arguments import ABLATION_VARIANTS, PipelineConfig, PipelineConfigError, Variant, parse_args
+from .arguments import ABLATION_VARIANTS, PipelineConfig, PipelineConfigError, Variant, extra_args, parse_args
 from .modeling import check_device_support, resolve_model
-from .rundir import RunDir, RunDirError, default_run_dir
+from .rundir import RunDir, RunDirError, default_run_dir, on_main_process
 
 
 SFT_LABEL = "SFT"
@@ -29,8 +31,90 @@ SFT_LABEL = "SFT"
 
 def _user_errors() -> tuple[type[BaseException], ...]:
     from ..data import DataFormatError, SplitMismatchError
+    from ..trainer import NonFiniteTrainingError
 
-    return (PipelineConfigError, RunDirError, DataFormatError, SplitMismatchError, FileNotFoundError)
+    return (PipelineConfigError, RunDirError, DataFormatError, SplitMismatchError, FileNotFoundError,
+            NonFiniteTrainingError)
+
+
+class PipelineInterrupted(KeyboardInterrupt):
+    """Ctrl-C stopped the pipeline; ``root`` is the run directory, ``checkpoint`` the one saved on the way out."""
+
+    def __init__(self, message: str, root: Path, checkpoint: str | None = None):
+        super().__init__(message)
+        self.root, self.checkpoint = root, checkpoint
+
+
+_PATH_SUFFIXES = ("_dir", "_path", "_file", "_cache")
+_CACHE_VARIABLES = ("HF_HOME", "HF_HUB_CACHE", "HUGGINGFACE_HUB_CACHE", "HF_DATASETS_CACHE", "TRANSFORMERS_CACHE")
+
+
+def input_paths(config: PipelineConfig, recipe: str | None = None) -> dict[str, str]:
+    """Every path the run reads from, by argument name: ``--data_dir``, ``--model`` (a local path), ``--config``,
+    any ``*_dir`` / ``*_path`` / ``*_file`` / ``*_cache`` argument or extra trainer argument (vision cache...) and
+    the Hugging Face cache variables."""
+    paths: dict[str, str] = {}
+    if recipe:
+        paths["--config"] = recipe
+    if config.model.model and Path(config.model.model).expanduser().exists():
+        paths["--model"] = config.model.model
+    for group in config.groups().values():
+        for f in dataclasses.fields(group):
+            value = getattr(group, f.name)
+            if f.name != "output_dir" and f.name.endswith(_PATH_SUFFIXES) and isinstance(value, str) and value:
+                paths[f"--{f.name}"] = value
+    for name in ("sft_extra_args", "dpo_extra_args"):
+        for key, value in extra_args(config, name).items():
+            if key not in ("output_dir", "logging_dir") and key.endswith(_PATH_SUFFIXES) and isinstance(value, str):
+                paths[f"--{name} {key}"] = value
+    for variable in _CACHE_VARIABLES:
+        if os.environ.get(variable):
+            paths[f"${variable}"] = os.environ[variable]
+    return paths
+
+
+def _recipe(argv: Sequence[str] | None) -> str | None:
+    """The ``--config`` file named on the command line, if any."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    for k, arg in enumerate(args):
+        if arg == "--config" and k + 1 < len(args):
+            return args[k + 1]
+        if arg.startswith("--config="):
+            return arg.split("=", 1)[1]
+    return None
+
+
+def check_against_data(config: PipelineConfig, variants: Sequence[Variant], data) -> None:
+    """The arguments that depend on the catalogue, checked as soon as ``--data_dir`` is loaded (before any stage)."""
+    items = data.num_items
+    bad = []
+    if (any(v.use_hardness for v in variants) or getattr(config.data, "rejected", "") == "hard") and \
+            config.dpo.hardness_k >= items:
+        bad.append(f"--hardness_k {config.dpo.hardness_k} (the catalogue has {items} items, so K can be at most "
+                   f"{items - 1})")
+    if config.data.num_candidates + config.data.auc_num_unwatched >= items:
+        bad.append(f"--num_candidates {config.data.num_candidates} with --auc_num_unwatched "
+                   f"{config.data.auc_num_unwatched} (the catalogue has only {items} items)")
+    if bad:
+        raise PipelineConfigError(f"invalid arguments for {data.name}: " + "; ".join(bad))
+
+
+def resume_command(argv: Sequence[str] | None, root: Path) -> str:
+    """The command line that continues the run in ``root`` (the same arguments, ``--resume``, no ``--overwrite``)."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    kept, skip = [], False
+    for arg in args:
+        if skip:
+            skip = False
+            continue
+        if arg in ("--output_dir",):
+            skip = True
+            continue
+        if arg.startswith("--output_dir=") or arg in ("--overwrite", "--resume"):
+            continue
+        kept.append(arg)
+    script = sys.argv[0] if sys.argv and sys.argv[0].endswith(".py") else "examples/train_<dataset>.py"
+    return shlex.join(["python", script, *kept, "--output_dir", str(root), "--resume"])
 
 
 def _disclaimer(ctx) -> str | None:
@@ -58,28 +142,18 @@ def _resolve_run_dir(config: PipelineConfig, state, default_name: str) -> Path:
 
 
 def run_pipeline(config: PipelineConfig, variants: Sequence[Variant] | None = None, *,
-                 run_name: str | None = None) -> dict[str, Any]:
+                 run_name: str | None = None, recipe: str | None = None) -> dict[str, Any]:
     """Run every stage of ``config`` (skipping finished ones on ``--resume``) and return the results.
 
     ``variants``: the preference-optimization variants to train from the one SFT model (default: ``--variants``, else
-    the one that ``--method``/``--ablation``/the switches describe; none for ``--method sft``). Returns the results
-    dict also written to ``<run>/report/results.json``, with the Markdown table under ``"table"``.
+    the one that ``--method``/``--ablation``/the switches describe; none for ``--method sft``). ``recipe``: the
+    ``--config`` file (refused inside a folder that ``--overwrite`` deletes). Returns the results dict also written
+    to ``<run>/report/results.json``, with the Markdown table under ``"table"``. The run directory is locked
+    (``run.lock``) for the life of the run.
     """
     from accelerate import PartialState
 
-    from .report import write_report
-    from .stages import (
-        RunContext,
-        load_data,
-        load_dpo_model,
-        load_sft_model,
-        stage_data,
-        stage_dpo,
-        stage_evaluate,
-        stage_hardness,
-        stage_model,
-        stage_sft,
-    )
+    from .stages import load_data
 
     started = time.perf_counter()
     config.validate()
@@ -89,14 +163,59 @@ def run_pipeline(config: PipelineConfig, variants: Sequence[Variant] | None = No
     check_device_support(config.model)
     spec = resolve_model(config.model)
     state = PartialState()
+    root = _resolve_run_dir(config, state, run_name or config.data.dataset)
+    rundir = RunDir(root)
+    resume, overwrite = config.run.resume, config.run.overwrite
+
+    def check() -> None:  # nothing touched, nothing loaded yet
+        rundir.check(resume=resume, overwrite=overwrite)
+        rundir.check_paths_outside(input_paths(config, recipe), resume=resume, overwrite=overwrite)
+
+    on_main_process(state, check)
     data = None
     if config.data.data_dir is not None:
         data = load_data(config, Path(config.data.data_dir), spec.with_images)
-    root = _resolve_run_dir(config, state, run_name or config.data.dataset)
-    rundir = RunDir(root)
-    if state.is_main_process:
-        rundir.prepare(resume=config.run.resume, overwrite=config.run.overwrite)
-    state.wait_for_everyone()
+        check_against_data(config, variants, data)
+    lock = None
+
+    def take() -> None:
+        nonlocal lock
+        lock = rundir.lock()  # under accelerate launch, the main process holds it for all
+        try:
+            if lock.took_over:
+                print(f"note: took over the lock of a run that is gone (pid {lock.took_over.get('pid')})", flush=True)
+            rundir.check_paths_outside(input_paths(config, recipe), resume=resume, overwrite=overwrite)
+            rundir.prepare(resume=resume, overwrite=overwrite)
+        except BaseException:
+            lock.release()
+            raise
+
+    on_main_process(state, take)
+    try:
+        return _run_stages(config, variants, root, rundir, spec, state, data, started)
+    except KeyboardInterrupt as interrupt:
+        raise PipelineInterrupted(str(interrupt) or "interrupted (Ctrl-C)", root,
+                                  getattr(interrupt, "checkpoint", None)) from None
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _run_stages(config: PipelineConfig, variants: Sequence[Variant], root: Path, rundir: RunDir, spec, state, data,
+                started: float) -> dict[str, Any]:
+    from .report import write_report
+    from .stages import (
+        RunContext,
+        load_dpo_model,
+        load_sft_model,
+        stage_baselines,
+        stage_data,
+        stage_dpo,
+        stage_evaluate,
+        stage_hardness,
+        stage_model,
+        stage_sft,
+    )
 
     ctx = RunContext(config=config, rundir=rundir, spec=spec, state=state, data=data)
     run_file = {"variants": [v.name for v in variants], "model": spec.description, "argv": sys.argv}
@@ -106,9 +225,10 @@ def run_pipeline(config: PipelineConfig, variants: Sequence[Variant] | None = No
     ctx.say(f"        method {config.run.method}; variants: {', '.join(v.name for v in variants) or 'none (SFT only)'}")
 
     stage_data(ctx)
+    baselines = stage_baselines(ctx)
     stage_model(ctx)
     stage_sft(ctx)
-    if any(v.switches(config.dpo)["use_hardness"] for v in variants):
+    if any(v.switches(config.dpo)["use_hardness"] for v in variants) or (variants and config.data.rejected == "hard"):
         stage_hardness(ctx)
     for variant in variants:
         stage_dpo(ctx, variant)
@@ -118,7 +238,7 @@ def run_pipeline(config: PipelineConfig, variants: Sequence[Variant] | None = No
 
     results: dict[str, Any] = {}
     if ctx.is_main:
-        models = [("sft", SFT_LABEL)] + [(v.name, v.label) for v in variants]
+        models = baselines + [("sft", SFT_LABEL)] + [(v.name, v.label) for v in variants]
         header = {
             "run_dir": str(root), "dataset": ctx.data.name, "model": spec.description,
             "test_sequences": len(ctx.test_examples), "train_sequences": len(ctx.train_examples),
@@ -138,6 +258,10 @@ def print_summary(results: dict[str, Any], root: Path) -> None:
         print("NOTE: " + results["disclaimer"])
     print(f"Test split: {results['test_sequences']} sequences of {results['dataset']}; model {results['model']}.")
     print(results["table"])
+    if results.get("position_table"):
+        print("\nPosition diagnostic (top = first listed near 1/num_candidates and Spearman near 0: no list-position "
+              "preference):")
+        print(results["position_table"])
     if results.get("differences_table"):
         print("\nPaired differences on the same test rows (95% bootstrap interval; one containing 0 shows no "
               "difference):")
@@ -169,19 +293,32 @@ def main(argv: Sequence[str] | None = None, *, dataset: str | None = "movielens"
     ``dataset``: the example script's dataset (``None``: take ``--dataset`` from the arguments). ``ablations``: train
     every variant of paper Sec. 4.3 (:data:`ABLATION_VARIANTS`, or those ``--variants`` names) from the one SFT model
     instead of the one that ``--method``/``--ablation`` describe. Errors a user can fix (bad arguments, data files, run
-    directory) are printed as one ``error:`` line (exit code 2); anything else propagates with its traceback.
+    directory, a non-finite loss) are printed as one ``error:`` line (exit code 2); Ctrl-C prints how to resume (exit
+    code 130; during training a checkpoint is saved first, docs/reliability.md); anything else propagates with its
+    traceback.
     """
+    recipe = _recipe(argv)
     try:
         config = parse_args(argv, dataset=dataset)
         with _quiet_libraries():
             if ablations:
                 run_pipeline(config, config.variants_to_train(ABLATION_VARIANTS),
-                             run_name=f"{config.data.dataset}-ablations")
+                             run_name=f"{config.data.dataset}-ablations", recipe=recipe)
             else:
-                run_pipeline(config)
+                run_pipeline(config, recipe=recipe)
     except _user_errors() as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt as interrupt:
+        print(f"\ninterrupted: {interrupt}" if str(interrupt) else "\ninterrupted (Ctrl-C)", file=sys.stderr)
+        root = getattr(interrupt, "root", None)
+        if root is not None:
+            checkpoint = getattr(interrupt, "checkpoint", None)
+            if checkpoint:
+                print(f"checkpoint saved: {checkpoint}", file=sys.stderr)
+            print(f"finished stages are kept in {root}; continue with:\n  {resume_command(argv, root)}",
+                  file=sys.stderr)
+        return 130
     finally:
         _leave_process_group()
     return 0
@@ -202,4 +339,5 @@ def main_ablations(argv: Sequence[str] | None = None) -> int:
     return main(argv, dataset=None, ablations=True)
 
 
-__all__ = ["main", "main_ablations", "print_summary", "run_pipeline"]
+__all__ = ["PipelineInterrupted", "input_paths", "main", "main_ablations", "print_summary", "resume_command",
+           "run_pipeline"]

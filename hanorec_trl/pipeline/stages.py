@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import gc
+import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -49,8 +50,15 @@ from .modeling import (
     with_adapter,
     write_builtin_model,
 )
-from .rundir import RunDir, read_json, write_json_atomic
-from .training import compact_lm_head_on_cpu, last_checkpoint, use_stage_progress, without_zero3_init
+from .rundir import RunDir, on_main_process, read_json, write_json_atomic
+from .training import (
+    TrainingInterrupted,
+    compact_lm_head_on_cpu,
+    last_checkpoint,
+    stop_at_step_end_on_interrupt,
+    use_stage_progress,
+    without_zero3_init,
+)
 
 
 LOADERS: dict[str, Callable[..., RecData]] = {
@@ -133,9 +141,17 @@ def run_stage(ctx: RunContext, stage: str, folder: Path, inputs: dict[str, Any],
         return rundir.marker(folder)["summary"]
     ctx.say(f"[{stage}] running -> {folder}")
     start = time.perf_counter()
-    if ctx.is_main:
-        rundir.fresh_stage(folder, keep=keep if ctx.config.run.resume else ())
-    ctx.barrier()
+
+    def begin() -> None:
+        resume = ctx.config.run.resume
+        if resume:  # what an earlier attempt left is continued only with the arguments it started with
+            note = rundir.check_started(folder, stage, inputs, keep)
+            if note:
+                ctx.say(f"        note: {note}")
+        rundir.fresh_stage(folder, keep=keep if resume else ())
+        rundir.mark_started(folder, inputs)
+
+    on_main_process(ctx.state, begin)
     summary: dict = {}
     if all_processes:
         summary = work()
@@ -161,7 +177,8 @@ def _fields(obj, names) -> dict[str, Any]:
 # ----------------------------------------------------------------------------------------------------------------
 
 DATA_FIELDS = ("dataset", "data_dir", "synthetic_num_users", "synthetic_num_items", "max_users", "min_interactions",
-               "sequence_length", "num_candidates", "auc_num_unwatched", "split_by")
+               "sequence_length", "num_candidates", "auc_num_unwatched", "split_by", "sliding_windows",
+               "max_windows_per_user")
 
 
 def subsample_users(data: RecData, num_users: int, seed: int) -> RecData:
@@ -211,7 +228,8 @@ def stage_data(ctx: RunContext) -> dict:
         protocol = ProtocolConfig(
             min_interactions=config.data.min_interactions, sequence_length=config.data.sequence_length,
             num_candidates=config.data.num_candidates, auc_num_unwatched=config.data.auc_num_unwatched,
-            split_by=config.data.split_by, seed=config.run.seed,
+            split_by=config.data.split_by, sliding_windows=config.data.sliding_windows,
+            max_windows_per_user=config.data.max_windows_per_user, seed=config.run.seed,
         )
         split = build_split(ctx.data, protocol)
         freeze_split(split, folder / "split")
@@ -292,11 +310,30 @@ def _sft_fast_path(trainer, stats: dict):
             stats["vision_cache"] = cache.counts()
 
 
+def _resume_point(ctx: RunContext, trainer, folder: Path, description: str) -> str | None:
+    """The newest complete checkpoint of the stage (when resuming); incomplete newer ones (a save cut by a kill) are
+    named and deleted, so that training continues from the previous complete one."""
+    if not ctx.config.run.resume:
+        return None
+    need_state = bool(getattr(trainer.args, "use_responsiveness", False))  # HaNoDPOTrainer's eta state
+    resume_from, incomplete = last_checkpoint(folder / "trainer", hano_state=need_state)
+    for path, why in incomplete:
+        ctx.say(f"        {description}: {path} is incomplete ({why}); resuming from the previous complete "
+                f"checkpoint ({resume_from or 'none: training starts over'})")
+    ctx.barrier()
+    if ctx.is_main:
+        for path, _ in incomplete:
+            shutil.rmtree(path, ignore_errors=True)
+    ctx.barrier()
+    return resume_from
+
+
 def _train(ctx: RunContext, trainer, folder: Path, description: str, sft: bool = False) -> dict:
-    """Train (from the last checkpoint when resuming), save the adapter and the log history."""
+    """Train (from the last complete checkpoint when resuming), save the adapter and the log history. A first
+    Ctrl-C finishes the current step, saves a checkpoint and raises :class:`TrainingInterrupted`."""
     use_stage_progress(trainer, description)
     stats: dict[str, Any] = {}
-    resume_from = last_checkpoint(folder / "trainer") if ctx.config.run.resume else None
+    resume_from = _resume_point(ctx, trainer, folder, description)
     finished = resume_from is not None and _checkpoint_is_final(Path(resume_from))
     if finished:
         # transformers would train one step past max_steps when resumed from the final checkpoint: restore it instead
@@ -307,8 +344,13 @@ def _train(ctx: RunContext, trainer, folder: Path, description: str, sft: bool =
     else:
         if resume_from:
             ctx.say(f"        resuming {description} from {resume_from}")
-        with compact_lm_head_on_cpu(), _sft_fast_path(trainer, stats) if sft else contextlib.nullcontext():
+        with (compact_lm_head_on_cpu(), _sft_fast_path(trainer, stats) if sft else contextlib.nullcontext(),
+              stop_at_step_end_on_interrupt(trainer) as interrupt):
             train_loss = trainer.train(resume_from_checkpoint=resume_from).training_loss
+        if interrupt.requested:
+            saved = folder / "trainer" / f"checkpoint-{trainer.state.global_step}"
+            raise TrainingInterrupted(f"{description} stopped at step {trainer.state.global_step} (Ctrl-C)",
+                                      str(saved) if saved.is_dir() else None)
     trainer.save_model(str(folder / "adapter"))
     if ctx.is_main:
         write_json_atomic(folder / "log_history.json", trainer.state.log_history)
@@ -414,10 +456,37 @@ def _item_table(ctx: RunContext, item_ids):
     return titles, images
 
 
-def _dpo_dataset(ctx: RunContext):
+def _item_similarity(index, item_rows: dict[str, int]) -> Callable[[str, list[str]], np.ndarray]:
+    """cosine(target, negatives) between fused item embeddings (paper Eq. 4), for ``rejected='hard'``."""
+
+    def similarity(target: str, negatives: list[str]) -> np.ndarray:
+        vectors = index.embeddings([item_rows[target]] + [item_rows[n] for n in negatives])
+        return vectors[1:] @ vectors[0]
+
+    return similarity
+
+
+def _saved_index(ctx: RunContext):
+    """The hardness stage's item embeddings as a HardnessIndex and the item -> row map."""
+    from ..hardness import HardnessIndex
+
+    saved = np.load(ctx.rundir.stage_dir("hardness") / "item_embeddings.npz")
+    item_rows = {str(item): row for row, item in enumerate(saved["item_ids"].tolist())}
+    return HardnessIndex(saved["text"], saved["image"]), item_rows
+
+
+def _dpo_dataset(ctx: RunContext, index=None, item_rows: dict[str, int] | None = None):
+    """The DPO pairs; ``rejected='hard'`` ranks negatives by the SFT model's item embeddings (the hardness stage's,
+    or ``index`` / ``item_rows`` while that stage runs)."""
     config = ctx.config
-    return build_dpo_dataset(ctx.train_examples, ctx.data, task=config.data.dpo_task,
-                             num_rejected=config.data.num_rejected, with_images=ctx.with_images)
+    similarity = None
+    if config.data.rejected == "hard":
+        if index is None:
+            index, item_rows = _saved_index(ctx)
+        similarity = _item_similarity(index, item_rows)
+    return build_dpo_dataset(ctx.train_examples, ctx.data, task=config.data.dpo_task, rejected=config.data.rejected,
+                             num_rejected=config.data.num_rejected, seed=config.run.seed, similarity=similarity,
+                             with_images=ctx.with_images)
 
 
 def stage_hardness(ctx: RunContext) -> dict:
@@ -430,7 +499,8 @@ def stage_hardness(ctx: RunContext) -> dict:
     folder = ctx.rundir.stage_dir("hardness")
     inputs = {"hardness_k": dpo.hardness_k, "hardness_temperature": dpo.hardness_temperature,
               "hardness_title_mode": dpo.hardness_title_mode, "dpo_task": config.data.dpo_task,
-              "num_rejected": config.data.num_rejected, "max_train_sequences": config.data.max_train_sequences}
+              "num_rejected": config.data.num_rejected, "rejected": config.data.rejected,
+              "max_train_sequences": config.data.max_train_sequences}
 
     def work() -> dict:
         proc = ctx.processing_class()
@@ -445,7 +515,7 @@ def stage_hardness(ctx: RunContext) -> dict:
         del model, encoder
         _free_memory()
         index = HardnessIndex(embeddings.text, embeddings.image)
-        pairs = _dpo_dataset(ctx).select_columns(["sequence_id", "task", "chosen_item", "rejected_item"])
+        pairs = _dpo_dataset(ctx, index, embeddings.item_rows).select_columns(["sequence_id", "task", "chosen_item", "rejected_item"])
         record: dict[str, Any] = {"rows": pairs.to_dict(), "lambda": {}, "delta_mean": {}}
         for mode in ("topk", "pairwise"):
             scored, delta_mean = add_hardness_column(pairs, index, embeddings.item_rows, k=dpo.hardness_k,
@@ -494,8 +564,8 @@ def stage_dpo(ctx: RunContext, variant: Variant) -> dict:
     switches = variant.switches(dpo)
     folder = ctx.rundir.stage_dir("dpo", variant.name)
     inputs = {**_fields(dpo, DPO_FIELDS), **switches, **_lora_fields(config), "dpo_task": config.data.dpo_task,
-              "num_rejected": config.data.num_rejected, "max_train_sequences": config.data.max_train_sequences,
-              "dpo_init": config.resolved_dpo_init()}
+              "num_rejected": config.data.num_rejected, "rejected": config.data.rejected,
+              "max_train_sequences": config.data.max_train_sequences, "dpo_init": config.resolved_dpo_init()}
 
     def work() -> dict:
         proc = ctx.processing_class()
@@ -533,6 +603,43 @@ def stage_dpo(ctx: RunContext, variant: Variant) -> dict:
 # ----------------------------------------------------------------------------------------------------------------
 
 
+def _evaluation_inputs(config: PipelineConfig) -> dict[str, Any]:
+    """What a finished evaluation depends on (the baselines shown beside it do not change it)."""
+    values = {k: v for k, v in dataclasses.asdict(config.eval).items() if k != "baselines"}
+    return {**values, "eval_prompt": config.evaluation_prompt(), "max_test_sequences": config.data.max_test_sequences}
+
+
+def stage_baselines(ctx: RunContext) -> list[tuple[str, str]]:
+    """The classical baselines (:mod:`hanorec_trl.baselines`) on the same test rows; ``eval/baseline-<name>/``.
+    Returns the (folder name, label) of each, for the report."""
+    from ..baselines import LABELS, TrainingInteractions, evaluate_baseline, expected_random_metrics, fit_baseline
+
+    config = ctx.config
+    names = config.baseline_names()
+    training: list[TrainingInteractions] = []
+    models = []
+    for name in names:
+        folder = ctx.rundir.stage_dir("eval", f"baseline-{name}")
+        inputs = {"baseline": name, "max_test_sequences": config.data.max_test_sequences, "eval_ks": config.eval.eval_ks}
+
+        def work(name=name, folder=folder) -> dict:
+            ks = tuple(config.eval.eval_ks) if config.eval.eval_ks else None
+            if name == "random":
+                result = expected_random_metrics(ctx.test_examples, ks)
+            else:
+                if not training:
+                    training.append(TrainingInteractions.from_split(ctx.data, ctx.split))
+                result = evaluate_baseline(fit_baseline(name, training[0]), ctx.test_examples, ks)
+            write_json_atomic(folder / "metrics.json", {**result, "baseline": name,
+                                                        "training_interactions": training[0].num_interactions
+                                                        if training else None})
+            return {"metrics": result["metrics"]}
+
+        run_stage(ctx, f"eval/baseline-{name}", folder, inputs, work)
+        models.append((f"baseline-{name}", LABELS[name]))
+    return models
+
+
 def similarity_items(ctx: RunContext) -> list[str]:
     """The items of the similarity probe: test targets, then test candidates, in order, up to the limit."""
     seen: dict[str, None] = {}
@@ -552,8 +659,7 @@ def stage_evaluate(ctx: RunContext, name: str, load: Callable[[], Any]) -> dict:
     config = ctx.config
     ev = config.eval
     folder = ctx.rundir.stage_dir("eval", name)
-    inputs = {**dataclasses.asdict(ev), "max_test_sequences": config.data.max_test_sequences,
-              "image_pixels": [config.data.image_min_pixels, config.data.image_max_pixels]}
+    inputs = {**_evaluation_inputs(config), "image_pixels": [config.data.image_min_pixels, config.data.image_max_pixels]}
 
     def work() -> dict:
         proc = ctx.processing_class()
@@ -564,7 +670,9 @@ def stage_evaluate(ctx: RunContext, name: str, load: Callable[[], Any]) -> dict:
             if torch.cuda.is_available():
                 model.to("cuda")
         test = ctx.test_examples
-        ranking = build_ranking_eval_dataset(test, ctx.data, with_images=ctx.with_images)
+        ranking = build_ranking_eval_dataset(test, ctx.data, with_images=ctx.with_images,
+                                             prompt=config.evaluation_prompt(), permutations=ev.score_permutations,
+                                             seed=config.run.seed)
         auc = build_auc_eval_dataset(test, ctx.data, with_images=ctx.with_images)
         eval_config = RecEvalConfig(ks=tuple(ev.eval_ks) if ev.eval_ks else None, ranking_mode=ev.eval_ranking_mode,
                                     auc_probability=ev.auc_probability, batch_size=ev.eval_batch_size)
@@ -591,6 +699,7 @@ __all__ = [
     "run_stage",
     "stage_data",
     "stage_dpo",
+    "stage_baselines",
     "stage_evaluate",
     "stage_hardness",
     "stage_model",

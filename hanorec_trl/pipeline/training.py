@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import signal
+import sys
+import threading
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
-from transformers import PrinterCallback, ProgressCallback
+from transformers import PrinterCallback, ProgressCallback, TrainerCallback
 
 logger = logging.getLogger(__name__)
 
@@ -99,14 +103,70 @@ def use_stage_progress(trainer, description: str) -> None:
     trainer.add_callback(StageProgressCallback(description))
 
 
-def last_checkpoint(folder: Path) -> str | None:
-    """The newest ``checkpoint-N`` folder in a trainer output folder, or None."""
-    from transformers.trainer_utils import get_last_checkpoint
+def last_checkpoint(folder: Path, *, hano_state: bool = False) -> tuple[str | None, list[tuple[str, str]]]:
+    """The newest *complete* ``checkpoint-N`` folder in a trainer output folder (or None), and the newer incomplete
+    ones, as ``(path, why)``: a save interrupted by a kill (no ``trainer_state.json``, a truncated adapter, no
+    ``hano_state.json`` when ``hano_state``) is skipped for the previous complete one."""
+    from ..trainer import last_complete_checkpoint
 
-    if not folder.is_dir():
-        return None
-    return get_last_checkpoint(str(folder))
+    return last_complete_checkpoint(folder, hano_state=hano_state)
 
 
-__all__ = ["StageProgressCallback", "compact_lm_head_on_cpu", "last_checkpoint", "use_stage_progress",
-           "without_zero3_init"]
+class TrainingInterrupted(KeyboardInterrupt):
+    """Ctrl-C stopped a training stage; ``checkpoint`` is the checkpoint saved at the step it stopped (or None)."""
+
+    def __init__(self, message: str, checkpoint: str | None = None):
+        super().__init__(message)
+        self.checkpoint = checkpoint
+
+
+@dataclass
+class InterruptRequest:
+    requested: bool = False
+    step: int | None = None
+
+
+class _StopAtStepEnd(TrainerCallback):
+    def __init__(self, request: InterruptRequest):
+        self.request = request
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if self.request.requested:
+            self.request.step = state.global_step
+            control.should_save = True
+            control.should_training_stop = True
+        return control
+
+
+@contextlib.contextmanager
+def stop_at_step_end_on_interrupt(trainer) -> Iterator[InterruptRequest]:
+    """Inside: the first Ctrl-C (SIGINT) lets the current optimizer step finish, saves a checkpoint and stops
+    training (``request.requested`` is then True); a second Ctrl-C stops at once (``KeyboardInterrupt``).
+
+    Only in a single process and the main thread (under ``accelerate launch`` every process receives the signal at
+    its own point of the step, so a coordinated checkpoint cannot be promised: Ctrl-C stops at once there).
+    """
+    request = InterruptRequest()
+    if threading.current_thread() is not threading.main_thread() or trainer.accelerator.num_processes > 1:
+        yield request
+        return
+
+    def handler(signum, frame):
+        if request.requested:
+            raise KeyboardInterrupt
+        request.requested = True
+        print("\nCtrl-C: finishing this step, then saving a checkpoint and stopping (Ctrl-C again stops at once, "
+              "without a checkpoint)", file=sys.stderr, flush=True)
+
+    callback = _StopAtStepEnd(request)
+    trainer.add_callback(callback)
+    previous = signal.signal(signal.SIGINT, handler)
+    try:
+        yield request
+    finally:
+        signal.signal(signal.SIGINT, previous)
+        trainer.remove_callback(callback)
+
+
+__all__ = ["StageProgressCallback", "TrainingInterrupted", "compact_lm_head_on_cpu", "last_checkpoint",
+           "stop_at_step_end_on_interrupt", "use_stage_progress", "without_zero3_init"]
