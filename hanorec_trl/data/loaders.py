@@ -10,8 +10,13 @@ Policies shared by every loader (see ``docs/data.md``):
 * Interactions whose item is not in the item table raise :class:`UnknownItemError` naming the ids; with
   ``drop_unknown_items=True`` they are dropped instead, with one warning naming the count and the first ids.
 * A missing image (no file) gives a grey placeholder and ONE :class:`MissingImageWarning` per dataset with the count
-  and the first ids; ``strict_images=True`` makes it an error. An unreadable file is found when it is first opened
-  (:meth:`RecData.image`, :meth:`RecData.verify_images`) and handled the same way.
+  and the first ids; ``strict_images=True`` makes it an error. An unreadable file (bad header, or pixel data cut
+  short: a truncated download) is found when it is first decoded (:meth:`RecData.verify_images`, which the dataset
+  builders call before any image reaches ``datasets``, and :meth:`RecData.image`) and handled the same way.
+* Text: MovieLens ``.dat`` files are read as UTF-8 when they decode as UTF-8 (common in re-distributions), else as
+  Windows-1252 / ISO-8859-1 (the original release), unless ``encoding=`` names one; an explicit encoding that does not
+  fit is refused with the lines that do not decode. Control characters (NUL, ESC, ...) in titles are removed, with
+  ONE :class:`ControlCharacterWarning` per file naming the items.
 * Interactions without timestamps (Netflix/LLMRec, MicroLens ``.tsv``) have ``timestamps=None``: their order is the
   file order.
 """
@@ -38,6 +43,7 @@ __all__ = [
     "DataFormatError",
     "UnknownItemError",
     "MissingImageWarning",
+    "ControlCharacterWarning",
     "RecData",
     "load_movielens_1m",
     "load_microlens",
@@ -58,6 +64,31 @@ class UnknownItemError(DataFormatError):
 
 class MissingImageWarning(UserWarning):
     """Some items have no readable image; a placeholder is used for them."""
+
+
+class ControlCharacterWarning(UserWarning):
+    """Some titles contained control characters (NUL, ESC, ...); they were removed."""
+
+
+# C0 controls but tab/LF/CR, DEL and the C1 block: never part of a title (tab/LF/CR become spaces)
+_CONTROL = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
+_SPACE_CONTROL = re.compile("[\t\n\r]")
+
+
+def _clean_titles(name: str, titles: dict[str, str], source: Path | str) -> dict[str, str]:
+    """Titles without control characters; one :class:`ControlCharacterWarning` names the items that had some."""
+    dirty = [item for item, title in titles.items() if _CONTROL.search(title) or _SPACE_CONTROL.search(title)]
+    if not dirty:
+        return titles
+    cleaned = dict(titles)
+    for item in dirty:
+        cleaned[item] = _CONTROL.sub("", _SPACE_CONTROL.sub(" ", titles[item])).strip()
+    warnings.warn(
+        f"{name}: {len(dirty)} title(s) in {source} contain control characters (NUL, ESC, tab...): items "
+        f"{_first(dirty)} (first: {titles[dirty[0]]!r}); removed them (tab and line breaks became spaces)",
+        ControlCharacterWarning, stacklevel=3,
+    )
+    return cleaned
 
 
 def _first(ids: Iterable[str], n: int = _FIRST_IDS) -> str:
@@ -218,10 +249,11 @@ class RecData:
             return self.placeholder_image()
 
     def verify_images(self, item_ids: Iterable[str] | None = None) -> list[str]:
-        """Open the header of each item's image file (not yet checked) and return the ids of unreadable ones.
+        """Decode each item's image file (not yet checked) and return the ids of unreadable ones.
 
-        Unreadable images are reported in one warning (or an error with ``strict_images``) and use the placeholder
-        from then on. Truncated files whose header is intact are only found when decoded (:meth:`image`).
+        Unreadable images (a bad header, or pixel data cut short) are reported in one warning (or an error with
+        ``strict_images``) and use the placeholder from then on. JPEGs are decoded at reduced size (the whole file is
+        still read), so a check costs a fraction of a full decode.
         """
         if self.image_paths is None:
             return []
@@ -236,7 +268,8 @@ class RecData:
                 continue
             try:
                 with Image.open(path) as img:
-                    img.size  # noqa: B018 - parsing the header is the check
+                    img.draft("RGB", (64, 64))  # JPEG: DCT-scaled decode; other formats: no-op
+                    img.load()  # decoding the pixels finds truncated files (OSError: image file is truncated)
             except Exception as err:
                 failures[item_id] = f"{path}: {err}"
         if failures:
@@ -258,23 +291,55 @@ class RecData:
 # ------------------------------------------------------------------------------------------------------------------
 
 
-def _read_lines(path: Path, encoding: str) -> list[str]:
-    """The lines of a text file (``.gz`` is decompressed), without line terminators (LF or CRLF)."""
+AUTO_ENCODINGS = ("utf-8", "cp1252", "latin-1")  # tried in order by encoding=None (latin-1 decodes any byte)
+
+
+def _decode(raw: bytes, path: Path, encoding: str | None) -> tuple[str, str]:
+    """``raw`` as text and the encoding used: ``encoding``, or the first of :data:`AUTO_ENCODINGS` that decodes it.
+    An explicit encoding that does not fit is refused with the lines that do not decode."""
+    if encoding is None:
+        for candidate in AUTO_ENCODINGS:
+            try:
+                text = raw.decode(candidate)
+            except UnicodeDecodeError:
+                continue
+            return (text[1:] if text.startswith("\ufeff") else text), candidate
+    try:
+        return raw.decode(encoding), encoding
+    except LookupError:
+        raise ValueError(f"unknown text encoding {encoding!r}") from None
+    except UnicodeDecodeError as err:
+        bad = []
+        for lineno, line in enumerate(raw.split(b"\n"), 1):
+            try:
+                line.decode(encoding)
+            except UnicodeDecodeError:
+                bad.append(lineno)
+        shown = ", ".join(map(str, bad[:_FIRST_IDS])) + (", ..." if len(bad) > _FIRST_IDS else "")
+        raise DataFormatError(
+            f"{path}: {len(bad)} line(s) are not valid {encoding} text (lines {shown}; first: {err.reason}); pass "
+            "the file's encoding (encoding='latin-1', 'utf-8'...) or encoding=None to detect it"
+        ) from err
+
+
+def _read_lines(path: Path, encoding: str | None) -> list[str]:
+    """The lines of a text file (``.gz`` is decompressed), without line terminators (LF or CRLF); ``encoding=None``
+    detects it (see :func:`_decode`)."""
+    return _read_text_lines(path, encoding)[0]
+
+
+def _read_text_lines(path: Path, encoding: str | None) -> tuple[list[str], str]:
     opener = gzip.open if path.name.endswith(".gz") else open
     try:
         with opener(path, "rb") as f:
             raw = f.read()
     except (OSError, EOFError) as err:
         raise DataFormatError(f"{path}: cannot read the file ({err})") from err
-    try:
-        text = raw.decode(encoding)
-    except UnicodeDecodeError as err:
-        line = raw[: err.start].count(b"\n") + 1
-        raise DataFormatError(f"{path}:{line}: not valid {encoding} text ({err.reason})") from err
+    text, used = _decode(raw, path, encoding)
     lines = text.split("\n")
     if lines and lines[-1] == "":
         lines.pop()
-    return [line[:-1] if line.endswith("\r") else line for line in lines]
+    return [line[:-1] if line.endswith("\r") else line for line in lines], used
 
 
 def _check_unique(item_id: str, seen: dict[str, Any], path: Path, lineno: int) -> None:
@@ -322,6 +387,13 @@ def _find_images(
     """Map every item to its image file (``image_dir / pattern.format(item_id=...)``) or ``None`` when absent."""
     if "{item_id}" not in pattern:
         raise ValueError(f"image pattern {pattern!r} must contain '{{item_id}}'")
+    try:
+        pattern.format(item_id="1")
+    except (IndexError, KeyError, ValueError, AttributeError) as err:
+        raise ValueError(
+            f"image pattern {pattern!r} is not a valid pattern ({type(err).__name__}: {err}): it may contain "
+            "'{item_id}' and no other '{...}' field; write a literal brace as '{{' or '}}'"
+        ) from None
     present: set[str] = set()
     if image_dir is not None and image_dir.is_dir():
         if "/" not in pattern and "\\" not in pattern:
@@ -379,7 +451,7 @@ def _parse_ml_ratings(path: Path, min_rating: float | None) -> tuple[list[str], 
     users: list[str] = []
     items: list[str] = []
     timestamps: list[int] = []
-    for lineno, line in enumerate(_read_lines(path, "latin-1"), 1):
+    for lineno, line in enumerate(_read_lines(path, None), 1):
         parts = line.split("::")
         if len(parts) != 4:
             if not line.strip():
@@ -396,6 +468,8 @@ def _parse_ml_ratings(path: Path, min_rating: float | None) -> tuple[list[str], 
             ) from None
         if not user or not item:
             raise DataFormatError(f"{path}:{lineno}: empty user or movie id in {line!r}")
+        if not (np.isfinite(value) and value >= 0):
+            raise DataFormatError(f"{path}:{lineno}: a rating must be a finite number >= 0, got {rating!r}")
         if min_rating is not None and value < min_rating:
             continue
         users.append(user)
@@ -404,14 +478,18 @@ def _parse_ml_ratings(path: Path, min_rating: float | None) -> tuple[list[str], 
     return users, items, timestamps
 
 
-def read_movielens_movies(path: str | Path) -> tuple[list[str], dict[str, str], dict[str, tuple[str, ...]]]:
-    """A MovieLens-1M ``movies.dat`` (``MovieID::Title (Year)::Genres``, ISO-8859-1; ``.gz`` too) -> ids in file order,
-    titles and genres by id. Malformed lines raise :class:`DataFormatError` naming file and line."""
+def read_movielens_movies(
+    path: str | Path, encoding: str | None = None
+) -> tuple[list[str], dict[str, str], dict[str, tuple[str, ...]]]:
+    """A MovieLens-1M ``movies.dat`` (``MovieID::Title (Year)::Genres``; ``.gz`` too) -> ids in file order, titles
+    and genres by id. ``encoding=None``: UTF-8 when the file decodes as UTF-8, else Windows-1252 / ISO-8859-1 (the
+    original release). Malformed lines raise :class:`DataFormatError` naming file and line; control characters in
+    titles are removed with one :class:`ControlCharacterWarning`."""
     path = Path(path)
     item_ids: list[str] = []
     titles: dict[str, str] = {}
     genres: dict[str, tuple[str, ...]] = {}
-    for lineno, line in enumerate(_read_lines(path, "latin-1"), 1):
+    for lineno, line in enumerate(_read_lines(path, encoding), 1):
         parts = line.split("::")
         if len(parts) != 3:
             if not line.strip():
@@ -424,6 +502,11 @@ def read_movielens_movies(path: str | Path) -> tuple[list[str], dict[str, str], 
         item_ids.append(item)
         titles[item] = title
         genres[item] = tuple(g for g in genre.split("|") if g)
+    titles = _clean_titles(path.parent.name or "movielens", titles, path)
+    empty = [item for item in item_ids if not titles[item]]
+    if empty:
+        raise DataFormatError(f"{path}: the titles of movies {_first(empty)} are empty once control characters are "
+                              "removed")
     return item_ids, titles, genres
 
 
@@ -439,6 +522,7 @@ def load_movielens_1m(
     min_rating: float | None = None,
     drop_unknown_items: bool = False,
     placeholder_size: tuple[int, int] = (56, 56),
+    encoding: str | None = None,
 ) -> RecData:
     """Load MovieLens-1M (or anything written in its format, e.g. :func:`write_synthetic_movielens`).
 
@@ -453,6 +537,9 @@ def load_movielens_1m(
         min_rating: keep only ratings >= this value (default: every rating is an interaction, as in the paper).
         drop_unknown_items: drop (with a warning) ratings of movies missing from ``movies.dat`` instead of raising.
         placeholder_size: size of the grey placeholder image.
+        encoding: text encoding of ``movies.dat``; None detects it (UTF-8 if the file decodes as UTF-8, else
+            Windows-1252 / ISO-8859-1, the original release's). An explicit encoding is checked: the lines that do
+            not decode are named.
     """
     data_dir = Path(data_dir)
     if not data_dir.is_dir():
@@ -462,7 +549,7 @@ def load_movielens_1m(
     for path in (ratings_path, movies_path):
         if not path.is_file():
             raise FileNotFoundError(f"MovieLens file {path} does not exist")
-    item_ids, titles, genres = read_movielens_movies(movies_path)
+    item_ids, titles, genres = read_movielens_movies(movies_path, encoding)
     users, items, timestamps = _parse_ml_ratings(ratings_path, min_rating)
     name = data_dir.name or "movielens"
     users, items, timestamps = _resolve_unknown_items(
@@ -526,7 +613,7 @@ def _parse_microlens_titles(path: Path) -> tuple[list[str], dict[str, str]]:
         _check_unique(item, titles, path, lineno)
         item_ids.append(item)
         titles[item] = title  # MicroLens has a few empty titles; they are kept (the cover still carries content)
-    return item_ids, titles
+    return item_ids, _clean_titles(path.parent.name or "microlens", titles, path)
 
 
 def _parse_microlens_pairs_csv(path: Path) -> tuple[list[str], list[str], list[int]]:
@@ -773,7 +860,7 @@ def _parse_item_attributes(
         titles[item] = title
         if layout[-1] == "genres":
             genres[item] = tuple(g for g in row[-1].strip().split("|") if g)
-    return item_ids, titles, genres, layout
+    return item_ids, _clean_titles(path.parent.name or "netflix", titles, path), genres, layout
 
 
 def load_netflix_llmrec(

@@ -160,18 +160,18 @@ def run_pipeline(config: PipelineConfig, variants: Sequence[Variant] | None = No
     if variants is None:
         variants = config.variants_to_train()
     # preflight: everything that can be refused is refused before the run directory is touched
-    check_device_support(config.model)
-    spec = resolve_model(config.model)
     state = PartialState()
     root = _resolve_run_dir(config, state, run_name or config.data.dataset)
     rundir = RunDir(root)
     resume, overwrite = config.run.resume, config.run.overwrite
 
-    def check() -> None:  # nothing touched, nothing loaded yet
+    def check() -> None:  # nothing touched, nothing read yet
         rundir.check(resume=resume, overwrite=overwrite)
         rundir.check_paths_outside(input_paths(config, recipe), resume=resume, overwrite=overwrite)
 
     on_main_process(state, check)
+    check_device_support(config.model)
+    spec = resolve_model(config.model)
     data = None
     if config.data.data_dir is not None:
         data = load_data(config, Path(config.data.data_dir), spec.with_images)
