@@ -449,9 +449,12 @@ def load_dpo_model(ctx: RunContext, variant: Variant):
 
 
 def _item_table(ctx: RunContext, item_ids):
-    """Titles (an empty title becomes 'item <id>': the encoder needs text) and image files (None: no image)."""
+    """Titles (an empty title becomes 'item <id>': the encoder needs text) and image files (None: no image, or one
+    that does not decode: the placeholder, with one warning naming the items, or an error under strict_images)."""
     data = ctx.data
     titles = [data.title(i).strip() or f"item {i}" for i in item_ids]
+    if ctx.with_images:
+        data.verify_images(list(item_ids))
     images = [data.image_path(i) for i in item_ids] if ctx.with_images else None
     return titles, images
 
