@@ -336,6 +336,19 @@ def test_non_finite_loss_or_gradient_stops_training_naming_the_step(tiny_tok, tm
     assert sorted(p.name for p in tmp_path.glob("checkpoint-*")) == [f"checkpoint-{s}" for s in range(1, step)][-2:]
 
 
+def test_sft_stage_stops_on_a_logged_non_finite_gradient_norm():
+    from types import SimpleNamespace
+
+    from transformers import TrainerControl, TrainerState
+
+    from hanorec_trl.pipeline.training import StopOnNonFinite
+
+    state, args = TrainerState(global_step=7), SimpleNamespace(output_dir="sft/trainer")
+    StopOnNonFinite().on_log(args, state, TrainerControl(), logs={"loss": 1.5, "grad_norm": 2.0})
+    with pytest.raises(NonFiniteTrainingError, match=r"step 7: the grad norm is nan .*sft/trainer"):
+        StopOnNonFinite().on_log(args, state, TrainerControl(), logs={"loss": 1.5, "grad_norm": float("nan")})
+
+
 def test_trainer_without_args_builds_on_cpu(tiny_tok, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     from trainer_utils import lora_config

@@ -52,6 +52,7 @@ from .modeling import (
 )
 from .rundir import RunDir, on_main_process, read_json, write_json_atomic
 from .training import (
+    StopOnNonFinite,
     TrainingInterrupted,
     compact_lm_head_on_cpu,
     last_checkpoint,
@@ -332,6 +333,7 @@ def _train(ctx: RunContext, trainer, folder: Path, description: str, sft: bool =
     """Train (from the last complete checkpoint when resuming), save the adapter and the log history. A first
     Ctrl-C finishes the current step, saves a checkpoint and raises :class:`TrainingInterrupted`."""
     use_stage_progress(trainer, description)
+    trainer.add_callback(StopOnNonFinite())
     stats: dict[str, Any] = {}
     resume_from = _resume_point(ctx, trainer, folder, description)
     finished = resume_from is not None and _checkpoint_is_final(Path(resume_from))

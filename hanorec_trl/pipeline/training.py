@@ -112,6 +112,26 @@ def last_checkpoint(folder: Path, *, hano_state: bool = False) -> tuple[str | No
     return last_complete_checkpoint(folder, hano_state=hano_state)
 
 
+class StopOnNonFinite(TrainerCallback):
+    """Stops training with :class:`~hanorec_trl.trainer.NonFiniteTrainingError` naming the step when a logged gradient
+    norm or loss is NaN or inf (for trainers other than ``HaNoDPOTrainer``, which checks every step before the
+    optimizer applies it). Runs before that step's checkpoint is written."""
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        import math
+
+        from ..trainer import NonFiniteTrainingError
+
+        for key in ("grad_norm", "loss"):
+            value = (logs or {}).get(key)
+            if isinstance(value, (int, float)) and not math.isfinite(value):
+                raise NonFiniteTrainingError(
+                    f"training stopped at step {state.global_step}: the {key.replace('_', ' ')} is {value} (not "
+                    "finite). Usual causes: a learning rate too large, fp16 overflow. The checkpoint of this step "
+                    f"was not written; those before it (in {args.output_dir}) are intact."
+                )
+
+
 class TrainingInterrupted(KeyboardInterrupt):
     """Ctrl-C stopped a training stage; ``checkpoint`` is the checkpoint saved at the step it stopped (or None)."""
 
@@ -168,5 +188,5 @@ def stop_at_step_end_on_interrupt(trainer) -> Iterator[InterruptRequest]:
         trainer.remove_callback(callback)
 
 
-__all__ = ["StageProgressCallback", "TrainingInterrupted", "compact_lm_head_on_cpu", "last_checkpoint",
+__all__ = ["StageProgressCallback", "StopOnNonFinite", "TrainingInterrupted", "compact_lm_head_on_cpu", "last_checkpoint",
            "stop_at_step_end_on_interrupt", "use_stage_progress", "without_zero3_init"]
