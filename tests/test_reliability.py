@@ -15,7 +15,6 @@ import re
 import socket
 import subprocess
 import sys
-import warnings
 from pathlib import Path
 
 import pytest
@@ -416,7 +415,8 @@ def test_an_explicit_encoding_that_does_not_fit_names_the_lines(tmp_path):
 
 def test_control_characters_are_removed_with_one_warning_naming_the_items(tmp_path):
     folder = write_movielens(tmp_path / "ml", ["1::1::4::1", "1::2::4::2", "1::3::4::3"],
-                             ["1::Nul\x00 Movie (1999)::Drama", "2::Esc\x1b[31m Red (2000)::Drama", "3::Fine (2001)::Drama"])
+                             ["1::Nul\x00 Movie (1999)::Drama", "2::Esc\x1b[31m Red (2000)::Drama",
+                              "3::Fine (2001)::Drama"])
     with pytest.warns(ControlCharacterWarning) as record:
         data = load_movielens_1m(folder, images=False)
     messages = [str(w.message) for w in record if issubclass(w.category, ControlCharacterWarning)]

@@ -188,5 +188,5 @@ def stop_at_step_end_on_interrupt(trainer) -> Iterator[InterruptRequest]:
         trainer.remove_callback(callback)
 
 
-__all__ = ["StageProgressCallback", "StopOnNonFinite", "TrainingInterrupted", "compact_lm_head_on_cpu", "last_checkpoint",
-           "stop_at_step_end_on_interrupt", "use_stage_progress", "without_zero3_init"]
+__all__ = ["StageProgressCallback", "StopOnNonFinite", "TrainingInterrupted", "compact_lm_head_on_cpu",
+           "last_checkpoint", "stop_at_step_end_on_interrupt", "use_stage_progress", "without_zero3_init"]
