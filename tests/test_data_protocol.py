@@ -6,6 +6,7 @@ import json
 import warnings
 from collections import Counter
 
+import numpy as np
 import pytest
 from conftest import shared_path
 
@@ -109,6 +110,39 @@ def test_same_seed_byte_identical_jsonl(tmp_path, data, split):
         "auc_item",
         "auc_label",
     }
+
+
+def _reference_assignment(data, seed):
+    """The 8:1:1 split of the protocol, computed here from its definition: one sequence per kept user (in the data's
+    user order), ranked by a permutation drawn from the first of three generators spawned from ``seed``; the first
+    n - 2 * (n // 10) ranks are train, the next n // 10 validation, the rest test."""
+    ids = [f"{user}:{len(seq) - 1}" for user, seq in data.user_sequences().items() if len(seq) >= 6]
+    rng = np.random.default_rng(np.random.SeedSequence(seed).spawn(3)[0])
+    ranked = [ids[k] for k in rng.permutation(len(ids))]
+    n_train = len(ids) - 2 * (len(ids) // 10)
+    return {"train": set(ranked[:n_train]), "validation": set(ranked[n_train:n_train + len(ids) // 10]),
+            "test": set(ranked[n_train + len(ids) // 10:])}
+
+
+def test_split_assignment_follows_the_seeded_permutation(data):
+    """The seed decides which sequences go to validation and test (not only their candidates)."""
+    assignments = {}
+    for seed in (0, 1):
+        split = build_split(data, ProtocolConfig(seed=seed))
+        got = {name: {ex.sequence_id for ex in examples} for name, examples in split.parts()}
+        expected = _reference_assignment(data, seed)
+        assert {k: len(v) for k, v in got.items()} == {k: len(v) for k, v in expected.items()} == split.counts()
+        for name in got:
+            assert got[name] == expected[name], f"seed {seed}: the {name} sequences differ from the reference"
+        assignments[seed] = got
+    n = sum(len(v) for v in assignments[0].values())
+    assert {k: len(v) for k, v in assignments[0].items()} == {k: len(v) for k, v in assignments[1].items()}
+    assert len(assignments[0]["test"]) == n // 10 > 0
+    assert assignments[0]["test"] != assignments[1]["test"]
+    assert assignments[0]["validation"] != assignments[1]["validation"]
+    by_user = [build_split(data, ProtocolConfig(sliding_windows=True, split_by="user", seed=seed)) for seed in (0, 1)]
+    test_users = [{ex.user for ex in split.test} for split in by_user]
+    assert len(test_users[0]) == len(test_users[1]) > 0 and test_users[0] != test_users[1]
 
 
 def test_load_split_round_trip_and_fingerprint_check(tmp_path, data, split):

@@ -234,3 +234,34 @@ def test_rows_from_the_data_layer(tiny_vlm, tiny_processor, tmp_path):
     )
     assert m["num_ranking_rows"] == 2 and m["num_auc_rows"] == 2
     assert {"hr@10", "ndcg@10", "auc", "binary_auc"} <= set(m)
+
+
+def test_tied_scores_rank_pessimistically_end_to_end(tiny_lm, tiny_tok, monkeypatch, tmp_path):
+    """Ties through evaluate_recommender: a target tied with others takes the worst of the tied ranks (a constant
+    model ranks every target last), and tied P(Yes) give AUC 1/2."""
+    rows = _ranking_rows(False, n=3)
+    for row, target in zip(rows, (0, 3, 4)):
+        row["target_index"] = target
+    ranking_scores = [
+        [0.0, 0.0, 0.0, 0.0, 0.0],  # all tied: the target (0) ranks 5th
+        [-1.0, -2.0, -5.0, -1.0, -3.0],  # target 3 tied with candidate 0 at the top: rank 2
+        [-4.0, -2.0, -2.0, -3.0, -1.0],  # target 4 strictly best: rank 1
+    ]
+    auc = _auc_rows(False, labels=(1, 0, 1, 0))
+
+    def fake_scores(model, processing_class, prompts, candidates, images=None, **kwargs):
+        if list(candidates[0]) == [YES, NO]:  # every AUC row: the same log-likelihood for "Yes" and "No"
+            return [[np.array([-0.5, -0.25]), np.array([-0.25, -0.5])] for _ in prompts]
+        assert len(prompts) == len(ranking_scores)
+        return [[np.array([s / 2, s / 2]) for s in row] for row in ranking_scores]  # per-token: summed by the caller
+
+    monkeypatch.setattr(evaluate_module, "score_candidates", fake_scores)
+    out = tmp_path / "ties.json"
+    m = evaluate_recommender(tiny_lm, tiny_tok, rows, auc, config=RecEvalConfig(ks=(1, 2, 3, 5), progress=False),
+                             output_path=out)
+    assert json.loads(out.read_text())["per_row"]["ranking"]["ranks"] == [5, 2, 1]
+    assert m["hr@1"] == pytest.approx(1 / 3) and m["hr@2"] == m["hr@3"] == pytest.approx(2 / 3) and m["hr@5"] == 1.0
+    assert m["ndcg@1"] == pytest.approx(1 / 3)
+    assert m["ndcg@3"] == pytest.approx((0 + 1 / math.log2(3) + 1) / 3)
+    assert m["ndcg@5"] == pytest.approx((1 / math.log2(6) + 1 / math.log2(3) + 1) / 3)
+    assert m["auc"] == 0.5 and m["binary_auc"] == 0.5

@@ -7,9 +7,15 @@ import pytest
 import torch
 from conftest import preference_dataset, preference_rows, solid_image
 from datasets import Dataset
-from trainer_utils import first_batch, lora_grads, make_trainer, model_inputs, rows_of, trainer_batch
+from trainer_utils import first_batch, lora_grads, make_trainer, model_inputs, rows_of, standard_batch, trainer_batch
 
-from hanorec_trl.fast.forward import cached_image_features, frozen_vision_without_graph, parameters_sharded
+from hanorec_trl.fast.forward import (
+    cached_image_features,
+    frozen_vision_without_graph,
+    parameters_sharded,
+    pixel_key,
+    trl_layout_inputs,
+)
 from hanorec_trl.fast.vision_cache import VisionFeatureCache, image_key, module_fingerprint
 from hanorec_trl.models import tiny_qwen2, tiny_qwen2_5_vl
 
@@ -55,6 +61,77 @@ def test_several_rejected_per_prompt_equal_standard(kind, checkpointing, tiny_to
     torch.testing.assert_close(loss_fast, loss_std, rtol=1e-5, atol=1e-6)
     for name in grads_std:
         torch.testing.assert_close(grads_fast[name], grads_std[name], rtol=1e-4, atol=1e-6, msg=name)
+
+
+@pytest.mark.parametrize("kind", ["vlm", "text"])
+def test_packed_completion_tokens_equal_trl_completion_mask(kind, tiny_tok, tiny_processor, tmp_path):
+    """Per row, the packed batch gathers exactly the tokens that TRL's completion_mask marks: no token before the
+    completion boundary (label -100 there: log-probs unchanged, but entropy and logits/* would change), none missing;
+    its stand-in attention_mask counts the standard sequence's tokens (TRL's num_tokens)."""
+    vlm = kind == "vlm"
+    ds = Dataset.from_list(shared_prompt_rows(vlm))
+    model = tiny_qwen2_5_vl(tiny_tok) if vlm else tiny_qwen2(tiny_tok)
+    trainer = make_trainer(model, tiny_processor if vlm else tiny_tok, ds, tmp_path, use_responsiveness=False,
+                           lora_noise_std=0.0, per_device_train_batch_size=6)
+    rows = rows_of(trainer, 6)
+    packed, standard = trainer_batch(trainer, rows), standard_batch(trainer, rows)
+    assert packed["input_ids"].shape[0] == 2  # 6 rows, 2 prompts: really packed
+    layout = trl_layout_inputs(packed)
+    per_row = standard["completion_mask"].sum(1)
+    assert per_row.min() > 0
+    assert torch.equal(packed["gather_mask"].sum(1), per_row)
+    assert torch.equal(layout["completion_mask"].sum(1), per_row)
+    assert torch.equal(layout["attention_mask"].sum(1), standard["attention_mask"].sum(1))
+    # the gathered positions score exactly the completion tokens: the labels one position later
+    labels = packed["labels"][:, 1:].reshape(-1)
+    keep = packed["gather_mask"]
+    gathered = labels[packed["gather_index"]][keep]
+    assert (gathered != -100).all()
+    expected = standard["input_ids"][standard["completion_mask"].bool()]
+    assert torch.equal(gathered, expected)
+
+
+def test_same_prompt_text_different_images_are_not_merged(tiny_tok, tiny_processor, tmp_path):
+    """Two rows with the same prompt text but other posters are two prompts: two packed sequences, every image kept,
+    loss and gradients those of the standard path."""
+    row = preference_rows(n=1, with_images=True, lambdas=[1.0])[0]
+    other = dict(row, images=[solid_image(100 + i) for i in range(len(row["images"]))], hano_lambda=1.5)
+    ds = Dataset.from_list([row, other])
+    results = {}
+    for fast in (True, False):
+        trainer = make_trainer(tiny_qwen2_5_vl(tiny_tok), tiny_processor, ds, tmp_path / str(fast),
+                               fast_prompt_once=fast, use_responsiveness=False, lora_noise_std=0.0)
+        rows = rows_of(trainer, 2)
+        assert rows[0]["prompt"] == rows[1]["prompt"]
+        if fast:
+            batch = trainer_batch(trainer, rows)
+            keys = [image_key(im) for r in rows for im in r["images"]]
+            assert len(set(keys)) == len(keys) == 2 * len(row["images"])
+            assert batch["input_ids"].shape[0] == 2, "rows with the same text but other images were merged"
+            assert batch["image_keys"] == keys
+            assert batch["image_grid_thw"].shape[0] == len(keys)
+        results[fast] = _loss_grads(trainer, rows)
+    (loss_fast, grads_fast), (loss_std, grads_std) = results[True], results[False]
+    torch.testing.assert_close(loss_fast, loss_std, rtol=1e-5, atol=1e-6)
+    assert grads_fast.keys() == grads_std.keys() and grads_std
+    for name in grads_std:
+        torch.testing.assert_close(grads_fast[name], grads_std[name], rtol=1e-4, atol=1e-6, msg=name)
+
+
+def test_pixel_key_is_exact():
+    """The pixel-keyed feature cache (evaluation, SFT) keys on every value, the dtype and the grid."""
+    torch.manual_seed(0)
+    pixels = torch.randn(16, 12)
+    grid = [1, 4, 4]
+    key = pixel_key(pixels, grid)
+    assert pixel_key(pixels.clone(), list(grid)) == key
+    changed = pixels.clone()
+    changed[7, 5] = torch.nextafter(changed[7, 5], torch.tensor(float("inf")))  # one value, by one ulp
+    assert changed.shape == pixels.shape and not torch.equal(changed, pixels)
+    assert pixel_key(changed, grid) != key
+    assert pixel_key(pixels, [1, 2, 8]) != key  # same patches, another grid
+    assert pixel_key(pixels.double(), grid) != key
+    assert pixel_key(pixels.t().contiguous().t(), grid) == key  # memory layout does not matter
 
 
 def test_vision_tower_runs_once_per_image_and_never_backward(tiny_tok, tiny_processor, tmp_path):

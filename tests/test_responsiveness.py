@@ -94,6 +94,55 @@ def test_batch_mode_is_released_formula():
     assert tracker.update(torch.tensor([1e-9, -1e-9])) == 1.0  # mean ~ 0: no signal
 
 
+def released_eta(R):
+    """The authors' released formula on plain floats: sigmoid(trimmed mean of R / mean(R)) / sigmoid(1)."""
+    mean = sum(R) / len(R)
+    normalised = sorted(r / mean for r in R)
+    trimmed = normalised[1:-1] if len(normalised) >= 3 else normalised
+    return sigmoid(sum(trimmed) / len(trimmed)) / sigmoid(1.0)
+
+
+def test_batch_mode_warmup_counts_informative_batches():
+    """warmup=2 in mode="batch": exactly 1.0 on the first two informative batches, the formula from the third on;
+    batches with |mean(R)| < eps return 1.0 and do not count."""
+    tracker = ResponsivenessTracker(mode="batch", warmup=2)
+    batches = [
+        [0.1, 0.4, 0.2, 0.9],  # informative 1
+        [1e-9, -1e-9],  # mean ~ 0: skipped
+        [0.3, -0.1, 0.5],  # informative 2
+        [0.0, 0.0, 0.0],  # skipped
+        [0.1, 0.4, 0.2, 0.9],  # informative 3: the formula (not 1.0)
+        [2.0, 0.5, 0.1, 0.3, 0.25],  # informative 4
+    ]
+    etas, steps = [], []
+    for batch in batches:
+        etas.append(tracker.update(torch.tensor(batch, dtype=torch.float64)))
+        steps.append(tracker.steps)
+    assert steps == [1, 1, 2, 2, 3, 4]
+    assert etas[:4] == [1.0, 1.0, 1.0, 1.0]
+    assert etas[4] != 1.0 and etas[4] == pytest.approx(released_eta(batches[4]), rel=1e-12)
+    assert etas[5] != 1.0 and etas[5] == pytest.approx(released_eta(batches[5]), rel=1e-12)
+    assert tracker.last_eta == etas[5]
+
+
+@pytest.mark.parametrize("mode", ["ema", "batch"])
+def test_near_zero_batches_do_not_advance_steps(mode):
+    """Below eps (|R| for "ema", |mean(R)| for "batch") eta is 1.0 and the state, step count included, is unchanged;
+    so the warm-up counts informative batches only."""
+    tracker = ResponsivenessTracker(mode=mode, warmup=1)
+    quiet = {"ema": [1e-9, -1e-9, 5e-8], "batch": [0.3, -0.3, 1e-9]}[mode]  # "batch": large gaps, mean ~ 0
+    for _ in range(3):
+        assert tracker.update(torch.tensor(quiet, dtype=torch.float64)) == 1.0
+    assert tracker.steps == 0 and tracker.scale == 0.0 and tracker.data_mean == 0.0
+    assert tracker.update(torch.tensor([0.1, 0.4, 0.2, 0.9], dtype=torch.float64)) == 1.0  # informative 1: warm-up
+    state = tracker.state_dict()
+    assert state["steps"] == 1
+    assert tracker.update(torch.tensor(quiet, dtype=torch.float64)) == 1.0
+    assert tracker.state_dict() == {**state, "last_eta": 1.0}  # nothing but last_eta moved
+    eta = tracker.update(torch.tensor([2.0, 2.5, 3.0, 0.1], dtype=torch.float64))  # informative 2: past warm-up
+    assert tracker.steps == 2 and eta != 1.0
+
+
 def test_trimmed_mean():
     assert trimmed_mean(torch.tensor([5.0])) == 5.0
     assert trimmed_mean(torch.tensor([1.0, 3.0])) == 2.0
