@@ -229,6 +229,19 @@ def test_missing_poster_is_a_stored_placeholder(tmp_path, folder, split):
     assert ds[0]["images"][0].getpixel((5, 5)) == PLACEHOLDER_COLOR
 
 
+def test_system_prompt_replaces_the_templates_default(data, split, tiny_tok):
+    ex = split.train[0]
+    plain = build_sft_dataset([ex], data, task="next_item", with_images=False)[0]["prompt"]
+    empty = build_sft_dataset([ex], data, task="next_item", with_images=False,
+                              templates=PromptTemplates(system=""))[0]["prompt"]
+    assert [m["role"] for m in plain] == ["user"] and empty[0] == {"role": "system", "content": ""}
+    default = tiny_tok.apply_chat_template(plain, tokenize=False)
+    suppressed = tiny_tok.apply_chat_template(empty, tokenize=False)
+    assert "You are a helpful assistant" in default and "You are a helpful assistant" not in suppressed
+    vision = build_sft_dataset([ex], data, task="next_item", templates=PromptTemplates(system="Be brief."))[0]
+    assert vision["prompt"][0] == {"role": "system", "content": [{"type": "text", "text": "Be brief."}]}
+
+
 def test_templates_can_be_overridden(data, split):
     templates = PromptTemplates(noun="video", answer="Answer: {title}")
     ds = build_sft_dataset(split.train[:1], data, with_images=False, templates=templates)

@@ -17,9 +17,10 @@ from hanorec_trl.pipeline.rundir import MARKER
 FAST = [
     "--tokenizer", "tiny", "--synthetic_num_users", "40", "--synthetic_num_items", "60",
     "--max_train_sequences", "8", "--max_test_sequences", "4", "--sft_max_steps", "2", "--dpo_max_steps", "2",
-    "--save_steps", "1", "--similarity_items", "12", "--responsiveness_warmup", "0",
+    "--save_steps", "1", "--similarity_items", "12", "--responsiveness_warmup", "0", "--score_permutations", "3",
 ]
-STAGES = ["data", "model", "sft", "hardness", "dpo/hano", "eval/sft", "eval/hano"]
+BASELINES = ["baseline-random", "baseline-position", "baseline-popularity", "baseline-markov", "baseline-item_knn"]
+STAGES = ["data", "model", "sft", "hardness", "dpo/hano", "eval/sft", "eval/hano"] + [f"eval/{b}" for b in BASELINES]
 METRICS = ["hr@1", "hr@3", "ndcg@3", "hr@5", "ndcg@5", "auc", "binary_auc"]
 
 
@@ -34,23 +35,38 @@ def _results(root):
     return json.loads((root / "report" / "results.json").read_text())
 
 
+def _trained(results):
+    return [name for name in results["models"] if not name.startswith("baseline-")]
+
+
 def _marker_times(root):
     return {s: (root / s / MARKER).stat().st_mtime_ns for s in STAGES}
 
 
 def test_default_run_produces_results_plots_and_markers(run_dir):
     results = _results(run_dir)
-    assert list(results["models"]) == ["sft", "hano"]
+    assert list(results["models"]) == BASELINES + ["sft", "hano"]  # the baselines first, on the same test rows
     for name in ("sft", "hano"):
         metrics = results["models"][name]
         for key in METRICS:
             assert isinstance(metrics[key], float) and math.isfinite(metrics[key]), (name, key)
             assert 0.0 <= metrics[key] <= 1.0
-        # every test sequence is scored once as a ranking row and once as an AUC row
+            if key != "binary_auc":  # a 95% interval around every other metric
+                low, high = metrics["intervals"][key]
+                assert low <= metrics[key] <= high, (name, key)
+        # every test sequence is one ranking example (scored in 3 candidate orders) and one AUC row
         assert metrics["num_ranking_rows"] == metrics["num_auc_rows"] == results["test_sequences"] > 0
+        assert metrics["num_prompt_rows"] == 3 * results["test_sequences"]
+        assert 0.0 <= metrics["position_top_first"] <= 1.0
+    for name in BASELINES:
+        assert results["models"][name]["num_ranking_rows"] == results["test_sequences"]
+    pairs = {(d["model"], d["reference"]) for d in results["paired_differences"]}
+    assert pairs == {("sft", "baseline-popularity"), ("hano", "baseline-popularity"), ("hano", "sft")}
     assert "random weights" in results["disclaimer"] and "synthetic data" in results["disclaimer"]
     markdown = (run_dir / "report" / "results.md").read_text()
     assert results["disclaimer"] in markdown and "| HaNoRec |" in markdown and "| SFT |" in markdown
+    assert "| popularity |" in markdown and "| item-kNN |" in markdown and "| random (expected) |" in markdown
+    assert f"same {results['test_sequences']} test sequences" in markdown and "top = first listed" in markdown
     for name in ("training_dynamics", "title_image_similarity"):
         with Image.open(results["plots"][name]) as image:
             assert image.format == "PNG" and image.size[0] > 500
@@ -151,7 +167,7 @@ def test_resumed_run_refuses_changed_arguments_and_extends_with_plain_dpo(run_di
     out = capsys.readouterr().out
     assert "[sft] finished earlier: skipped" in out and "[dpo/dpo] running" in out and "[hardness]" not in out
     results = _results(run_dir)
-    assert list(results["models"]) == ["sft", "dpo"]
+    assert _trained(results) == ["sft", "dpo"]
     history = json.loads((run_dir / "dpo" / "dpo" / "log_history.json").read_text())
     assert not any("hano/beta_mean" in h for h in history)  # plain TRL DPO: HaNoRec's adaptive beta is off
     assert any("loss" in h for h in history)
@@ -163,11 +179,13 @@ def test_variants_compare_sft_dpo_and_hano_in_one_table(run_dir, capsys):
     out = capsys.readouterr().out
     assert "[dpo/dpo] finished earlier: skipped" in out and "[dpo/hano] finished earlier: skipped" in out
     results = _results(run_dir)
-    assert list(results["models"]) == ["sft", "dpo", "hano"]
-    table = (run_dir / "report" / "results.md").read_text().split("\n\n| model | vs |")[0]
+    assert _trained(results) == ["sft", "dpo", "hano"]
+    table = (run_dir / "report" / "results.md").read_text().split("\n\nPosition diagnostic")[0]
     rows = [line.split("|")[1].strip() for line in table.splitlines() if line.startswith("| ")]
-    assert rows[1:] == ["SFT", "DPO", "HaNoRec"], table
+    assert rows[1:] == ["random (expected)", "list position", "popularity", "Markov (last item)", "item-kNN", "SFT",
+                        "DPO", "HaNoRec"], table
     # ... with HaNoRec paired against both SFT and plain DPO on the same test rows
     pairs = {(d["model"], d["reference"]) for d in results["paired_differences"]}
-    assert pairs == {("dpo", "sft"), ("hano", "sft"), ("hano", "dpo")}
+    assert pairs == {("dpo", "sft"), ("hano", "sft"), ("hano", "dpo")} | {
+        (name, "baseline-popularity") for name in ("sft", "dpo", "hano")}
     assert all(d["rows"] == results["test_sequences"] for d in results["paired_differences"])

@@ -272,7 +272,7 @@ def test_report_for_an_ablation_table(tmp_path):
     assert hano_vs_sft["difference"] == pytest.approx(0.1) and hano_vs_sft["rows"] == 10  # 1 of 10 rows: 3 -> 1
     wo_sam_vs_dpo = results["paired_differences"][-1]  # row 2: rank 3 (gain 0.5) where w/o ALL ranks 1
     assert wo_sam_vs_dpo["difference"] == pytest.approx(-(1 - 0.5) / 10) and wo_sam_vs_dpo["high"] <= 0
-    assert "| HaNoRec | w/o ALL (DPO) | HR@1 | -0.2000 |" in (tmp_path / "report" / "results.md").read_text()
+    assert "| HaNoRec | w/o ALL (DPO) | HR@1 | 10 | -0.2000 |" in (tmp_path / "report" / "results.md").read_text()
 
 
 def test_main_leaves_the_process_group_it_ran_in(tmp_path, capsys):

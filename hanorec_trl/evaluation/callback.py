@@ -16,8 +16,9 @@ logger = logging.getLogger(__name__)
 class RecommendationEvalCallback(TrainerCallback):
     """Evaluate ranking (HR@K, NDCG@K) and AUC while training; works with any ``transformers.Trainer`` (TRL's too).
 
-    Runs at every evaluation (``on_evaluate``, i.e. ``eval_strategy``) and, with ``every_n_steps``, every N
-    optimizer steps. Metrics are logged through ``trainer.log`` as ``eval_rec/hr@3`` etc. (so they reach
+    Runs at every evaluation (``on_evaluate``, i.e. ``eval_strategy``), with ``every_n_steps`` every N optimizer
+    steps, with ``at_start`` before the first step of a fresh run and with ``at_end`` after the last (a learning
+    curve from its start to its end). Metrics are logged through ``trainer.log`` as ``eval_rec/hr@3`` etc. (so they reach
     ``report_to`` and ``state.log_history``), and each run is written to
     ``<output_dir>/rec_eval/step-<N>.json``. Every process evaluates (identical data), so sharded models
     (DeepSpeed ZeRO-3, FSDP) keep their collective calls in step; only the main process writes the file.
@@ -40,6 +41,8 @@ class RecommendationEvalCallback(TrainerCallback):
         on_evaluate: bool = True,
         prefix: str = "eval_rec",
         write_json: bool = True,
+        at_start: bool = False,
+        at_end: bool = False,
     ):
         if ranking_rows is None and auc_rows is None:
             raise ValueError("RecommendationEvalCallback needs ranking_rows, auc_rows, or both")
@@ -50,6 +53,7 @@ class RecommendationEvalCallback(TrainerCallback):
         self.config = config or RecEvalConfig(progress=False)
         self.every_n_steps, self.run_on_evaluate = every_n_steps, on_evaluate
         self.prefix, self.write_json = prefix, write_json
+        self.at_start, self.at_end = at_start, at_end
         self.history: list[dict] = []
         self._last_step: int | None = None
 
@@ -77,6 +81,16 @@ class RecommendationEvalCallback(TrainerCallback):
 
     def on_evaluate(self, args, state, control, **kwargs):
         if self.run_on_evaluate:
+            self._run(args, state)
+        return control
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        if self.at_start and state.global_step == 0:  # the starting point of a learning curve (not on resume)
+            self._run(args, state)
+        return control
+
+    def on_train_end(self, args, state, control, **kwargs):
+        if self.at_end:
             self._run(args, state)
         return control
 

@@ -165,6 +165,12 @@ class DataArguments:
         metadata={"help": "'sequence' (paper) or 'user' (every window of a user in one part: no test target appears "
                   "in a training history).", "choices": ["sequence", "user"]},
     )
+    system_prompt: str | None = field(
+        default=None,
+        metadata={"help": "A system message before every prompt. None: none, so the chat template may add its own "
+                  "default (SmolLM2: 'You are a helpful AI assistant named SmolLM...', ~20 tokens); '': an empty one, "
+                  "which suppresses that default."},
+    )
     sliding_windows: bool = field(
         default=False,
         metadata={"help": "Every window of sequence_length consecutive items of a user becomes a sequence (not only "
@@ -383,6 +389,15 @@ class EvalArguments:
                   "(hanorec_trl.baselines); 'none' for none. Under uniform negatives popularity is the bar to beat.",
                   "choices": ["random", "position", "popularity", "markov", "item_knn", "none"]},
     )
+    curve_steps: int | None = field(
+        default=None,
+        metadata={"help": "Learning curve: evaluate the ranking (--eval_prompt, --score_permutations) on the first "
+                  "--curve_examples validation sequences before SFT, every N SFT steps and at its end, beside the "
+                  "popularity and item-kNN baselines on the same rows (report/learning_curve.png). None: no curve."},
+    )
+    curve_examples: int = field(
+        default=100, metadata={"help": "Validation sequences of the learning curve (--curve_steps)."}
+    )
     similarity_items: int = field(
         default=100,
         metadata={"help": "Vision models: items (test targets and candidates first) whose title-image cosine is "
@@ -475,6 +490,8 @@ class PipelineConfig:
                 raise PipelineConfigError(f"--{name}: {e}") from None
         if data.max_windows_per_user is not None and (data.max_windows_per_user < 1 or not data.sliding_windows):
             raise PipelineConfigError("--max_windows_per_user needs --sliding_windows and a value of at least 1")
+        if ev.curve_steps is not None and (ev.curve_steps < 1 or ev.curve_examples < 1):
+            raise PipelineConfigError("--curve_steps and --curve_examples must be at least 1")
         if ev.score_permutations is not None and ev.score_permutations < 1:
             raise PipelineConfigError(f"--score_permutations must be at least 1 (or None: every order), got "
                                       f"{ev.score_permutations}")

@@ -19,21 +19,66 @@ from .arguments import PLAIN_DPO, WO_ALL
 from .rundir import read_json, write_json_atomic
 
 METRIC_COLUMNS = ("hr@1", "hr@3", "ndcg@3", "hr@5", "ndcg@5", "hr@10", "ndcg@10", "auc", "binary_auc")
-HEADERS = {"auc": "AUC", "binary_auc": "binary AUC"}
+HEADERS = {"auc": "AUC", "binary_auc": "binary AUC", "position_top_first": "top = first listed",
+           "position_spearman": "Spearman(score, slot)"}
+BAR = "baseline-popularity"  # under uniform negatives the bar to beat (docs/evaluation.md)
 
 
 def _header(metric: str) -> str:
     return HEADERS.get(metric, metric.upper())
 
 
-def results_table(rows: Sequence[tuple[str, dict[str, float]]]) -> str:
-    """A Markdown table: one row per (label, metrics), the metric columns present in any row."""
+def _cell(value: Any, interval: Sequence[float] | None) -> str:
+    if not isinstance(value, (int, float)) or value != value:  # missing or NaN
+        return "-"
+    if interval is None:
+        return f"{value:.3f}"
+    return f"{value:.3f} [{interval[0]:.3f}, {interval[1]:.3f}]"
+
+
+def results_table(rows: Sequence[tuple[str, dict[str, float]]],
+                  intervals: dict[str, dict[str, Sequence[float]]] | None = None) -> str:
+    """A Markdown table: one row per (label, metrics), the metric columns present in any row; with ``intervals``
+    (label -> metric -> (low, high)) each cell also shows its 95% interval."""
+    intervals = intervals or {}
     columns = [m for m in METRIC_COLUMNS if any(m in metrics for _, metrics in rows)]
     lines = ["| model | " + " | ".join(_header(c) for c in columns) + " |",
              "|---|" + "---:|" * len(columns)]
     for label, metrics in rows:
-        cells = [f"{metrics[c]:.4f}" if isinstance(metrics.get(c), (int, float)) else "-" for c in columns]
+        cells = [_cell(metrics.get(c), intervals.get(label, {}).get(c)) for c in columns]
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def metric_intervals(evaluation: dict[str, Any], ks: Sequence[int]) -> dict[str, tuple[float, float]]:
+    """95% percentile-bootstrap intervals over the test rows of HR@K, NDCG@K (per-row hits and gains) and AUC, from the
+    per-row results an evaluation wrote (none for the exact expectation of the random baseline)."""
+    from ..evaluation.metrics import auc_interval, mean_interval, ndcg_gains
+
+    per_row = evaluation.get("per_row", {})
+    out: dict[str, tuple[float, float]] = {}
+    ranking = per_row.get("ranking")
+    if ranking and ranking.get("ranks"):
+        ranks = np.asarray([np.inf if r is None else r for r in ranking["ranks"]], dtype=np.float64)
+        for k in ks:
+            out[f"hr@{k}"] = mean_interval((ranks <= k).astype(np.float64))
+            out[f"ndcg@{k}"] = mean_interval(ndcg_gains(ranks, k))
+    auc = per_row.get("auc")
+    if auc and "auc" in evaluation["metrics"] and 0 < sum(auc["labels"]) < len(auc["labels"]):
+        out["auc"] = auc_interval(auc["labels"], auc["p_yes"])
+    return out
+
+
+def position_table(rows: Sequence[tuple[str, dict[str, float]]]) -> str | None:
+    """Markdown: the position diagnostic of every model that has one (evaluate_recommender's ``position_*``)."""
+    keys = ("position_top_first", "position_spearman")
+    present = [(label, m) for label, m in rows if "position_top_first" in m]
+    if not present:
+        return None
+    lines = ["| model | prompts scored | " + " | ".join(_header(k) for k in keys) + " |", "|---|---:|---:|---:|"]
+    for label, m in present:
+        lines.append(f"| {label} | {m.get('num_prompt_rows', '-')} | " + " | ".join(_cell(m.get(k), None) for k in keys)
+                     + " |")
     return "\n".join(lines)
 
 
@@ -41,11 +86,12 @@ PLAIN_DPO_NAMES = (PLAIN_DPO.name, WO_ALL.name)  # every HaNoRec switch off: TRL
 
 
 def paired_differences(per_row_ranks: dict[str, list[float | None]], models: Sequence[tuple[str, str]],
-                       ks: Sequence[int]) -> list[dict[str, Any]]:
-    """Each preference-optimized model against SFT and against plain DPO (when the run has it) on the same test rows:
-    the mean per-row difference of HR@1 and NDCG@max(K) with a 95% paired bootstrap interval
-    (:func:`~hanorec_trl.evaluation.metrics.paired_bootstrap`). Models without per-row ranks, or evaluated on other
-    rows than their reference, are left out."""
+                       ks: Sequence[int], bar: str | None = None) -> list[dict[str, Any]]:
+    """Each trained model against ``bar`` (a baseline's name, e.g. popularity), and each preference-optimized model
+    against SFT and against plain DPO (when the run has it), on the same test rows: the mean per-row difference of
+    HR@1 and NDCG@max(K) with a 95% paired bootstrap interval
+    (:func:`~hanorec_trl.evaluation.metrics.paired_bootstrap`). ``models`` are the trained models (baselines are
+    not compared with each other); pairs without per-row ranks, or evaluated on other rows, are left out."""
     from ..evaluation.metrics import ndcg_gains, paired_bootstrap
 
     top = max(ks)
@@ -55,7 +101,8 @@ def paired_differences(per_row_ranks: dict[str, list[float | None]], models: Seq
                   for name, r in ranks.items()}
     names = [name for name, _ in models]
     plain_dpo = [name for name in names if name in PLAIN_DPO_NAMES]
-    pairs = [(name, "sft") for name in names if name != "sft"]
+    pairs = [(name, bar) for name in names] if bar is not None else []
+    pairs += [(name, "sft") for name in names if name != "sft"]
     pairs += [(name, reference) for reference in plain_dpo for name in names if name not in ("sft", *plain_dpo)]
     out = []
     for name, reference in pairs:
@@ -69,11 +116,12 @@ def paired_differences(per_row_ranks: dict[str, list[float | None]], models: Seq
 
 def differences_table(differences: Sequence[dict[str, Any]], labels: dict[str, str]) -> str:
     """Markdown: one row per (model, reference, metric) with the difference and its 95% interval."""
-    lines = ["| model | vs | metric | difference | 95% CI | P(diff <= 0) |", "|---|---|---|---:|---|---:|"]
+    lines = ["| model | vs | metric | rows | difference | 95% CI | P(diff <= 0) |",
+             "|---|---|---|---:|---:|---|---:|"]
     for d in differences:
         lines.append(f"| {labels.get(d['model'], d['model'])} | {labels.get(d['reference'], d['reference'])} | "
-                     f"{_header(d['metric'])} | {d['difference']:+.4f} | [{d['low']:+.4f}, {d['high']:+.4f}] | "
-                     f"{d['p_not_better']:.3f} |")
+                     f"{_header(d['metric'])} | {d['rows']} | {d['difference']:+.4f} | [{d['low']:+.4f}, "
+                     f"{d['high']:+.4f}] | {d['p_not_better']:.3f} |")
     return "\n".join(lines)
 
 
@@ -128,6 +176,33 @@ def plot_training_dynamics(histories: dict[str, list[dict]], labels: dict[str, s
     return path
 
 
+def plot_learning_curve(curve: dict[str, Any], path: Path) -> Path:
+    """HR@1 and NDCG@10 (or the largest K) of the model on the curve's validation rows over the SFT steps, with the
+    baselines on the same rows as horizontal lines (paper Fig. 3 style)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    points = curve["points"]
+    ndcg = max((k for k in points[0] if k.startswith("ndcg@")), key=lambda k: int(k.split("@")[1]))
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+    steps = [p["step"] for p in points]
+    for ax, metric in zip(axes, ("hr@1", ndcg)):
+        ax.plot(steps, [p[metric] for p in points], marker="o", color="C0", label="model (SFT)")
+        for index, (name, values) in enumerate(curve["baselines"].items()):
+            if metric in values:
+                ax.axhline(values[metric], linestyle="--", color=f"C{index + 1}", label=values.get("label", name))
+        ax.set_xlabel("SFT optimizer step")
+        ax.set_title(f"{_header(metric)} on {curve['examples']} {curve.get('split', 'validation')} sequences")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
 def plot_similarity(before: np.ndarray, after: dict[str, np.ndarray], labels: dict[str, str], path: Path) -> Path:
     """Title-image cosine after vs before DPO per item, and the mean change per quintile of the initial cosine."""
     import matplotlib
@@ -174,11 +249,15 @@ def write_report(run_root: Path, models: Sequence[tuple[str, str]], *, beta0: fl
     evaluations = {name: read_json(run_root / "eval" / name / "metrics.json") for name, _ in models}
     metrics = {name: evaluation["metrics"] for name, evaluation in evaluations.items()}
     labels = dict(models)
-    table = results_table([(label, metrics[name]) for name, label in models])
+    ks = sorted({int(m.split("@")[1]) for values in metrics.values() for m in values if m.startswith("ndcg@")})
+    intervals = {labels[name]: metric_intervals(e, ks) for name, e in evaluations.items()}
+    table = results_table([(label, metrics[name]) for name, label in models], intervals)
+    positions = position_table([(label, metrics[name]) for name, label in models])
     ranks = {name: e["per_row"]["ranking"]["ranks"] for name, e in evaluations.items()
              if "ranking" in e.get("per_row", {})}
-    ks = sorted({int(m.split("@")[1]) for values in metrics.values() for m in values if m.startswith("ndcg@")})
-    differences = paired_differences(ranks, models, ks) if ks and len(ranks) > 1 else []
+    trained = [(name, label) for name, label in models if not name.startswith("baseline-")]
+    bar = BAR if BAR in ranks else None
+    differences = paired_differences(ranks, trained, ks, bar=bar) if ks and len(ranks) > 1 else []
     differences_md = differences_table(differences, labels) if differences else None
 
     plots: dict[str, str] = {}
@@ -187,6 +266,10 @@ def write_report(run_root: Path, models: Sequence[tuple[str, str]], *, beta0: fl
     if histories:
         plots["training_dynamics"] = str(plot_training_dynamics(histories, labels, beta0,
                                                                 folder / "training_dynamics.png"))
+    curve_file = run_root / "sft" / "learning_curve.json"
+    curve = read_json(curve_file) if curve_file.is_file() else None
+    if curve and curve["points"]:
+        plots["learning_curve"] = str(plot_learning_curve(curve, folder / "learning_curve.png"))
     similarity = {name: read_json(p) for name, _ in models
                   if (p := run_root / "eval" / name / "similarity.json").is_file()}
     similarity_summary: dict[str, Any] = {}
@@ -201,15 +284,23 @@ def write_report(run_root: Path, models: Sequence[tuple[str, str]], *, beta0: fl
             **{f"{n}_mean_change": float((v - before).mean()) for n, v in after.items()},
         }
 
-    results = {**header, "disclaimer": disclaimer, "models": {name: {"label": labels[name], **metrics[name]}
-                                                              for name, _ in models},
+    results = {**header, "disclaimer": disclaimer,
+               "models": {name: {"label": labels[name], **metrics[name],
+                                 "intervals": {k: list(v) for k, v in intervals[labels[name]].items()}}
+                          for name, _ in models},
                "paired_differences": differences, "title_image_similarity": similarity_summary, "plots": plots}
     write_json_atomic(folder / "results.json", results, sort_keys=False)  # models in table order
     lines = [f"# Results: {header.get('run_dir', '')}", ""]
     if disclaimer:
         lines += [f"> **{disclaimer}**", ""]
-    lines += [f"Dataset: {header.get('dataset')}; model: {header.get('model')}; test sequences: "
-              f"{header.get('test_sequences')}.", "", table, ""]
+    lines += [f"Dataset: {header.get('dataset')}; model: {header.get('model')}; every row of the table is scored on "
+              f"the same {header.get('test_sequences')} test sequences. In brackets: the 95% percentile-bootstrap "
+              "interval over those rows. Under uniform negatives popularity is the bar to beat, not random.", "",
+              table, ""]
+    if positions:
+        lines += ["Position diagnostic over the scored prompts (a model that ignores list position: top = first "
+                  "listed near 1/num_candidates, Spearman near 0; the averaged ranking above is free of it):", "",
+                  positions, ""]
     if differences_md:
         lines += ["Paired differences on the same test rows (95% percentile bootstrap over rows, 10,000 resamples; "
                   "an interval that contains 0 is no evidence of a difference):", "",
@@ -219,8 +310,9 @@ def write_report(run_root: Path, models: Sequence[tuple[str, str]], *, beta0: fl
             f"{labels.get(k[:-5], k[:-5])} {v:.4f}" for k, v in similarity_summary.items() if k.endswith("_mean")), ""]
     lines += [f"![{name}]({Path(p).name})" for name, p in plots.items()]
     (folder / "results.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
-    return {**results, "table": table, "differences_table": differences_md}
+    return {**results, "table": table, "differences_table": differences_md, "position_table": positions}
 
 
-__all__ = ["differences_table", "paired_differences", "plot_similarity", "plot_training_dynamics", "results_table",
-           "write_report"]
+__all__ = ["differences_table", "metric_intervals", "paired_differences", "plot_learning_curve", "plot_similarity",
+           "plot_training_dynamics",
+           "position_table", "results_table", "write_report"]

@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 from ..data import (
+    PromptTemplates,
     ProtocolConfig,
     RecData,
     RecSplit,
@@ -40,7 +41,7 @@ from ..data import (
 )
 from ..evaluation.scoring import text_tokenizer
 from ..fast.forward import frozen_vision_without_graph, image_feature_cache, parameters_sharded
-from .arguments import PipelineConfig, Variant, extra_args
+from .arguments import PipelineConfig, PipelineConfigError, Variant, extra_args
 from .modeling import (
     ModelSpec,
     load_model,
@@ -118,6 +119,10 @@ class RunContext:
 
     def processing_class(self):
         return processing_class(self.spec, self.config.model, self.config.data)
+
+    @property
+    def templates(self) -> PromptTemplates:
+        return PromptTemplates(system=self.config.data.system_prompt)
 
 
 
@@ -392,12 +397,13 @@ def stage_sft(ctx: RunContext) -> dict:
     sft = config.sft
     inputs = {**dataclasses.asdict(sft), **_lora_fields(config), "sft_task": config.data.sft_task,
               "max_train_sequences": config.data.max_train_sequences, "dpo_init": config.resolved_dpo_init(),
-              "image_pixels": [config.data.image_min_pixels, config.data.image_max_pixels]}
+              "image_pixels": [config.data.image_min_pixels, config.data.image_max_pixels],
+              "system_prompt": config.data.system_prompt}
 
     def work() -> dict:
         proc = ctx.processing_class()
         train = build_sft_dataset(ctx.train_examples, ctx.data, task=config.data.sft_task,
-                                  with_images=ctx.with_images)
+                                  with_images=ctx.with_images, templates=ctx.templates)
         model = _load_base(ctx)
         args = SFTConfig(
             **_trainer_settings(ctx, folder / "trainer"), num_train_epochs=sft.sft_epochs, max_steps=sft.sft_max_steps,
@@ -407,7 +413,10 @@ def stage_sft(ctx: RunContext) -> dict:
         )
         trainer = SFTTrainer(model=model, args=args, train_dataset=train, processing_class=proc,
                              peft_config=lora_config(model, config.model))
+        curve_examples = _add_learning_curve(ctx, trainer)
         summary = _train(ctx, trainer, folder, "SFT", sft=True)
+        if curve_examples is not None and ctx.is_main:
+            summary["learning_curve"] = _write_learning_curve(ctx, folder, curve_examples)
         del trainer, model
         _free_memory()
         if ctx.is_main and config.resolved_dpo_init() == "merge":
@@ -418,6 +427,52 @@ def stage_sft(ctx: RunContext) -> dict:
         return summary
 
     return run_stage(ctx, "sft", folder, inputs, work, all_processes=True, keep=("trainer",))
+
+
+CURVE_BASELINES = ("popularity", "item_knn")
+
+
+def _add_learning_curve(ctx: RunContext, trainer):
+    """With ``--curve_steps``: a callback that evaluates the ranking on the first ``--curve_examples`` validation
+    sequences before the first SFT step, every N steps and at the end (``trainer/rec_eval/step-<N>.json``).
+    Returns those examples, or None without a curve."""
+    from ..evaluation import RecEvalConfig, RecommendationEvalCallback
+
+    ev = ctx.config.eval
+    if ev.curve_steps is None:
+        return None
+    examples = ctx.split.validation[: ev.curve_examples]
+    if not examples:
+        raise PipelineConfigError("--curve_steps needs validation sequences, and this split has none")
+    rows = _ranking_rows(ctx, examples)
+    settings = RecEvalConfig(ks=tuple(ev.eval_ks) if ev.eval_ks else None, batch_size=ev.eval_batch_size,
+                             progress=False)
+    trainer.add_callback(RecommendationEvalCallback(trainer, ranking_rows=rows, config=settings,
+                                                    every_n_steps=ev.curve_steps, on_evaluate=False, at_start=True,
+                                                    at_end=True, prefix="curve"))
+    return examples
+
+
+def _write_learning_curve(ctx: RunContext, folder: Path, examples) -> dict:
+    """Collect the curve's evaluations (also those of an interrupted and resumed run) and the baselines on the same
+    validation rows into ``learning_curve.json``; returns its summary."""
+    from ..baselines import LABELS, TrainingInteractions, evaluate_baseline, expected_random_metrics, fit_baseline
+
+    points = []
+    for path in (folder / "trainer" / "rec_eval").glob("step-*.json"):
+        points.append({"step": int(path.stem.split("-")[1]), **read_json(path)["metrics"]})
+    points.sort(key=lambda p: p["step"])
+    ks = tuple(ctx.config.eval.eval_ks) if ctx.config.eval.eval_ks else None
+    training = TrainingInteractions.from_split(ctx.data, ctx.split)
+    baselines = {"random": {"label": LABELS["random"], **expected_random_metrics(examples, ks)["metrics"]}}
+    for name in CURVE_BASELINES:
+        baselines[name] = {"label": LABELS[name],
+                           **evaluate_baseline(fit_baseline(name, training), examples, ks)["metrics"]}
+    curve = {"examples": len(examples), "split": "validation", "points": points, "baselines": baselines}
+    write_json_atomic(folder / "learning_curve.json", curve)
+    last = points[-1] if points else {}
+    return {"points": len(points), "last_step": last.get("step"),
+            **{k: last[k] for k in ("hr@1", "ndcg@10") if k in last}}
 
 
 def _load_base(ctx: RunContext):
@@ -491,7 +546,7 @@ def _dpo_dataset(ctx: RunContext, index=None, item_rows: dict[str, int] | None =
         similarity = _item_similarity(index, item_rows)
     return build_dpo_dataset(ctx.train_examples, ctx.data, task=config.data.dpo_task, rejected=config.data.rejected,
                              num_rejected=config.data.num_rejected, seed=config.run.seed, similarity=similarity,
-                             with_images=ctx.with_images)
+                             with_images=ctx.with_images, templates=ctx.templates)
 
 
 def stage_hardness(ctx: RunContext) -> dict:
@@ -570,7 +625,8 @@ def stage_dpo(ctx: RunContext, variant: Variant) -> dict:
     folder = ctx.rundir.stage_dir("dpo", variant.name)
     inputs = {**_fields(dpo, DPO_FIELDS), **switches, **_lora_fields(config), "dpo_task": config.data.dpo_task,
               "num_rejected": config.data.num_rejected, "rejected": config.data.rejected,
-              "max_train_sequences": config.data.max_train_sequences, "dpo_init": config.resolved_dpo_init()}
+              "max_train_sequences": config.data.max_train_sequences, "dpo_init": config.resolved_dpo_init(),
+              "system_prompt": config.data.system_prompt}
 
     def work() -> dict:
         proc = ctx.processing_class()
@@ -608,10 +664,20 @@ def stage_dpo(ctx: RunContext, variant: Variant) -> dict:
 # ----------------------------------------------------------------------------------------------------------------
 
 
+def _ranking_rows(ctx: RunContext, examples):
+    """Ranking evaluation rows of ``examples`` in the run's prompt format and candidate orders."""
+    config = ctx.config
+    return build_ranking_eval_dataset(examples, ctx.data, with_images=ctx.with_images, templates=ctx.templates,
+                                      prompt=config.evaluation_prompt(), permutations=config.eval.score_permutations,
+                                      seed=config.run.seed)
+
+
 def _evaluation_inputs(config: PipelineConfig) -> dict[str, Any]:
     """What a finished evaluation depends on (the baselines shown beside it do not change it)."""
-    values = {k: v for k, v in dataclasses.asdict(config.eval).items() if k != "baselines"}
-    return {**values, "eval_prompt": config.evaluation_prompt(), "max_test_sequences": config.data.max_test_sequences}
+    values = {k: v for k, v in dataclasses.asdict(config.eval).items()
+              if k not in ("baselines", "curve_steps", "curve_examples")}
+    return {**values, "eval_prompt": config.evaluation_prompt(), "max_test_sequences": config.data.max_test_sequences,
+            "system_prompt": config.data.system_prompt}
 
 
 def stage_baselines(ctx: RunContext) -> list[tuple[str, str]]:
@@ -675,10 +741,8 @@ def stage_evaluate(ctx: RunContext, name: str, load: Callable[[], Any]) -> dict:
             if torch.cuda.is_available():
                 model.to("cuda")
         test = ctx.test_examples
-        ranking = build_ranking_eval_dataset(test, ctx.data, with_images=ctx.with_images,
-                                             prompt=config.evaluation_prompt(), permutations=ev.score_permutations,
-                                             seed=config.run.seed)
-        auc = build_auc_eval_dataset(test, ctx.data, with_images=ctx.with_images)
+        ranking = _ranking_rows(ctx, test)
+        auc = build_auc_eval_dataset(test, ctx.data, with_images=ctx.with_images, templates=ctx.templates)
         eval_config = RecEvalConfig(ks=tuple(ev.eval_ks) if ev.eval_ks else None, ranking_mode=ev.eval_ranking_mode,
                                     auc_probability=ev.auc_probability, batch_size=ev.eval_batch_size)
         metrics = evaluate_recommender(model, proc, ranking, auc, config=eval_config,
