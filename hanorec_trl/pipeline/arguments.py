@@ -387,7 +387,7 @@ class EvalArguments:
         default_factory=lambda: ["random", "position", "popularity", "markov", "item_knn"],
         metadata={"help": "Classical baselines scored on the same test rows and shown in every results table "
                   "(hanorec_trl.baselines); 'none' for none. Under uniform negatives popularity is the bar to beat.",
-                  "choices": ["random", "position", "popularity", "markov", "item_knn", "none"]},
+                  "choices": ["random", "position", "popularity", "markov", "item_knn", "sasrec", "none"]},
     )
     curve_steps: int | None = field(
         default=None,
