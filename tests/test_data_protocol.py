@@ -173,11 +173,20 @@ def test_freeze_refuses_to_overwrite(tmp_path, split):
 
 
 def test_sliding_windows_and_split_by_user(data):
-    cfg = ProtocolConfig(sliding_windows=True, split_by="user", seed=3)
+    cfg = ProtocolConfig(sliding_windows=True, split_by="user", seed=3, evaluation_windows="all")
     split = build_split(data, cfg)
     sequences = data.user_sequences()
     expected = sum(len(s) - 5 for s in sequences.values() if len(s) >= 6)
-    assert sum(split.counts().values()) == expected
+    assert sum(split.counts().values()) == expected == split.stats["num_windows"]
+    # default: one evaluation row per validation/test user, their most recent window; training keeps every window
+    last = build_split(data, ProtocolConfig(sliding_windows=True, split_by="user", seed=3))
+    assert [ex.sequence_id for ex in last.train] == [ex.sequence_id for ex in split.train]
+    for name in ("validation", "test"):
+        everything, latest = getattr(split, name), getattr(last, name)
+        users = {ex.user for ex in everything}
+        assert sorted(ex.user for ex in latest) == sorted(users)
+        for ex in latest:
+            assert int(ex.sequence_id.split(":")[1]) == len(sequences[ex.user]) - 1
     owners = {}
     for part, examples in split.parts():
         for ex in examples:

@@ -71,6 +71,12 @@ class ProtocolConfig:
     max_windows_per_user: int | None = field(
         default=None, metadata={"help": "Keep at most this many (most recent) windows per user; None keeps all."}
     )
+    evaluation_windows: str = field(
+        default="last",
+        metadata={"help": "With sliding_windows: 'last' keeps only each user's most recent window in the validation "
+                  "and test parts (one evaluation row per user, as without sliding windows); 'all' keeps every "
+                  "window there too."},
+    )
     split_ratios: tuple[float, float, float] = field(
         default=(0.8, 0.1, 0.1), metadata={"help": "Train/validation/test fractions of the sequences."}
     )
@@ -96,6 +102,8 @@ class ProtocolConfig:
             )
         if len(self.split_ratios) != 3 or min(self.split_ratios) < 0 or not math.isclose(sum(self.split_ratios), 1.0):
             raise ValueError(f"split_ratios must be three non-negative fractions summing to 1, got {self.split_ratios}")
+        if self.evaluation_windows not in ("last", "all"):
+            raise ValueError(f"evaluation_windows must be 'last' or 'all', got {self.evaluation_windows!r}")
         if self.split_by not in ("sequence", "user"):
             raise ValueError(f"split_by must be 'sequence' or 'user', got {self.split_by!r}")
         if self.num_candidates < 2:
@@ -235,8 +243,18 @@ def build_split(data: RecData, config: ProtocolConfig | None = None) -> RecSplit
 
     # candidates, AUC examples (sequences in user order; labels balanced within each part)
     parts: list[list[int]] = [[], [], []]
+    latest: dict[tuple[int, str], int] = {}  # (part, user) -> the user's most recent window in that part
     for k, part in enumerate(assignment):
+        key = (part, raw[k][1])
+        if part == 0 or cfg.evaluation_windows == "all" or not cfg.sliding_windows:
+            parts[part].append(k)
+        elif key not in latest or int(raw[k][0].rsplit(":", 1)[1]) > int(raw[latest[key]][0].rsplit(":", 1)[1]):
+            latest[key] = k
+    for (part, _), k in sorted(latest.items(), key=lambda entry: entry[1]):
         parts[part].append(k)
+    for members in parts:
+        members.sort()
+    kept = {k for members in parts for k in members}
     labels = [0] * len(raw)
     for members in parts:
         ones = (len(members) + 1) // 2
@@ -245,10 +263,12 @@ def build_split(data: RecData, config: ProtocolConfig | None = None) -> RecSplit
         for k, flag in zip(members, auc_rng.permutation(flags).tolist()):
             labels[k] = flag
 
-    examples: list[SequenceExample] = []
+    examples: dict[int, SequenceExample] = {}
     for k, (sequence_id, user, history, target) in enumerate(
         tqdm(raw, desc="sampling candidates", disable=len(raw) < 20_000, leave=False)
     ):
+        if k not in kept:
+            continue
         seen = data.interacted(user)
         if len(pool) - len(seen) < negatives_needed:
             raise ValueError(
@@ -261,7 +281,7 @@ def build_split(data: RecData, config: ProtocolConfig | None = None) -> RecSplit
         extra = _sample_unseen(auc_rng, pool, seen, cfg.auc_num_unwatched + 1)
         unwatched, decoy = extra[:-1], extra[-1]
         label = labels[k]
-        examples.append(
+        examples[k] = (
             SequenceExample(
                 sequence_id=sequence_id,
                 user=user,
@@ -280,6 +300,7 @@ def build_split(data: RecData, config: ProtocolConfig | None = None) -> RecSplit
         "num_users_kept": len(kept_users),
         "num_users_dropped": len(sequences) - len(kept_users),
         "num_sequences": len(examples),
+        "num_windows": len(raw),
     }
     return RecSplit(
         train=split_parts[0],

@@ -176,6 +176,11 @@ class DataArguments:
         metadata={"help": "Every window of sequence_length consecutive items of a user becomes a sequence (not only "
                   "the most recent one): more training examples per user. Use with --split_by user."},
     )
+    evaluation_windows: str = field(
+        default="last",
+        metadata={"help": "With --sliding_windows: 'last' evaluates each validation/test user once, on their most "
+                  "recent window; 'all' evaluates every window.", "choices": ["last", "all"]},
+    )
     max_windows_per_user: int | None = field(
         default=None, metadata={"help": "With --sliding_windows: keep at most this many (most recent) windows per user."}
     )

@@ -184,7 +184,7 @@ def _fields(obj, names) -> dict[str, Any]:
 
 DATA_FIELDS = ("dataset", "data_dir", "synthetic_num_users", "synthetic_num_items", "max_users", "min_interactions",
                "sequence_length", "num_candidates", "auc_num_unwatched", "split_by", "sliding_windows",
-               "max_windows_per_user")
+               "max_windows_per_user", "evaluation_windows")
 
 
 def subsample_users(data: RecData, num_users: int, seed: int) -> RecData:
@@ -235,7 +235,8 @@ def stage_data(ctx: RunContext) -> dict:
             min_interactions=config.data.min_interactions, sequence_length=config.data.sequence_length,
             num_candidates=config.data.num_candidates, auc_num_unwatched=config.data.auc_num_unwatched,
             split_by=config.data.split_by, sliding_windows=config.data.sliding_windows,
-            max_windows_per_user=config.data.max_windows_per_user, seed=config.run.seed,
+            max_windows_per_user=config.data.max_windows_per_user, evaluation_windows=config.data.evaluation_windows,
+            seed=config.run.seed,
         )
         split = build_split(ctx.data, protocol)
         freeze_split(split, folder / "split")
