@@ -61,11 +61,14 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=100, help="first N test sequences of the split")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--batch_size", type=int, default=4)
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     parser.add_argument("--scorings", nargs="*", default=list(SCORINGS), choices=list(SCORINGS),
                         help="SmolLM2 scorings to run (none: the baselines only)")
     parser.add_argument("--output", default=str(Path(__file__).parent / "results" / "position_bias.json"))
     args = parser.parse_args()
     torch.manual_seed(args.seed)
+    if args.threads:
+        torch.set_num_threads(args.threads)
 
     data = load_movielens_1m(args.data_dir, images=False)
     split = build_split(data, ProtocolConfig(seed=args.seed))

