@@ -57,7 +57,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 RESULTS = Path(__file__).resolve().parent / "results"
 VARIANTS = ("dpo", "hano", "wo_hars", "wo_nodo")
 VARIANT_LABELS = {"sft": "SFT", "dpo": "DPO", "hano": "HaNoRec", "wo_hars": "w/o HaRS (noise only)",
-                  "wo_nodo": "w/o NoDO (HaRS only)"}
+                  "wo_nodo": "w/o NoDO (HaRS only)", "dpo_reseed": "DPO, other training seed (null control)"}
+OPTIONAL_VARIANTS = ("dpo_reseed",)  # --variants ... dpo_reseed: plain DPO again with training seed + 1000
 REJECTED = ("random", "hard")
 TEST_SETS = ("test", "test_hard")
 BASELINE_NAMES = ("popularity", "markov", "item_knn")
@@ -70,6 +71,7 @@ COMPARISONS = tuple(
     + [(f"dpo-{r} vs sft", f"dpo-{r}", "sft") for r in REJECTED]
     + [(f"hano-{r} vs sft", f"hano-{r}", "sft") for r in REJECTED]
     + [("dpo-hard vs dpo-random", "dpo-hard", "dpo-random"), ("sft vs popularity", "sft", "popularity")]
+    + [(f"dpo_reseed-{r} vs dpo-{r}", f"dpo_reseed-{r}", f"dpo-{r}") for r in REJECTED]
 )
 
 
@@ -102,7 +104,7 @@ class TestbedConfig:
     dpo_examples: int = 768
     dpo_steps: int = 48
     dpo_batch_size: int = 16
-    dpo_learning_rate: float = 1e-3
+    dpo_learning_rate: float = 5e-3
     beta: float = 0.1
     lora_r: int = 8
     lora_alpha: int = 16
@@ -242,6 +244,7 @@ VARIANT_SWITCHES = {
     "hano": dict(use_hardness=True, use_responsiveness=True, noise=True),
     "wo_hars": dict(use_hardness=False, use_responsiveness=False, noise=True),
     "wo_nodo": dict(use_hardness=True, use_responsiveness=True, noise=False),
+    "dpo_reseed": dict(use_hardness=False, use_responsiveness=False, noise=False, seed_offset=1000),
 }
 
 
@@ -470,7 +473,8 @@ def run_seed(seed: int, cfg: TestbedConfig, work_dir: Path, *, progress: bool = 
                 lr_scheduler_type="constant", beta=cfg.beta, use_hardness=sw["use_hardness"],
                 use_responsiveness=sw["use_responsiveness"], responsiveness_warmup=cfg.responsiveness_warmup,
                 lora_noise_std=cfg.lora_noise_std if sw["noise"] else 0.0, use_cpu=True, bf16=False,
-                gradient_checkpointing=False, save_strategy="no", report_to="none", logging_steps=1, seed=seed,
+                gradient_checkpointing=False, save_strategy="no", report_to="none", logging_steps=1,
+                seed=seed + sw.get("seed_offset", 0),
                 dataloader_num_workers=0, disable_tqdm=True, max_length=None,
             )
             dataset = dpo_sets[rejected]
@@ -581,7 +585,9 @@ def plot(summary: dict[str, Any], path: Path, title: str) -> None:
 
     fig, axes = plt.subplots(len(TEST_SETS), len(METRICS), figsize=(11, 7), squeeze=False)
     colours = {"random": "#4c72b0", "hard": "#dd8452"}
-    shown = ("hano", "wo_hars", "wo_nodo")
+    present = {name for part in summary.values() if isinstance(part, dict) for name in part.get("models", {})}
+    shown = tuple(v for v in ("hano", "wo_hars", "wo_nodo", *OPTIONAL_VARIANTS)
+                  if any(f"{v}-{r}" in present for r in REJECTED))
     for i, set_name in enumerate(TEST_SETS):
         diffs = summary.get(set_name, {}).get("differences", {})
         for j, m in enumerate(METRICS):
@@ -627,7 +633,8 @@ def markdown_tables(result: dict[str, Any]) -> str:
             continue
         lines += [f"**{set_name}** (mean over {len(summary['seeds'])} seeds of the per-seed metric; "
                   "seed standard deviation in brackets)", "", "| model | HR@1 | NDCG@10 |", "|---|---:|---:|"]
-        order = ["random", *BASELINE_NAMES, "sft"] + [f"{v}-{r}" for r in REJECTED for v in VARIANTS]
+        order = ["random", *BASELINE_NAMES, "sft"] + [f"{v}-{r}" for r in REJECTED
+                                                       for v in (*VARIANTS, *OPTIONAL_VARIANTS)]
         for name in order:
             if name not in part["models"]:
                 continue
@@ -637,13 +644,16 @@ def markdown_tables(result: dict[str, Any]) -> str:
                 sd = f" ({e['seed_std']:.3f})" if e["seed_std"] is not None else ""
                 cells.append(f"{e['mean']:.3f}{sd}")
             lines.append(f"| {name} | {' | '.join(cells)} |")
-        lines += ["", "| comparison | HR@1 diff [95% CI, pooled rows] | seeds +/- | NDCG@10 diff [95% CI] | seeds +/- |",
-                  "|---|---:|---:|---:|---:|"]
+        lines += ["", "| comparison | HR@1 diff [95% CI, pooled rows] | [95% CI over seeds] | seeds +/- "
+                  "| NDCG@10 diff [95% CI, pooled rows] | [95% CI over seeds] | seeds +/- |",
+                  "|---|---:|---:|---:|---:|---:|---:|"]
         for name, entry in part["differences"].items():
             cells = []
             for m in METRICS:
                 r = entry[m]["pooled_rows"]
                 cells.append(f"{r['difference']:+.3f} [{r['low']:+.3f}, {r['high']:+.3f}]")
+                seeds = entry[m].get("over_seeds")
+                cells.append(f"[{seeds['low']:+.3f}, {seeds['high']:+.3f}]" if seeds else "-")
                 cells.append(f"{entry[m]['seeds_above']}/{entry[m]['seeds_below']}")
             lines.append(f"| {name} | {' | '.join(cells)} |")
         lines.append("")
@@ -653,6 +663,12 @@ def markdown_tables(result: dict[str, Any]) -> str:
 # ----------------------------------------------------------------------------------------------------------------
 # Driver
 # ----------------------------------------------------------------------------------------------------------------
+
+
+def plot_title(result: dict[str, Any]) -> str:
+    rows = sum(r["data"]["test_rows"] for r in result["seeds"])
+    return (f"Synthetic testbed: difference to plain DPO (same rejected items), {len(result['seeds'])} seeds, "
+            f"{rows} test rows in all\n(bars: all seeds' rows pooled, 95% paired bootstrap CI; dots: one seed each)")
 
 
 def hardware() -> dict[str, Any]:
@@ -709,9 +725,7 @@ def run_testbed(cfg: TestbedConfig, seeds, out: Path, plot_path: Path | None, wo
         result["wall_seconds_total"] = float(sum(r["wall_seconds"] for r in result["seeds"]))
         _write_json(out, result)
         if plot_path is not None:
-            plot(result["pooled"], plot_path, f"Synthetic testbed: differences to plain DPO, "
-                 f"{len(result['seeds'])} seeds x {record['data']['test_rows']} test rows (bars: pooled rows, "
-                 "95% CI; dots: seeds)")
+            plot(result["pooled"], plot_path, plot_title(result))
         log(f"seed {seed} done in {record['wall_seconds']:.0f} s -> {out}")
     if not result["pooled"]:
         result["pooled"] = pooled(result["seeds"], cfg.bootstrap_resamples)
@@ -730,6 +744,7 @@ def parse_args(argv=None):
     parser.add_argument("--threads", type=int, default=1, help="torch threads")
     parser.add_argument("--no_resume", action="store_true", help="start over even if --out has these settings")
     parser.add_argument("--no_progress", action="store_true")
+    parser.add_argument("--replot", action="store_true", help="only redraw the plot and print the tables of --out")
     for f in dataclasses.fields(TestbedConfig):
         if f.name in ("variants", "rejected"):
             parser.add_argument(f"--{f.name}", nargs="+", default=None)
@@ -754,6 +769,11 @@ def main(argv=None) -> dict[str, Any]:
     seeds = list(range(args.first_seed, args.first_seed + (2 if args.quick and args.seeds == 10 else args.seeds)))
     out = args.out or RESULTS / ("testbed_quick.json" if args.quick else "testbed.json")
     plot_path = args.plot or out.with_suffix(".png")
+    if args.replot:
+        result = json.loads(out.read_text())
+        plot(result["pooled"], plot_path, plot_title(result))
+        print(markdown_tables(result))
+        return result
     command = "python benchmarks/testbed.py " + " ".join(sys.argv[1:] if argv is None else argv)
     result = run_testbed(cfg, seeds, out, plot_path, args.work_dir, command=command.strip(),
                          progress=not args.no_progress, resume=not args.no_resume)
