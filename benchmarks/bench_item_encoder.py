@@ -15,7 +15,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from hanorec_trl.data.loaders import read_movielens_movies  # noqa: E402
+from hanorec_trl.data.movielens import read_movielens_movies  # noqa: E402
 from hanorec_trl.encoders import TextItemEncoder, encode_items  # noqa: E402
 
 

@@ -58,7 +58,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
 from hanorec_trl import lora_noise  # noqa: E402
-from hanorec_trl.data.loaders import read_movielens_movies  # noqa: E402
+from hanorec_trl.data.movielens import read_movielens_movies  # noqa: E402
 from hanorec_trl.data.prompts import DEFAULT_TEMPLATES, ranking_prompt  # noqa: E402
 from hanorec_trl.models import smollm2_135m_instruct  # noqa: E402
 

@@ -34,7 +34,7 @@ from typing import Any
 
 import numpy as np
 
-from .data.loaders import RecData
+from .data.recdata import RecData
 from .data.protocol import RecSplit, SequenceExample
 from .evaluation.metrics import DEFAULT_KS, auc_score, ranking_metrics, target_rank
 from .sasrec import SASRec

@@ -21,7 +21,7 @@ from hanorec_trl.data import (
     load_movielens_1m,
     write_synthetic_movielens,
 )
-from hanorec_trl.data.loaders import PLACEHOLDER_COLOR
+from hanorec_trl.data.recdata import PLACEHOLDER_COLOR
 
 
 @pytest.fixture(scope="module")

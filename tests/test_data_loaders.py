@@ -21,7 +21,7 @@ from hanorec_trl.data import (
     load_movielens_1m,
     load_netflix_llmrec,
 )
-from hanorec_trl.data.loaders import PLACEHOLDER_COLOR
+from hanorec_trl.data.recdata import PLACEHOLDER_COLOR
 
 
 def _only_missing_image_warnings(record) -> list[str]:

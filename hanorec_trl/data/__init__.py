@@ -12,16 +12,9 @@ See ``docs/data.md``. Typical use::
 """
 
 from .builders import build_auc_eval_dataset, build_dpo_dataset, build_ranking_eval_dataset, build_sft_dataset
-from .loaders import (
-    DataFormatError,
-    MissingImageWarning,
-    RecData,
-    UnknownItemError,
-    load_microlens,
-    load_movielens_1m,
-    read_movielens_movies,
-    load_netflix_llmrec,
-)
+from .microlens import load_microlens
+from .movielens import load_movielens_1m, read_movielens_movies
+from .netflix import load_netflix_llmrec
 from .prompts import DEFAULT_TEMPLATES, NO, YES, PromptTemplates, assistant_message, auc_prompt, ranking_prompt
 from .protocol import (
     ProtocolConfig,
@@ -33,6 +26,7 @@ from .protocol import (
     freeze_split,
     load_split,
 )
+from .recdata import DataFormatError, MissingImageWarning, RecData, UnknownItemError
 from .synthetic import SyntheticConfig, write_synthetic_movielens
 
 __all__ = [

@@ -7,7 +7,7 @@ there is no ``images`` column.
 
 The ``images`` column has the ``datasets`` feature ``List(Image())``: an item's file is stored as its path (nothing
 is decoded while building; ``datasets`` opens the file when a row is read), a missing or unreadable image as the
-bytes of the grey placeholder (see :mod:`.loaders`).
+bytes of the grey placeholder (see :mod:`.recdata`).
 
 Rows per builder (``sequence_id`` and ``user`` identify the source example everywhere):
 
@@ -48,7 +48,7 @@ from datasets import Image as ImageFeature
 from datasets import List as ListFeature
 from tqdm.auto import tqdm
 
-from .loaders import RecData
+from .recdata import RecData
 from .prompts import (
     DEFAULT_TEMPLATES,
     NO,

@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 from tqdm.auto import tqdm
 
-from .loaders import DataFormatError, RecData
+from .recdata import DataFormatError, RecData
 
 __all__ = [
     "ProtocolConfig",

@@ -13,7 +13,7 @@ It needs no input files and is the default data of the tests and the example job
   along their sequence, so the most recent items predict the next one better than old ones; after watching an item
   a user often watches its sequel next.
 
-Files written (the same as MovieLens-1M, so :func:`~hanorec_trl.data.loaders.load_movielens_1m` reads them):
+Files written (the same as MovieLens-1M, so :func:`~hanorec_trl.data.movielens.load_movielens_1m` reads them):
 ``ratings.dat`` (``UserID::MovieID::Rating::Timestamp``, strictly increasing timestamps per user), ``movies.dat``
 (ISO-8859-1, ``MovieID::Title (Year)::Genre|Genre``), ``users.dat`` and ``posters/<MovieID>.jpg``, plus
 ``synthetic_config.json`` recording the settings. The same config gives byte-identical files.
@@ -302,7 +302,7 @@ def write_synthetic_movielens(
 
     ``out_dir`` must not exist or be empty; ``overwrite=True`` replaces a folder this function wrote before (it has
     ``synthetic_config.json``) and refuses any other. Load the result with
-    :func:`~hanorec_trl.data.loaders.load_movielens_1m`.
+    :func:`~hanorec_trl.data.movielens.load_movielens_1m`.
     """
     cfg = config or SyntheticConfig()
     out = Path(out_dir)
