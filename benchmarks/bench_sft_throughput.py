@@ -34,7 +34,7 @@ from transformers import TrainerCallback
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from hanorec_trl.data import PromptTemplates, ProtocolConfig, build_sft_dataset, build_split, load_movielens_1m  # noqa
-from hanorec_trl.models import smollm2_135m_instruct  # noqa: E402
+from hanorec_trl.pretrained import smollm2_135m_instruct  # noqa: E402
 from hanorec_trl.pipeline.arguments import ModelArguments  # noqa: E402
 from hanorec_trl.pipeline.modeling import lora_config  # noqa: E402
 from hanorec_trl.pipeline.training import compact_lm_head_on_cpu  # noqa: E402

@@ -107,14 +107,9 @@ sys.path.insert(0, str(HERE.parent))
 from hanorec_trl import HaNoDPOConfig, HaNoDPOTrainer  # noqa: E402
 from hanorec_trl.data.prompts import DEFAULT_TEMPLATES, assistant_message, ranking_prompt  # noqa: E402
 from bench_scoring import poster  # noqa: E402  (the same random posters)
-from hanorec_trl.models import (  # noqa: E402
-    language_model_lora_regex,
-    qwen2_5_vl_3b,
-    qwen2_5_tokenizer,
-    qwen2_5_vl_processor,
-    tiny_qwen2_5_vl,
-    tiny_tokenizer,
-)
+from hanorec_trl.model_utils import language_model_lora_regex  # noqa: E402
+from hanorec_trl.processing import qwen2_5_tokenizer, qwen2_5_vl_processor  # noqa: E402
+from hanorec_trl.testing import qwen2_5_vl_3b, tiny_qwen2_5_vl, tiny_tokenizer  # noqa: E402
 
 RESULTS = HERE / "results"
 ALL_ON = dict(use_hardness=True, use_responsiveness=True, lora_noise_std=0.01, lora_noise_mode="absolute")

@@ -45,7 +45,7 @@ from hanorec_trl.data import (  # noqa: E402
     load_movielens_1m,
 )
 from hanorec_trl.evaluation import RecEvalConfig, evaluate_recommender  # noqa: E402
-from hanorec_trl.models import smollm2_135m_instruct  # noqa: E402
+from hanorec_trl.pretrained import smollm2_135m_instruct  # noqa: E402
 
 SCORINGS = {
     "list, stored order": {"prompt": "list", "permutations": 1},

@@ -213,9 +213,9 @@ def catalogue_tokenizer(data, templates, vocab_size: int):
     wording, so that a title word is one token (the tiny built-in tokenizer spells titles out byte by byte)."""
     from tokenizers import Tokenizer, models, pre_tokenizers, trainers
 
-    from hanorec_trl.models import _assemble_fast_tokenizer, _byte_to_unicode
+    from hanorec_trl.processing import assemble_qwen_tokenizer, byte_level_alphabet
 
-    table = _byte_to_unicode()
+    table = byte_level_alphabet()
     trainer = trainers.BpeTrainer(vocab_size=vocab_size, min_frequency=1, show_progress=False,
                                   initial_alphabet=list(table.values()))
     probe = Tokenizer(models.BPE())
@@ -227,13 +227,13 @@ def catalogue_tokenizer(data, templates, vocab_size: int):
     state = json.loads(probe.to_str())
     vocab = state["model"]["vocab"]
     merges = [tuple(m.split(" ")) if isinstance(m, str) else tuple(m) for m in state["model"]["merges"]]
-    return _assemble_fast_tokenizer(vocab, merges, model_max_length=2048)
+    return assemble_qwen_tokenizer(vocab, merges, model_max_length=2048)
 
 
 def lora_config(model, cfg: TestbedConfig):
     from peft import LoraConfig
 
-    from hanorec_trl.models import language_model_lora_regex
+    from hanorec_trl.model_utils import language_model_lora_regex
 
     return LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=0.0,
                       target_modules=language_model_lora_regex(model), task_type="CAUSAL_LM")
@@ -301,7 +301,7 @@ def run_seed(seed: int, cfg: TestbedConfig, work_dir: Path, *, progress: bool = 
     from hanorec_trl.encoders import QwenVLItemEncoder, encode_items
     from hanorec_trl.evaluation import RecEvalConfig, evaluate_recommender
     from hanorec_trl.hardness import HardnessIndex, add_hardness_column
-    from hanorec_trl.models import tiny_qwen2
+    from hanorec_trl.testing import tiny_qwen2
     from hanorec_trl.pipeline.training import compact_lm_head_on_cpu
 
     started = time.perf_counter()

@@ -22,7 +22,6 @@ import hashlib
 import json
 import logging
 import os
-import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,6 +29,9 @@ from typing import Any
 
 import numpy as np
 import torch
+
+from .files import atomic_file, cache_dir
+from .model_utils import eval_mode, unwrap_hf_model
 
 logger = logging.getLogger(__name__)
 
@@ -183,9 +185,7 @@ class QwenVLItemEncoder(ItemEncoder):
         return self.model.get_input_embeddings().weight.shape[1]
 
     def fingerprint(self) -> str:
-        from .evaluation.scoring import unwrap_model
-
-        base = unwrap_model(self.model)
+        base = unwrap_hf_model(self.model)
         image_settings = self.image_processor.to_json_string() if self.image_processor is not None else "none"
         return _sha(
             type(self).__name__,
@@ -204,20 +204,16 @@ class QwenVLItemEncoder(ItemEncoder):
         return {k: v.to(self.device) for k, v in enc.items() if k in ("input_ids", "attention_mask")}
 
     def encode_titles(self, titles: Sequence[str]) -> np.ndarray:
-        from .evaluation.scoring import eval_mode, unwrap_model
-
         enc = self._tokenize(titles)
         with eval_mode(self.model):
             if self.title_mode == "input_embeddings":
                 hidden = self.model.get_input_embeddings()(enc["input_ids"])
             else:
-                decoder = unwrap_model(self.model).get_decoder()
+                decoder = unwrap_hf_model(self.model).get_decoder()
                 hidden = decoder(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"]).last_hidden_state
             return masked_mean(hidden.float(), enc["attention_mask"]).cpu().numpy()
 
     def encode_images(self, images: Sequence[Any]) -> np.ndarray:
-        from .evaluation.scoring import eval_mode
-
         if self.image_processor is None or not hasattr(self.model, "get_image_features"):
             raise ValueError(
                 "items have images but the encoder has no vision side: pass a vision-language model and its processor"
@@ -283,8 +279,6 @@ class TextItemEncoder(ItemEncoder):
         )
 
     def encode_titles(self, titles: Sequence[str]) -> np.ndarray:
-        from .evaluation.scoring import eval_mode
-
         enc = self.tokenizer(
             list(titles), padding=True, truncation=True, max_length=self.max_length, return_tensors="pt"
         ).to(self.device)
@@ -374,21 +368,13 @@ def _read_cache(path: Path, fingerprint: str, item_ids: Sequence[str]) -> ItemEm
 
 
 def _write_cache(path: Path, embeddings: ItemEmbeddings) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
     meta = json.dumps({"fingerprint": embeddings.fingerprint, "item_ids": embeddings.item_ids})
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, text=embeddings.text, image=embeddings.image, meta=np.array(meta))
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_file(path) as tmp, open(tmp, "wb") as f:
+        np.savez(f, text=embeddings.text, image=embeddings.image, meta=np.array(meta))
 
 
 def default_embedding_cache_dir() -> Path:
-    """``<hanorec cache>/item-embeddings`` (see :func:`hanorec_trl.models.cache_dir`)."""
-    from .models import cache_dir
+    """``<hanorec cache>/item-embeddings`` (see :func:`hanorec_trl.files.cache_dir`)."""
 
     return cache_dir() / "item-embeddings"
 

@@ -24,8 +24,10 @@ from torch import nn
 
 NOISE_MODES = ("absolute", "relative")
 
+__all__ = ["NOISE_MODES", "lora_linears", "lora_noise"]
 
-def _lora_linears(model: nn.Module, adapter_names: list[str] | None) -> list[tuple[str, nn.Module]]:
+
+def lora_linears(model: nn.Module, adapter_names: list[str] | None = None) -> list[tuple[str, nn.Module]]:
     """``(name, module)`` of every ``lora_A``/``lora_B`` linear of the active (or given) adapters, in model order."""
     try:
         from peft.tuners.lora import LoraLayer
@@ -114,7 +116,7 @@ def lora_noise(
     if std == 0:
         yield {"matrices": 0, "scale_mean": 0.0}
         return
-    modules = _lora_linears(model, adapter_names)
+    modules = lora_linears(model, adapter_names)
     _check_has_lora(model, modules)
 
     handles, restore, scales = [], [], []

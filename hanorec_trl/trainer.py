@@ -49,12 +49,13 @@ from .fast.forward import (
     parameters_sharded,
     trl_layout_inputs,
     unsupported_reason,
-    unwrap_hf_model,
     vision_tower_frozen,
 )
-from .fast.packing import PACKED_KEY, SCALAR_COLUMNS, PackedPreferenceCollator
+from .fast.packing import PACKED_KEY, PackedPreferenceCollator
 from .fast.vision_cache import VisionFeatureCache, module_fingerprint
-from .noise import _lora_linears, lora_noise
+from .files import atomic_file
+from .model_utils import unwrap_hf_model
+from .noise import lora_linears, lora_noise
 from .responsiveness import ResponsivenessTracker
 
 logger = logging.getLogger(__name__)
@@ -385,7 +386,7 @@ class HaNoDPOTrainer(DPOTrainer):
             eta_max=args.eta_max,
             mode=args.responsiveness,
         )
-        if args.lora_noise_std > 0 and not _lora_linears(self.model, None):
+        if args.lora_noise_std > 0 and not lora_linears(self.model):
             raise ValueError(
                 f"lora_noise_std={args.lora_noise_std} (NoDO) needs a PEFT LoRA model, but {type(self.model).__name__} "
                 "has no active LoRA linear layer. Pass peft_config=LoraConfig(...) (or a PeftModel), or set "
@@ -640,12 +641,9 @@ class HaNoDPOTrainer(DPOTrainer):
         super()._save_checkpoint(model, trial)
 
     def _save_hano_state(self, folder: str) -> None:
-        os.makedirs(folder, exist_ok=True)
         state = {"responsiveness": self.responsiveness_tracker.state_dict()}
-        tmp = os.path.join(folder, HANO_STATE_NAME + ".tmp")
-        with open(tmp, "w") as f:
+        with atomic_file(os.path.join(folder, HANO_STATE_NAME)) as tmp, open(tmp, "w") as f:
             json.dump(state, f, indent=2)
-        os.replace(tmp, os.path.join(folder, HANO_STATE_NAME))
 
     def train(self, resume_from_checkpoint=None, trial=None, ignore_keys_for_eval=None, **kwargs):
         """``Trainer.train``; ``resume_from_checkpoint=True`` takes the newest *complete* checkpoint (an interrupted

@@ -30,14 +30,14 @@ def shared_path(*parts: str) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_tok():
-    from hanorec_trl.models import tiny_tokenizer
+    from hanorec_trl.testing import tiny_tokenizer
 
     return tiny_tokenizer()
 
 
 @pytest.fixture(scope="session")
 def tiny_processor(tiny_tok):
-    from hanorec_trl.models import qwen2_5_vl_processor
+    from hanorec_trl.processing import qwen2_5_vl_processor
 
     # 56x56 images -> 4x4 patches -> 4 image tokens each
     return qwen2_5_vl_processor(tiny_tok, min_pixels=28 * 28, max_pixels=56 * 56)
@@ -45,14 +45,14 @@ def tiny_processor(tiny_tok):
 
 @pytest.fixture
 def tiny_vlm(tiny_tok):
-    from hanorec_trl.models import tiny_qwen2_5_vl
+    from hanorec_trl.testing import tiny_qwen2_5_vl
 
     return tiny_qwen2_5_vl(tiny_tok)
 
 
 @pytest.fixture
 def tiny_lm(tiny_tok):
-    from hanorec_trl.models import tiny_qwen2
+    from hanorec_trl.testing import tiny_qwen2
 
     return tiny_qwen2(tiny_tok)
 

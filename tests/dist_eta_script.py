@@ -12,7 +12,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from conftest import preference_dataset  # noqa: E402
 from trainer_utils import make_trainer  # noqa: E402
 
-from hanorec_trl.models import tiny_qwen2, tiny_tokenizer  # noqa: E402
+from hanorec_trl.testing import tiny_qwen2, tiny_tokenizer  # noqa: E402
 
 out = Path(sys.argv[1])
 tok = tiny_tokenizer()

@@ -105,7 +105,7 @@ def test_cache_hit_and_invalidation(vl_encoder, tiny_vlm, tmp_path, monkeypatch)
 def test_weights_fingerprint_sees_adapters(tiny_vlm):
     from peft import LoraConfig, get_peft_model
 
-    from hanorec_trl.models import language_model_lora_regex
+    from hanorec_trl.model_utils import language_model_lora_regex
 
     before = weights_fingerprint(tiny_vlm)
     assert weights_fingerprint(tiny_vlm) == before
@@ -116,7 +116,7 @@ def test_weights_fingerprint_sees_adapters(tiny_vlm):
 def test_peft_wrapped_model_encodes(tiny_vlm, tiny_processor):
     from peft import LoraConfig, get_peft_model
 
-    from hanorec_trl.models import language_model_lora_regex
+    from hanorec_trl.model_utils import language_model_lora_regex
 
     plain = encode_items(
         QwenVLItemEncoder(tiny_vlm, tiny_processor), IDS, TITLES, _images(), use_cache=False, progress=False

@@ -174,7 +174,7 @@ def test_callback_logs_during_trl_training(tiny_lm, tiny_tok, tmp_path):
     from trl import DPOConfig, DPOTrainer
 
     from hanorec_trl.data.prompts import assistant_message
-    from hanorec_trl.models import tiny_qwen2
+    from hanorec_trl.testing import tiny_qwen2
 
     rank_rows = _ranking_rows(False, n=2)
     train = Dataset.from_list(

@@ -17,7 +17,7 @@ from hanorec_trl.fast.forward import (
     trl_layout_inputs,
 )
 from hanorec_trl.fast.vision_cache import VisionFeatureCache, image_key, module_fingerprint
-from hanorec_trl.models import tiny_qwen2, tiny_qwen2_5_vl
+from hanorec_trl.testing import tiny_qwen2, tiny_qwen2_5_vl
 
 
 def shared_prompt_rows(with_images, n_prompts=2, n_rejected=3):

@@ -6,16 +6,11 @@ from pathlib import Path
 import pytest
 from conftest import shared_path, solid_image
 
-from hanorec_trl import models
+from hanorec_trl import processing
 from hanorec_trl.data.prompts import assistant_message, ranking_prompt
-from hanorec_trl.models import (
-    QWEN_SPECIAL_TOKENS,
-    language_model_lora_regex,
-    qwen2_5_tokenizer,
-    qwen2_5_vl_processor,
-    tiny_qwen2,
-    tiny_qwen2_5_vl,
-)
+from hanorec_trl.model_utils import language_model_lora_regex
+from hanorec_trl.processing import QWEN_SPECIAL_TOKENS, qwen2_5_tokenizer, qwen2_5_vl_processor
+from hanorec_trl.testing import tiny_qwen2, tiny_qwen2_5_vl
 
 SAMPLES = [
     "The user has watched the following movies:\n \"Matrix, The (1999)\"\n",
@@ -54,7 +49,7 @@ def test_qwen_tokenizer_special_ids_and_cache(qwen_tok, monkeypatch):
     def no_conversion(*args, **kwargs):
         raise AssertionError("converted again instead of loading the cache")
 
-    monkeypatch.setattr(models, "_assemble_fast_tokenizer", no_conversion)
+    monkeypatch.setattr(processing, "assemble_qwen_tokenizer", no_conversion)
     cached = qwen2_5_tokenizer(cache=Path(qwen_tok.name_or_path))
     assert cached("Heat (1995)")["input_ids"] == qwen_tok("Heat (1995)")["input_ids"]
     ids = [qwen_tok.convert_tokens_to_ids(t) for t in QWEN_SPECIAL_TOKENS]

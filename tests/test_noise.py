@@ -11,7 +11,7 @@ from trl import DPOTrainer
 from trainer_utils import GradRecorder, first_batch, losses, make_trainer
 
 from hanorec_trl import lora_noise
-from hanorec_trl.models import tiny_qwen2
+from hanorec_trl.testing import tiny_qwen2
 
 
 def small_peft_model():

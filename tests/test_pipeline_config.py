@@ -180,7 +180,7 @@ def test_compact_lm_head_on_cpu_gives_the_same_loss_and_gradients(tiny_tok):
     import trl.trainer.utils as trl_utils
     from trl.trainer.utils import add_fused_lm_head
 
-    from hanorec_trl.models import tiny_qwen2
+    from hanorec_trl.testing import tiny_qwen2
     from hanorec_trl.pipeline.training import compact_lm_head_on_cpu
 
     model = tiny_qwen2(tiny_tok)

@@ -26,7 +26,7 @@ from hanorec_trl import HaNoDPOConfig, HaNoDPOTrainer
 from hanorec_trl.data import DataFormatError, MissingImageWarning, load_movielens_1m
 from hanorec_trl.data.movielens import read_movielens_movies
 from hanorec_trl.data.recdata import ControlCharacterWarning
-from hanorec_trl.models import tiny_qwen2
+from hanorec_trl.testing import tiny_qwen2
 from hanorec_trl.pipeline import main
 from hanorec_trl.pipeline.arguments import PipelineConfigError, parse_args
 from hanorec_trl.pipeline.rundir import LOCK_FILE, RUN_FORMAT, STARTED, RunDir, RunDirError, RunLock

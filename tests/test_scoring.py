@@ -135,7 +135,7 @@ def test_completion_tokens_text_tokenizer(tiny_tok):
 def test_peft_adapter_loaded_and_merged(tiny_vlm, tiny_processor):
     from peft import LoraConfig, get_peft_model
 
-    from hanorec_trl.models import language_model_lora_regex
+    from hanorec_trl.model_utils import language_model_lora_regex
 
     rows = _vision_rows(n_rows=2)
     base = _score(tiny_vlm, tiny_processor, rows, batch_size=2)

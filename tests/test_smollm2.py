@@ -5,7 +5,7 @@ import importlib.util
 import pytest
 import torch
 
-from hanorec_trl.models import SMOLLM2_GGUF, smollm2_135m_instruct, smollm2_gguf_path
+from hanorec_trl.pretrained import SMOLLM2_GGUF, smollm2_135m_instruct, smollm2_gguf_path
 
 
 def _installed() -> bool:

@@ -6,7 +6,7 @@ import torch.nn.functional as F
 from conftest import preference_dataset
 from trainer_utils import first_batch, make_trainer, rows_of, sequence_logps, standard_batch, trainer_batch
 
-from hanorec_trl.models import tiny_qwen2, tiny_qwen2_5_vl
+from hanorec_trl.testing import tiny_qwen2, tiny_qwen2_5_vl
 
 LAMBDAS = [0.5, 2.0, 1.3, 0.8]
 

@@ -10,7 +10,7 @@ from trainer_utils import make_trainer
 from trl import DPOConfig
 
 from hanorec_trl import HaNoDPOConfig, HaNoDPOTrainer
-from hanorec_trl.models import tiny_qwen2
+from hanorec_trl.testing import tiny_qwen2
 
 
 def test_missing_lambda_column(tiny_tok, tmp_path):

@@ -12,7 +12,7 @@ import torch
 from conftest import preference_dataset
 from trainer_utils import GradRecorder, first_batch, lora_grads, losses, make_trainer
 
-from hanorec_trl.models import tiny_qwen2, tiny_qwen2_5_vl
+from hanorec_trl.testing import tiny_qwen2, tiny_qwen2_5_vl
 
 STANDARD = dict(fast_prompt_once=False)  # TRL's own batches
 ALL_OFF = dict(use_hardness=False, use_responsiveness=False, lora_noise_std=0.0)

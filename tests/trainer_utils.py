@@ -7,7 +7,7 @@ from peft import LoraConfig
 from trl import DPOConfig, DPOTrainer
 
 from hanorec_trl import HaNoDPOConfig, HaNoDPOTrainer
-from hanorec_trl.models import language_model_lora_regex
+from hanorec_trl.model_utils import language_model_lora_regex
 
 COMMON = dict(
     per_device_train_batch_size=2,

@@ -22,9 +22,6 @@ import dataclasses
 import hashlib
 import json
 import math
-import os
-import shutil
-import tempfile
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -33,6 +30,7 @@ from typing import Any
 import numpy as np
 from tqdm.auto import tqdm
 
+from ..files import atomic_folder
 from .recdata import DataFormatError, RecData
 
 __all__ = [
@@ -318,8 +316,9 @@ def build_split(data: RecData, config: ProtocolConfig | None = None) -> RecSplit
 # ------------------------------------------------------------------------------------------------------------------
 
 
-def _prepare_output(out_dir: Path, overwrite: bool, marker: str) -> Path:
-    """A fresh temporary folder next to ``out_dir``; checks that ``out_dir`` may be (re)placed."""
+def _check_output(out_dir: Path, overwrite: bool, marker: str) -> None:
+    """Refuses an ``out_dir`` that may not be (re)placed: not a folder, or not empty without ``overwrite``, or not
+    written by this module (no ``marker`` file)."""
     if out_dir.exists():
         if not out_dir.is_dir():
             raise FileExistsError(f"{out_dir} exists and is not a folder")
@@ -330,15 +329,6 @@ def _prepare_output(out_dir: Path, overwrite: bool, marker: str) -> Path:
                 raise FileExistsError(
                     f"{out_dir} has no {marker}: it was not written by hanorec_trl; refusing to replace it"
                 )
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    return Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
-
-
-def _publish(tmp: Path, out_dir: Path) -> None:
-    """Move a finished temporary folder to ``out_dir`` (replacing a previous one)."""
-    if out_dir.exists():
-        shutil.rmtree(out_dir)
-    os.replace(tmp, out_dir)
 
 
 def _sha256(path: Path) -> str:
@@ -353,8 +343,8 @@ def freeze_split(split: RecSplit, out_dir: str | Path, *, overwrite: bool = Fals
     manifest) and refuses any other. Files are written to a temporary folder first and moved into place at the end.
     """
     out = Path(out_dir)
-    tmp = _prepare_output(out, overwrite, MANIFEST)
-    try:
+    _check_output(out, overwrite, MANIFEST)
+    with atomic_folder(out, replace=True) as tmp:
         files = {}
         for name, examples in split.parts():
             path = tmp / f"{name}.jsonl"
@@ -372,10 +362,6 @@ def freeze_split(split: RecSplit, out_dir: str | Path, *, overwrite: bool = Fals
             "files": files,
         }
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-        _publish(tmp, out)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp)
     return out
 
 
@@ -464,8 +450,8 @@ def export_recbole(
     """
     name = dataset_name or split.dataset_name
     out = Path(out_dir)
-    tmp = _prepare_output(out, overwrite, _RECBOLE_MARKER)
-    try:
+    _check_output(out, overwrite, _RECBOLE_MARKER)
+    with atomic_folder(out, replace=True) as tmp:
         for part, suffix in zip(SPLIT_NAMES, ("train", "valid", "test")):
             examples = dict(split.parts())[part]
             lines = ["user_id:token\titem_id_list:token_seq\titem_id:token\n"]
@@ -494,8 +480,4 @@ def export_recbole(
         (tmp / f"{name}.yaml").write_text(settings, encoding="utf-8")
         marker = {"dataset": split.dataset_name, "fingerprint": split.fingerprint, "counts": split.counts()}
         (tmp / _RECBOLE_MARKER).write_text(json.dumps(marker, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-        _publish(tmp, out)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp)
     return out

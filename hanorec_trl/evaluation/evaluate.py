@@ -39,6 +39,7 @@ import numpy as np
 
 from ..data.prompts import NO, YES
 from ..fast.forward import image_feature_cache
+from ..files import atomic_file
 from .generation import GenerationSettings, generate_answers, match_candidates, parse_titles
 from .metrics import DEFAULT_KS, auc_score, average_ranks, binary_auc, ranking_metrics, target_rank
 from .scoring import SCORING_METHODS, score_candidates, tokenize_candidates
@@ -342,11 +343,8 @@ def evaluate_recommender(
         details["vision_cache"] = cache.counts()
     metrics["eval_seconds"] = time.perf_counter() - start
     if output_path is not None:
-        path = Path(output_path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(json.dumps({"metrics": metrics, "config": asdict(config), "per_row": details}, indent=1))
-        os.replace(tmp, path)
+        with atomic_file(output_path) as tmp:
+            tmp.write_text(json.dumps({"metrics": metrics, "config": asdict(config), "per_row": details}, indent=1))
     return metrics
 
 

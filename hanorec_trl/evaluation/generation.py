@@ -28,7 +28,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .scoring import encode_prompts, eval_mode, model_device, rendered_prompt, text_tokenizer
+from ..model_utils import eval_mode, model_device
+from .scoring import encode_prompts, rendered_prompt, text_tokenizer
 
 _QUOTED = re.compile(r"[\"\u201c\u201d]([^\"\u201c\u201d\n]+)[\"\u201c\u201d]")
 _LIST_MARKER = re.compile(r"^\s*(?:\d+\s*[.)]|[-*\u2022])\s*")

@@ -30,6 +30,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..model_utils import eval_mode, model_device, unwrap_hf_model
+
 SCORING_METHODS = ("prompt_once", "naive")
 
 
@@ -145,18 +147,9 @@ def tokenize_candidates(processing_class, prompt, completions: Sequence[str], im
 # ------------------------------------------------------------------------------------------------------------------
 
 
-def unwrap_model(model):
-    """The transformers model under a PEFT wrapper (adapters stay active), else the model itself."""
-    return model.get_base_model() if hasattr(model, "get_base_model") else model
-
-
-def model_device(model) -> torch.device:
-    return next(model.parameters()).device
-
-
 def _cache_kwarg(model) -> str:
     """transformers >= 5.24 names the KV-cache argument ``cache``; earlier 5.x releases ``past_key_values``."""
-    params = inspect.signature(unwrap_model(model).forward).parameters
+    params = inspect.signature(unwrap_hf_model(model).forward).parameters
     return "cache" if "cache" in params else "past_key_values"
 
 
@@ -167,14 +160,14 @@ def _output_cache(outputs):
 
 def _rope_index_module(model):
     """The submodule computing Qwen2-VL-style 3D (M-RoPE) positions, or None for 1D-RoPE models."""
-    for module in unwrap_model(model).modules():
+    for module in unwrap_hf_model(model).modules():
         if hasattr(module, "get_rope_index"):
             return module
     return None
 
 
 def _image_token_id(model) -> int | None:
-    return getattr(unwrap_model(model).config, "image_token_id", None)
+    return getattr(unwrap_hf_model(model).config, "image_token_id", None)
 
 
 def _mm_token_type_ids(model, encoding) -> torch.Tensor:
@@ -341,29 +334,6 @@ def _score_naive(model, processing_class, item: TokenizedCandidates) -> list[np.
     return [logps[i, : len(ids)] for i, ids in enumerate(item.completion_ids)]
 
 
-class _EvalMode:
-    """``model.eval()`` and ``torch.no_grad()`` for the duration, restoring the training flag afterwards."""
-
-    def __init__(self, model):
-        self.model = model
-
-    def __enter__(self):
-        self.was_training = self.model.training
-        self.no_grad = torch.no_grad()
-        self.no_grad.__enter__()
-        self.model.eval()
-        return self.model
-
-    def __exit__(self, *exc):
-        self.model.train(self.was_training)
-        self.no_grad.__exit__(*exc)
-        return False
-
-
-def eval_mode(model) -> _EvalMode:
-    return _EvalMode(model)
-
-
 def _batches(seq: Sequence, size: int) -> Iterator[Sequence]:
     for start in range(0, len(seq), size):
         yield seq[start : start + size]
@@ -440,11 +410,9 @@ __all__ = [
     "TokenizedCandidates",
     "continuation_position_ids",
     "encode_prompts",
-    "eval_mode",
     "prompt_position_ids",
     "rendered_prompt",
     "score_candidates",
     "tokenize_candidates",
     "token_log_probs",
-    "unwrap_model",
 ]

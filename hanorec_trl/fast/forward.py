@@ -17,19 +17,12 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..model_utils import unwrap_hf_model
 from .packing import PACKED_KEY, segment_mask_function
 from .vision_cache import VisionFeatureCache
 
 SUPPORTED_ATTENTION = ("sdpa", "eager")
 PER_TOKEN_FIELDS = ("log_probs", "entropy", "mean_logits", "is_top1", "log_sum_sq_probs")
-
-
-def unwrap_hf_model(model: nn.Module) -> nn.Module:
-    """The Hugging Face ``PreTrainedModel`` under DDP/accelerate and PEFT wrappers."""
-    while hasattr(model, "module") and not hasattr(model, "config"):
-        model = model.module
-    get_base = getattr(model, "get_base_model", None)
-    return get_base() if callable(get_base) and hasattr(model, "peft_config") else model
 
 
 def is_qwen_vl(hf_model: nn.Module) -> bool:

@@ -12,11 +12,12 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-import tempfile
 from pathlib import Path
 
 import torch
 from torch import nn
+
+from ..files import atomic_file
 
 logger = logging.getLogger(__name__)
 
@@ -86,11 +87,5 @@ class VisionFeatureCache:
         features = features.detach().to(self.device)
         self._memory[key] = features
         if self.directory is not None and not self._path(key).exists():
-            fd, tmp = tempfile.mkstemp(dir=self.directory, suffix=".tmp")
-            os.close(fd)
-            try:
+            with atomic_file(self._path(key)) as tmp:
                 torch.save(features.cpu(), tmp)
-                os.replace(tmp, self._path(key))
-            except BaseException:
-                Path(tmp).unlink(missing_ok=True)
-                raise

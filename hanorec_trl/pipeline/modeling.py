@@ -38,27 +38,29 @@ class BuiltinModel:
 
 
 def _qwen_tokenizer(margs: ModelArguments):
-    from ..models import qwen2_5_tokenizer, tiny_tokenizer
+    from ..processing import qwen2_5_tokenizer
+    from ..testing import tiny_tokenizer
 
     return tiny_tokenizer() if margs.tokenizer == "tiny" else qwen2_5_tokenizer()
 
 
 def _build_tiny_vlm(margs: ModelArguments, seed: int):
-    from ..models import tiny_qwen2_5_vl
+    from ..testing import tiny_qwen2_5_vl
 
     tokenizer = _qwen_tokenizer(margs)
     return tiny_qwen2_5_vl(tokenizer, seed=seed), tokenizer
 
 
 def _build_tiny_lm(margs: ModelArguments, seed: int):
-    from ..models import tiny_qwen2
+    from ..testing import tiny_qwen2
 
     tokenizer = _qwen_tokenizer(margs)
     return tiny_qwen2(tokenizer, seed=seed), tokenizer
 
 
 def _build_qwen2_5_vl_3b(margs: ModelArguments, seed: int):
-    from ..models import qwen2_5_tokenizer, qwen2_5_vl_3b
+    from ..processing import qwen2_5_tokenizer
+    from ..testing import qwen2_5_vl_3b
 
     tokenizer = qwen2_5_tokenizer()
     device = "cuda" if torch.cuda.is_available() else "cpu"  # initialising 3.8B parameters is minutes on a CPU
@@ -68,7 +70,7 @@ def _build_qwen2_5_vl_3b(margs: ModelArguments, seed: int):
 
 
 def _build_smollm2(margs: ModelArguments, seed: int):
-    from ..models import smollm2_135m_instruct
+    from ..pretrained import smollm2_135m_instruct
 
     return smollm2_135m_instruct(dtype=torch_dtype(margs))
 
@@ -216,7 +218,7 @@ def load_tokenizer(spec: ModelSpec, margs: ModelArguments):
 
 def processing_class(spec: ModelSpec, margs: ModelArguments, dargs: DataArguments):
     """The processor (Qwen2-VL family: Qwen2.5-VL processor with the run's pixel bounds) or the tokenizer."""
-    from ..models import qwen2_5_vl_processor
+    from ..processing import qwen2_5_vl_processor
 
     tokenizer = load_tokenizer(spec, margs)
     if spec.kind == VLM:
@@ -250,7 +252,7 @@ def lora_config(model, margs: ModelArguments):
     """The LoRA adapter config: the language model's attention and MLP projections unless overridden."""
     from peft import LoraConfig
 
-    from ..models import language_model_lora_regex
+    from ..model_utils import language_model_lora_regex
 
     targets: Any = margs.lora_target_modules
     if targets is None:

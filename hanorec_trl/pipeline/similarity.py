@@ -18,7 +18,8 @@ import torch
 from tqdm.auto import tqdm
 
 from ..encoders import QwenVLItemEncoder, load_item_image, masked_mean
-from ..evaluation.scoring import eval_mode, model_device, unwrap_model
+from ..model_utils import eval_mode, model_device
+from ..model_utils import unwrap_hf_model as unwrap_model
 
 IMAGE_ONLY_TEXT = "<|vision_start|><|image_pad|><|vision_end|>"
 
