@@ -1,4 +1,4 @@
-"""Benchmark of the offline hardness index (DESIGN 2.1): HardnessIndex build + hardness() on 1M pairs.
+"""Benchmark of the offline hardness index (Eq. 4-6): HardnessIndex build + hardness() on 1M pairs.
 
 For every catalogue size x embedding dimension x index kind, one fresh worker process (so that its peak RSS belongs to
 that case alone) generates random embeddings (seeded), builds the index, scores the pairs and reports:
@@ -192,7 +192,7 @@ def _timed_prefix(index, chosen, rejected, anchors_wanted, k, repeats=1, repeat_
     runs, cpu = [], []
     for _ in range(repeats):
         start, cpu0 = time.perf_counter(), time.process_time()
-        index.hardness(chosen[:prefix], rejected[:prefix], k=k)
+        index.score(chosen[:prefix], rejected[:prefix], k=k)
         runs.append(time.perf_counter() - start)
         cpu.append(time.process_time() - cpu0)
         if runs[0] > repeat_below:

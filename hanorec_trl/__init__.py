@@ -1,6 +1,6 @@
 """hanorec_trl: HaNoRec preference optimization for multimodal sequential recommendation, as a TRL extension.
 
-Public API (DESIGN 2.6)::
+Public API (``docs/design.md``, "Public names")::
 
     from hanorec_trl import HaNoDPOConfig, HaNoDPOTrainer   # the trainer (Eq. 11-12)
     from hanorec_trl import HardnessIndex                   # offline lambda (Eq. 4-6)
@@ -24,7 +24,6 @@ _EXPORTS = {
     "QwenVLItemEncoder": "encoders",
     "TextItemEncoder": "encoders",
     "encode_items": "encoders",
-    "add_lambda_column": "encoders",
     "evaluate_recommender": "evaluation",
     "RecEvalConfig": "evaluation",
     "RecommendationEvalCallback": "evaluation",
@@ -47,7 +46,7 @@ def __dir__():
 
 if TYPE_CHECKING:  # pragma: no cover
     from .config import HaNoDPOConfig
-    from .encoders import QwenVLItemEncoder, TextItemEncoder, add_lambda_column, encode_items
+    from .encoders import QwenVLItemEncoder, TextItemEncoder, encode_items
     from .evaluation import RecEvalConfig, RecommendationEvalCallback, evaluate_recommender
     from .hardness import HardnessIndex, add_hardness_column
     from .noise import lora_noise

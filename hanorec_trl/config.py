@@ -1,4 +1,4 @@
-"""``HaNoDPOConfig``: TRL's ``DPOConfig`` plus the HaNoRec fields (paper Sec. 3, DESIGN 2.3)."""
+"""``HaNoDPOConfig``: TRL's ``DPOConfig`` plus the HaNoRec fields (paper Sec. 3, Eq. 4-12; ``docs/trainer.md``)."""
 
 from __future__ import annotations
 
@@ -33,7 +33,7 @@ class HaNoDPOConfig(DPOConfig):
         lambda_max (`float`, defaults to `100.0`): largest lambda accepted in `hardness_column`; a larger value is
             refused with its row (Eq. 6 gives values below 10 for cosine similarities). `inf` disables the bound.
         use_responsiveness (`bool`, defaults to `True`): compute eta per batch (Eq. 7-8); off: eta = 1.
-        responsiveness (`str`, defaults to `"ema"`): `"ema"` (DESIGN 2.2) or `"batch"` (the released code's formula).
+        responsiveness (`str`, defaults to `"ema"`): `"ema"` (Eq. 8 as in `docs/design.md`) or `"batch"` (the released code's formula).
         responsiveness_momentum (`float`, defaults to `0.9`): momentum of the running statistics of `"ema"`.
         responsiveness_warmup (`int`, defaults to `10`): informative batches with eta = 1 while the statistics settle.
         responsiveness_eps (`float`, defaults to `1e-6`): reward-gap magnitude below which a batch carries no signal.
@@ -74,7 +74,7 @@ class HaNoDPOConfig(DPOConfig):
     responsiveness: str = field(
         default="ema",
         metadata={
-            "help": "How eta is computed: 'ema' (running statistics, DESIGN 2.2) or 'batch' (the authors' released "
+            "help": "How eta is computed: 'ema' (running statistics, docs/design.md) or 'batch' (the authors' released "
             "per-batch formula).",
             "choices": list(RESPONSIVENESS_MODES),
         },

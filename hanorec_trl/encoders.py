@@ -1,4 +1,4 @@
-"""Item encoders for the hardness index (DESIGN.md 2.5) and the one call from items to a ``hano_lambda`` column.
+"""Item encoders for the hardness index (which model encodes the items: ``docs/design.md``).
 
 An encoder maps every item's title to a text embedding ``h_j`` and its image (poster/cover) to an image embedding
 ``x_j`` of the same dimension; :class:`~hanorec_trl.hardness.HardnessIndex` fuses them (Eq. 4-6).
@@ -12,8 +12,8 @@ An encoder maps every item's title to a text embedding ``h_j`` and its image (po
   embeddings are zero, so the fused embedding is the text embedding.
 
 :func:`encode_items` encodes an item table in batches with a progress bar and caches the result on disk, keyed by a
-fingerprint of (encoder, item table), written atomically; :func:`add_lambda_column` goes from items to the
-``hano_lambda`` column of a DPO dataset.
+fingerprint of (encoder, item table), written atomically. :func:`hanorec_trl.hardness.add_hardness_column` takes an
+encoder (or its embeddings) to the ``hano_lambda`` column of a DPO dataset.
 """
 
 from __future__ import annotations
@@ -154,7 +154,7 @@ class ItemEncoder:
 
 
 class QwenVLItemEncoder(ItemEncoder):
-    """The MLLM as item encoder (DESIGN.md 2.5): title = mean input embedding (or contextual mean), image = mean of
+    """The MLLM as item encoder (Sec. 3.2; ``docs/design.md``): title = mean input embedding (or contextual mean), image = mean of
     the vision tower's merged patch features (after the merger, language-model dimension).
 
     ``model`` is a Qwen2-VL / Qwen2.5-VL model (or any causal LM for titles only), optionally PEFT-wrapped;
@@ -391,7 +391,7 @@ def encode_items(
 ) -> ItemEmbeddings:
     """Encode an item table (titles, and images given as PIL images or file paths; ``None`` = no image).
 
-    Items without an image get a zero image row (then the fused embedding is the title's, DESIGN.md 2.1).
+    Items without an image get a zero image row (then the fused embedding is the title's, Eq. 4).
     With ``use_cache`` the result is stored in ``cache_dir`` (default :func:`default_embedding_cache_dir`) under a
     fingerprint of (encoder, item table), written atomically (temporary file + ``os.replace``), and a later call
     with the same fingerprint loads it instead of encoding (``ItemEmbeddings.from_cache``).
@@ -428,60 +428,11 @@ def encode_items(
     return result
 
 
-def add_lambda_column(
-    dataset,
-    encoder: ItemEncoder,
-    item_ids: Sequence[str],
-    titles: Sequence[str],
-    images: Sequence[ImageLike] | None = None,
-    *,
-    chosen_column: str = "chosen_item",
-    rejected_column: str = "rejected_item",
-    column: str = "hano_lambda",
-    k: int = 10,
-    temperature: float = 1.0,
-    mode: str = "topk",
-    delta_mean: float | None = None,
-    overwrite: bool = False,
-    index_options: dict | None = None,
-    cache_dir: str | os.PathLike | None = None,
-    use_cache: bool = True,
-    progress: bool = True,
-):
-    """Items -> embeddings (cached) -> :class:`HardnessIndex` -> ``hano_lambda`` column (Eq. 4-6).
-
-    Returns ``(dataset_with_column, delta_mean)``; pass the training set's ``delta_mean`` when scoring validation or
-    test pairs. The hardness arguments (and ``overwrite`` of an existing column) are those of
-    :func:`hanorec_trl.hardness.add_hardness_column`; ``index_options`` go to :class:`HardnessIndex` (e.g.
-    ``{"index": "ivf"}``).
-    """
-    from .hardness import HardnessIndex, add_hardness_column
-
-    embeddings = encode_items(
-        encoder, item_ids, titles, images, cache_dir=cache_dir, use_cache=use_cache, progress=progress
-    )
-    index = HardnessIndex(embeddings.text, embeddings.image, **(index_options or {}))
-    return add_hardness_column(
-        dataset,
-        index,
-        embeddings.item_rows,
-        chosen_column=chosen_column,
-        rejected_column=rejected_column,
-        column=column,
-        k=k,
-        temperature=temperature,
-        mode=mode,
-        delta_mean=delta_mean,
-        overwrite=overwrite,
-    )
-
-
 __all__ = [
     "ItemEmbeddings",
     "ItemEncoder",
     "QwenVLItemEncoder",
     "TextItemEncoder",
-    "add_lambda_column",
     "encode_items",
     "item_table_fingerprint",
     "weights_fingerprint",

@@ -1,4 +1,4 @@
-"""Offline data hardness lambda (HaRS, paper Eq. 4-6; DESIGN.md 2.1 and 2.6), on FAISS.
+"""Offline data hardness lambda (HaRS, paper Eq. 4-6; choices the paper leaves open: ``docs/design.md``), on FAISS.
 
 For every item j the index holds the fused unit vector ``e_j = normalize(normalize(h_j) + normalize(x_j))`` of its
 text embedding ``h_j`` and image embedding ``x_j`` (``e_j = normalize(h_j)`` when the item has no image). For a
@@ -8,7 +8,9 @@ preference pair (chosen item w, rejected item l) and each anchor a in {w, l}:
   the anchor itself excluded by id (a duplicate of the anchor is another item and stays);
 * Eq. 5 -- ``Z_a = softmax(c_a / tau)``, :func:`topk_profiles`;
 * Eq. 6 -- ``Delta = ||Z_w - Z_l||_2`` (rank-aligned; the mean over the pairs of a sample with several aligned pairs),
-  :meth:`HardnessIndex.deltas`; ``lambda = sigmoid(Delta) / sigmoid(mean Delta)``, :func:`lambdas_from_deltas`.
+  :meth:`HardnessIndex.score`; ``lambda = sigmoid(Delta) / sigmoid(mean Delta)``, :func:`lambdas_from_deltas`.
+
+:func:`add_hardness_column` adds lambda to a dataset of DPO rows, from an index, item embeddings or an item encoder.
 
 Ablation "w/o SAM" (``mode="pairwise"``): ``Delta = 1 - cos(e_w, e_l)``.
 
@@ -38,6 +40,8 @@ from dataclasses import dataclass, field
 import faiss
 import numpy as np
 from tqdm.auto import tqdm
+
+from .responsiveness import sigmoid
 
 __all__ = [
     "HardnessIndex",
@@ -427,24 +431,6 @@ class HardnessIndex:
 
     # ------------------------------------------------------------------ hardness
 
-    def deltas(self, chosen, rejected, k: int = 10, temperature: float = 1.0, mode: str = "topk") -> np.ndarray:
-        """Delta per sample (Eq. 6 left; ``1 - cos(e_w, e_l)`` for ``mode="pairwise"``), float64 ``[num_samples]``.
-
-        ``chosen``/``rejected``: one row per sample (ints), or per sample an equal-length sequence of rows (several
-        aligned pairs; Delta is then the mean over them).
-        """
-        chosen_rows, chosen_counts = _flatten_samples(chosen, "chosen")
-        rejected_rows, rejected_counts = _flatten_samples(rejected, "rejected")
-        if len(chosen_counts) != len(rejected_counts):
-            raise ValueError(f"chosen has {len(chosen_counts)} samples but rejected has {len(rejected_counts)}")
-        mismatched = np.flatnonzero(chosen_counts != rejected_counts)
-        if len(mismatched):
-            raise ValueError(
-                f"samples {_listed(mismatched)} have chosen and rejected sequences of different lengths; aligned "
-                "pairs need equal lengths"
-            )
-        return self._sample_deltas(chosen_rows, rejected_rows, chosen_counts, k, temperature, mode)
-
     def _sample_deltas(self, chosen_rows, rejected_rows, pairs_per_sample, k, temperature, mode) -> np.ndarray:
         """Delta per sample from flattened aligned pair rows and the number of pairs of each sample."""
         if mode not in HARDNESS_MODES:
@@ -492,22 +478,26 @@ class HardnessIndex:
         mode: str = "topk",
         delta_mean: float | None = None,
     ) -> HardnessScores:
-        """lambda, Delta and the mean Delta used (Eq. 6). ``delta_mean=None``: the mean Delta of these samples."""
-        deltas = self.deltas(chosen, rejected, k=k, temperature=temperature, mode=mode)
+        """lambda (float32), Delta (float64) and the mean Delta used, per sample (Eq. 6; ``1 - cos(e_w, e_l)`` for
+        ``mode="pairwise"``).
+
+        ``chosen``/``rejected``: one item row per sample (ints), or per sample an equal-length sequence of rows
+        (several aligned pairs; Delta is then the mean over them). ``delta_mean=None`` uses the mean Delta of these
+        samples: score the whole training set, then validation/test samples with the training set's ``delta_mean``.
+        """
+        chosen_rows, chosen_counts = _flatten_samples(chosen, "chosen")
+        rejected_rows, rejected_counts = _flatten_samples(rejected, "rejected")
+        if len(chosen_counts) != len(rejected_counts):
+            raise ValueError(f"chosen has {len(chosen_counts)} samples but rejected has {len(rejected_counts)}")
+        mismatched = np.flatnonzero(chosen_counts != rejected_counts)
+        if len(mismatched):
+            raise ValueError(
+                f"samples {_listed(mismatched)} have chosen and rejected sequences of different lengths; aligned "
+                "pairs need equal lengths"
+            )
+        deltas = self._sample_deltas(chosen_rows, rejected_rows, chosen_counts, k, temperature, mode)
         lambdas, used_mean = lambdas_from_deltas(deltas, delta_mean)
         return HardnessScores(lambdas=lambdas, deltas=deltas, delta_mean=used_mean)
-
-    def hardness(
-        self,
-        chosen,
-        rejected,
-        k: int = 10,
-        temperature: float = 1.0,
-        mode: str = "topk",
-        delta_mean: float | None = None,
-    ) -> np.ndarray:
-        """lambda per sample, float32 (DESIGN 2.6). Call on the whole training set, or pass its ``delta_mean``."""
-        return self.score(chosen, rejected, k=k, temperature=temperature, mode=mode, delta_mean=delta_mean).lambdas
 
     # ------------------------------------------------------------------ helpers
 
@@ -564,15 +554,18 @@ def lambdas_from_deltas(deltas, delta_mean: float | None = None) -> tuple[np.nda
         delta_mean = float(deltas.mean())
     elif not (isinstance(delta_mean, (int, float, np.floating)) and math.isfinite(delta_mean) and delta_mean >= 0):
         raise ValueError(f"delta_mean must be a finite number >= 0 (a mean of Deltas), got {delta_mean!r}")
-    lambdas = _sigmoid(deltas) / _sigmoid(float(delta_mean))
+    lambdas = sigmoid(deltas) / sigmoid(float(delta_mean))
     return lambdas.astype(np.float32), float(delta_mean)
 
 
 def add_hardness_column(
     dataset,
-    index: HardnessIndex,
-    item_rows: Mapping[str, int],
+    source,
+    item_rows: Mapping | None = None,
     *,
+    item_ids: Sequence[str] | None = None,
+    titles: Sequence[str] | None = None,
+    images: Sequence | None = None,
     chosen_column: str = "chosen_item",
     rejected_column: str = "rejected_item",
     column: str = "hano_lambda",
@@ -581,11 +574,25 @@ def add_hardness_column(
     mode: str = "topk",
     delta_mean: float | None = None,
     overwrite: bool = False,
+    index_options: dict | None = None,
+    cache_dir=None,
+    use_cache: bool = True,
+    progress: bool = True,
 ):
     """Add the float32 column ``column`` (lambda, Eq. 4-6) to a ``datasets.Dataset`` of DPO rows.
 
-    Each row's ``chosen_column``/``rejected_column`` hold one item id (str) each, or two equal-length lists of ids
-    (several aligned pairs). ``item_rows`` maps ids to rows of the index's embeddings. Returns
+    ``source`` is one of
+
+    * a :class:`HardnessIndex` over the item embeddings;
+    * item embeddings: an :class:`~hanorec_trl.encoders.ItemEmbeddings` (from
+      :func:`~hanorec_trl.encoders.encode_items`; its ``item_rows`` is the default) or a ``(text, image)`` pair of
+      ``[num_items, d]`` arrays (``image`` may be None); a :class:`HardnessIndex` is built with ``index_options``;
+    * an item encoder (:class:`~hanorec_trl.encoders.ItemEncoder`) with the item table ``item_ids``, ``titles`` and
+      optionally ``images``: the items are encoded first (cached under ``cache_dir`` unless ``use_cache=False``).
+
+    Each row's ``chosen_column``/``rejected_column`` hold one item id each, or two equal-length lists of ids
+    (several aligned pairs). Ids are strings or integers, of the type of ``item_rows``' keys; ``item_rows`` maps
+    them to rows of the embeddings, and ``item_rows=None`` means the ids are the rows (integers). Returns
     ``(dataset_with_column, delta_mean_used)``: score the training set with ``delta_mean=None`` and validation/test
     sets with the training set's value.
     """
@@ -594,6 +601,8 @@ def add_hardness_column(
         raise KeyError(f"dataset has no column(s) {missing}; its columns are {dataset.column_names}")
     if column in dataset.column_names and not overwrite:
         raise ValueError(f"dataset already has a column {column!r}; pass overwrite=True to replace it")
+    index, item_rows = _index_and_rows(source, item_rows, item_ids, titles, images, index_options,
+                                       dict(cache_dir=cache_dir, use_cache=use_cache, progress=progress))
     table = dataset.select_columns([chosen_column, rejected_column]).to_dict()
     chosen, chosen_counts = _ids_to_rows(table[chosen_column], chosen_column, item_rows, index.num_items)
     rejected, rejected_counts = _ids_to_rows(table[rejected_column], rejected_column, item_rows, index.num_items)
@@ -604,14 +613,14 @@ def add_hardness_column(
             f"rows {_listed(mismatched)} have {chosen_column!r} and {rejected_column!r} of different lengths (row "
             f"{first}: {chosen_counts[first]} vs {rejected_counts[first]}); aligned pairs need equal-length lists"
         )
-    deltas = index._sample_deltas(chosen, rejected, chosen_counts, k, temperature, mode)
-    lambdas, used_mean = lambdas_from_deltas(deltas, delta_mean)
+    scores = index.score(_per_sample(chosen, chosen_counts), _per_sample(rejected, rejected_counts), k=k,
+                         temperature=temperature, mode=mode, delta_mean=delta_mean)
     if column in dataset.column_names:
         dataset = dataset.remove_columns(column)
     from datasets import Value
 
-    dataset = dataset.add_column(column, lambdas, feature=Value("float32"))
-    return dataset, used_mean
+    dataset = dataset.add_column(column, scores.lambdas, feature=Value("float32"))
+    return dataset, scores.delta_mean
 
 
 # ---------------------------------------------------------------------- module helpers
@@ -667,30 +676,72 @@ def _flatten_samples(values, name: str) -> tuple[np.ndarray, np.ndarray]:
     return np.asarray(rows, dtype=np.int64), counts
 
 
-def _ids_to_rows(values, column: str, item_rows: Mapping[str, int], num_items: int) -> tuple[np.ndarray, np.ndarray]:
-    """Dataset item ids (str, or lists of str) -> rows (int64, all pairs flattened) and ids per dataset row."""
+def _index_and_rows(source, item_rows, item_ids, titles, images, index_options, encode_options):
+    """The :class:`HardnessIndex` and the id -> row map for :func:`add_hardness_column`'s ``source``."""
+    if isinstance(source, HardnessIndex):
+        if index_options:
+            raise ValueError("index_options apply when add_hardness_column builds the index; source is an index")
+        return source, item_rows
+    from .encoders import ItemEmbeddings, ItemEncoder, encode_items
+
+    if isinstance(source, ItemEncoder):
+        if item_ids is None or titles is None:
+            raise ValueError("with an item encoder, add_hardness_column needs the item table: item_ids= and titles= "
+                             "(and images= for image embeddings)")
+        source = encode_items(source, item_ids, titles, images, **encode_options)
+    if isinstance(source, ItemEmbeddings):
+        text, image = source.text, source.image
+        item_rows = source.item_rows if item_rows is None else item_rows
+    elif isinstance(source, (tuple, list)) and len(source) == 2:
+        text, image = source
+    else:
+        raise TypeError(
+            "add_hardness_column takes a HardnessIndex, item embeddings (ItemEmbeddings or a (text, image) pair of "
+            f"arrays) or an ItemEncoder with item_ids/titles/images; got {type(source).__name__}"
+        )
+    return HardnessIndex(text, image, **(index_options or {})), item_rows
+
+
+def _per_sample(rows: np.ndarray, counts: np.ndarray):
+    """Flattened pair rows back into what :meth:`HardnessIndex.score` takes: a 1-D (one pair per sample) or 2-D
+    (the same number of pairs per sample) integer array, else one list of rows per sample."""
+    if len(counts) and (counts == counts[0]).all():
+        return rows if counts[0] == 1 else rows.reshape(len(counts), int(counts[0]))
+    return np.split(rows, np.cumsum(counts)[:-1]) if len(counts) else rows
+
+
+def _ids_to_rows(values, column: str, item_rows: Mapping | None, num_items: int) -> tuple[np.ndarray, np.ndarray]:
+    """Dataset item ids (or lists of ids) -> rows (int64, all pairs flattened) and ids per dataset row.
+
+    The ids are of the type of ``item_rows``' keys (strings unless the keys are integers); ``item_rows=None``: the
+    ids are the rows."""
+    as_rows = item_rows is None
+    keys_are_ints = as_rows or (len(item_rows) > 0 and _is_int(next(iter(item_rows))))
+    id_type, kind = ((int, np.integer), "integers") if keys_are_ints else (str, "strings")
+    is_id = (lambda v: _is_int(v)) if keys_are_ints else (lambda v: isinstance(v, str))
     rows: list[int] = []
     counts = np.empty(len(values), dtype=np.int64)
-    unknown: dict[str, list[int]] = {}
-    out_of_range: dict[str, object] = {}
+    unknown: dict = {}
+    out_of_range: dict = {}
     for row, value in enumerate(values):
-        ids = [value] if isinstance(value, str) else value
-        if not isinstance(ids, (list, tuple)) or not all(isinstance(item, str) for item in ids):
+        ids = [value] if isinstance(value, id_type) and not isinstance(value, bool) else value
+        if not isinstance(ids, (list, tuple)) or not all(is_id(item) for item in ids):
+            source = "item rows (item_rows=None)" if as_rows else "the keys of item_rows"
             raise TypeError(
-                f"row {row} of column {column!r} holds {value!r}: item ids must be strings, or lists of strings for "
-                "several aligned pairs"
+                f"row {row} of column {column!r} holds {value!r}: item ids must be {kind} (like {source}), or lists "
+                f"of {kind} for several aligned pairs"
             )
         if not ids:
             raise ValueError(f"row {row} of column {column!r} is an empty list: every row needs at least one pair")
         for item in ids:
-            found = item_rows.get(item)
+            found = item if as_rows else item_rows.get(item)
             if found is None:
                 unknown.setdefault(item, []).append(row)
                 found = -1
             elif not (_is_int(found) and 0 <= found < num_items):
                 out_of_range[item] = found
                 found = -1
-            rows.append(found)
+            rows.append(int(found))
         counts[row] = len(ids)
     if unknown:
         shown = "; ".join(f"{item!r} (rows {_listed(where)})" for item, where in list(unknown.items())[:_SHOWN])
@@ -698,7 +749,8 @@ def _ids_to_rows(values, column: str, item_rows: Mapping[str, int], num_items: i
         raise KeyError(f"{len(unknown)} item ids in column {column!r} are not in item_rows: {shown}{more}")
     if out_of_range:
         shown = ", ".join(f"{item!r} -> {row!r}" for item, row in list(out_of_range.items())[:_SHOWN])
-        raise IndexError(f"item_rows maps ids of column {column!r} outside the index's rows [0, {num_items}): {shown}")
+        mapped = "has item rows" if as_rows else "item_rows maps ids of"
+        raise IndexError(f"{mapped} column {column!r} outside the index's rows [0, {num_items}): {shown}")
     return np.asarray(rows, dtype=np.int64), counts
 
 
@@ -719,10 +771,6 @@ def _transposed(matrix: np.ndarray, tile: int = 256) -> np.ndarray:
         for j in range(0, matrix.shape[1], tile):
             out[j : j + tile, i : i + tile] = matrix[i : i + tile, j : j + tile].T
     return out
-
-
-def _sigmoid(x):
-    return 1.0 / (1.0 + np.exp(-np.asarray(x, dtype=np.float64)))
 
 
 @contextlib.contextmanager

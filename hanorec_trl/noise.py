@@ -1,4 +1,4 @@
-"""Noise-regularised distribution optimisation, NoDO (paper Eq. 9-10, DESIGN 2.4).
+"""Noise-regularised distribution optimisation, NoDO (paper Eq. 9-10; ``docs/nodo.md``).
 
 Inside ``with lora_noise(model, std): ...`` every active LoRA layer computes with ``A' = A + s*eps_A`` and
 ``B' = B + s*eps_B`` (``eps ~ N(0, I)``), i.e. ``(B + s*eps_B)(A + s*eps_A) x``. The noise is added to the LoRA

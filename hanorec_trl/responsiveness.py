@@ -1,4 +1,4 @@
-"""Online model responsiveness eta (paper Eq. 7-8, pinned down in DESIGN 2.2).
+"""Online model responsiveness eta (paper Eq. 7-8, pinned down in ``docs/design.md``).
 
 eta is one scalar per batch, computed from the batch's reward gaps ``R_i = beta0 * delta_i`` (Eq. 7). Batches
 whose gaps run above the data's running average get ``eta > 1`` (a larger beta, a smaller update), batches below it
@@ -10,16 +10,24 @@ from __future__ import annotations
 import math
 from typing import Any
 
+import numpy as np
 import torch
 
 RESPONSIVENESS_MODES = ("ema", "batch")
 
 
-def _sigmoid(x: float) -> float:
-    if x >= 0:
-        return 1.0 / (1.0 + math.exp(-x))
-    z = math.exp(x)
-    return z / (1.0 + z)
+def sigmoid(x):
+    """The logistic function without overflow for large ``|x|``: a float for a scalar, a float64 array for an
+    array (the lambda of Eq. 6 and the eta of Eq. 8 both use it)."""
+    if np.ndim(x) == 0:
+        x = float(x)
+        if x >= 0:
+            return 1.0 / (1.0 + math.exp(-x))
+        z = math.exp(x)
+        return z / (1.0 + z)
+    x = np.asarray(x, dtype=np.float64)
+    z = np.exp(-np.abs(x))
+    return np.where(x >= 0, 1.0 / (1.0 + z), z / (1.0 + z))
 
 
 def trimmed_mean(values: torch.Tensor) -> float:
@@ -31,7 +39,7 @@ def trimmed_mean(values: torch.Tensor) -> float:
 
 
 class ResponsivenessTracker:
-    """Turns each batch's reward gaps into eta (DESIGN 2.2).
+    """Turns each batch's reward gaps into eta (Eq. 7-8; ``docs/design.md``).
 
     ``mode="ema"`` (default) keeps running estimates of the gap scale ``s`` and of the data's average normalised gap
     ``m_data``; the first informative batch gives eta = 1 and the first ``warmup`` informative batches return 1 while
@@ -109,7 +117,7 @@ class ResponsivenessTracker:
         if abs(mean) < self.eps:
             return 1.0
         self.steps += 1
-        eta = _sigmoid(trimmed_mean(gaps / mean)) / _sigmoid(1.0)
+        eta = sigmoid(trimmed_mean(gaps / mean)) / sigmoid(1.0)
         if self.steps <= self.warmup:
             return 1.0
         return self._clamp(eta)
@@ -123,7 +131,7 @@ class ResponsivenessTracker:
         batch_mean = trimmed_mean(gaps / self.scale)
         if self.steps == 0:
             self.data_mean = batch_mean
-        eta = _sigmoid(batch_mean) / _sigmoid(self.data_mean)
+        eta = sigmoid(batch_mean) / sigmoid(self.data_mean)
         self.data_mean = mu * self.data_mean + (1 - mu) * batch_mean
         self.steps += 1
         if self.steps <= self.warmup:

@@ -245,9 +245,10 @@ def tiny_preference_dataset(n: int = 8, with_images: bool = True, seed: int = 0)
     return Dataset.from_list(rows)
 
 
-def random_item_embeddings(num_items: int = len(TINY_TITLES), dim: int = 16, seed: int = 0):
+def random_item_embeddings(num_items: int = 32, dim: int = 16, seed: int = 0):
     """Seeded random ``(text, image)`` item embeddings of shape ``(num_items, dim)`` and the ``item_rows`` map
-    (item id ``str(j)`` -> row ``j``), the inputs of :class:`~hanorec_trl.hardness.HardnessIndex`."""
+    (item id ``str(j)`` -> row ``j``), the inputs of :class:`~hanorec_trl.hardness.HardnessIndex`. The default
+    catalogue covers the ids of :func:`tiny_preference_dataset` and has room for Top-K sets with the default K = 10."""
     rng = np.random.default_rng(seed)
     text = rng.standard_normal((num_items, dim)).astype(np.float32)
     image = rng.standard_normal((num_items, dim)).astype(np.float32)

@@ -1,4 +1,4 @@
-"""``HaNoDPOTrainer``: TRL's ``DPOTrainer`` with HaNoRec's adaptive beta and LoRA noise (paper Sec. 3, DESIGN 2).
+"""``HaNoDPOTrainer``: TRL's ``DPOTrainer`` with HaNoRec's adaptive beta and LoRA noise (paper Sec. 3; ``docs/trainer.md``).
 
 How the per-sample, current-batch beta' gets into TRL 1.16 without copying its loss code
 -----------------------------------------------------------------------------------------
@@ -28,6 +28,7 @@ import logging
 import math
 import os
 import re
+import textwrap
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -164,8 +165,8 @@ def validate_lambda_column(dataset: Any, column: str, name: str, maximum: float 
     if column not in dataset.column_names:
         raise ValueError(
             f"use_hardness=True needs a column {column!r} with the hardness lambda of each row in the {name} dataset; "
-            f"its columns are {dataset.column_names}. Compute it with hanorec_trl.add_hardness_column (or "
-            f"hanorec_trl.encoders.add_lambda_column), or set use_hardness=False."
+            f"its columns are {dataset.column_names}. Compute it with hanorec_trl.add_hardness_column (from a "
+            "HardnessIndex, item embeddings or an item encoder), or set use_hardness=False."
         )
     import pyarrow as pa
 
@@ -289,19 +290,20 @@ class HaNoDPOTrainer(DPOTrainer):
 
     With `use_hardness=False, use_responsiveness=False, lora_noise_std=0` it computes exactly what `DPOTrainer` does.
 
-    Example:
+    Example (the README's library snippet, run by ``tests/test_readme_snippet.py``; more in ``docs/trainer.md``):
 
     ```python
     >>> from peft import LoraConfig
     >>> from hanorec_trl import HaNoDPOConfig, HaNoDPOTrainer, add_hardness_column
+    >>> from hanorec_trl.model_utils import language_model_lora_regex
 
-    >>> dataset, _ = add_hardness_column(dpo_dataset, hardness_index, item_rows)  # adds "hano_lambda"
+    >>> dataset, _ = add_hardness_column(dpo_dataset, (text_embeddings, image_embeddings), item_rows)
     >>> trainer = HaNoDPOTrainer(
     ...     model=model,
-    ...     args=HaNoDPOConfig(output_dir="hano-dpo", beta=0.1, lora_noise_std=0.01),
+    ...     args=HaNoDPOConfig(output_dir="hano-dpo", beta=0.1, lora_noise_std=0.01, max_length=None),
     ...     train_dataset=dataset,
     ...     processing_class=processor,
-    ...     peft_config=LoraConfig(r=8, lora_alpha=32, target_modules="all-linear"),
+    ...     peft_config=LoraConfig(r=8, lora_alpha=32, target_modules=language_model_lora_regex(model)),
     ... )
     >>> trainer.train()
     ```
@@ -309,6 +311,19 @@ class HaNoDPOTrainer(DPOTrainer):
 
     _tag_names = ["trl", "dpo", "hanorec"]
     _name = "HaNoDPO"
+    # The model card (``create_model_card``) cites HaNoRec, then DPO, whose loss this trainer keeps (Eq. 12).
+    _paper = {
+        "title": "Multimodal Large Language Models with Adaptive Preference Optimization for Sequential Recommendation",
+        "id": None,  # no paper-page id to link to; the card then names the method without a link
+        "citation": textwrap.dedent("""\
+            @misc{wang_hanorec,
+                title        = {{Multimodal Large Language Models with Adaptive Preference Optimization for
+                                 Sequential Recommendation}},
+                author       = {Yu Wang and Yonghui Yang and Le Wu and Yi Zhang and Richang Hong},
+                note         = {HaNoRec: Hardness-aware and Noise-regularized preference optimization for
+                                Recommendation},
+            }""") + "\n\n" + DPOTrainer._paper["citation"],
+    }
 
     def __init__(
         self,
@@ -404,7 +419,7 @@ class HaNoDPOTrainer(DPOTrainer):
 
     # ------------------------------------------------------------------------------------------------- fast path
     def _fast_path_off_reason(self, data_collator, compute_metrics) -> str | None:
-        """Why the prompt-once packed batches cannot be used here, or None when they can (issue "Fast path")."""
+        """Why the prompt-once packed batches cannot be used here, or None when they can (``docs/fast_path.md``)."""
         args = self.args
         if not args.fast_prompt_once:
             return "fast_prompt_once=False"

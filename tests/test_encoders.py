@@ -8,7 +8,6 @@ from conftest import solid_image
 from hanorec_trl.encoders import (
     QwenVLItemEncoder,
     TextItemEncoder,
-    add_lambda_column,
     encode_items,
     weights_fingerprint,
 )
@@ -177,13 +176,14 @@ def test_real_minilm_text_encoder(tmp_path):
     assert unit[0] @ unit[1] > unit[0] @ unit[2] + 0.3  # a real encoder: the sequel is much closer than "Heat"
 
 
-def test_add_lambda_column_from_items(vl_encoder, tmp_path):
+def test_add_hardness_column_from_an_encoder(vl_encoder, tmp_path):
     from datasets import Dataset
 
     from hanorec_trl.hardness import HardnessIndex, add_hardness_column
 
     ds = Dataset.from_dict({"chosen_item": ["0", "1", "2"], "rejected_item": ["3", "4", "5"], "x": [1, 2, 3]})
-    out, delta_mean = add_lambda_column(ds, vl_encoder, IDS, TITLES, _images(), k=3, cache_dir=tmp_path, progress=False)
+    out, delta_mean = add_hardness_column(ds, vl_encoder, item_ids=IDS, titles=TITLES, images=_images(), k=3,
+                                          cache_dir=tmp_path, progress=False)
     assert out["x"] == [1, 2, 3]
     lam = np.asarray(out["hano_lambda"])
     assert lam.shape == (3,) and np.isfinite(lam).all() and np.isfinite(delta_mean)
@@ -194,10 +194,12 @@ def test_add_lambda_column_from_items(vl_encoder, tmp_path):
     np.testing.assert_allclose(lam, by_hand["hano_lambda"], rtol=1e-6)
     assert delta_mean == pytest.approx(by_hand_mean)
     # validation pairs scored with the training set's delta_mean
-    val, used = add_lambda_column(
-        ds, vl_encoder, IDS, TITLES, _images(), k=3, cache_dir=tmp_path, delta_mean=delta_mean, progress=False
+    val, used = add_hardness_column(
+        ds, vl_encoder, item_ids=IDS, titles=TITLES, images=_images(), k=3, cache_dir=tmp_path,
+        delta_mean=delta_mean, progress=False
     )
     assert used == pytest.approx(delta_mean)
     with pytest.raises(Exception, match="'9'"):
         bad = Dataset.from_dict({"chosen_item": ["9"], "rejected_item": ["0"]})
-        add_lambda_column(bad, vl_encoder, IDS, TITLES, _images(), k=3, cache_dir=tmp_path, progress=False)
+        add_hardness_column(bad, vl_encoder, item_ids=IDS, titles=TITLES, images=_images(), k=3, cache_dir=tmp_path,
+                            progress=False)

@@ -1,4 +1,4 @@
-"""HardnessIndex / add_hardness_column (DESIGN 2.1, 2.6; paper Eq. 4-6) against an independent brute-force NumPy
+"""HardnessIndex / add_hardness_column (paper Eq. 4-6; docs/design.md) against an independent brute-force NumPy
 implementation, approximate indices against the exact one, and every bad input."""
 
 import warnings
@@ -9,7 +9,7 @@ from datasets import Dataset
 
 from hanorec_trl.hardness import HardnessIndex, HardnessIndexConfig, add_hardness_column, lambdas_from_deltas
 
-# ---------------------------------------------------------------------- the reference, written from DESIGN 2.1
+# ---------------------------------------------------------------------- the reference, written from docs/design.md
 
 
 def reference_fused(text, image=None):
@@ -89,22 +89,22 @@ def test_topk_lambda_matches_brute_force(k, temperature):
     np.testing.assert_allclose(scores.lambdas, expected, rtol=0, atol=1e-7 / temperature)
     assert scores.delta_mean == pytest.approx(expected_mean, rel=1e-5, abs=1e-9)
     # hardness() is the lambda of score(); deltas() its Delta
-    np.testing.assert_array_equal(index.hardness(chosen, rejected, k=k, temperature=temperature), scores.lambdas)
-    np.testing.assert_array_equal(index.deltas(chosen, rejected, k=k, temperature=temperature), scores.deltas)
+    np.testing.assert_array_equal(index.score(chosen, rejected, k=k, temperature=temperature).lambdas, scores.lambdas)
+    np.testing.assert_array_equal(index.score(chosen, rejected, k=k, temperature=temperature).deltas, scores.deltas)
 
 
 def test_smaller_temperature_spreads_lambda():
     text, image = catalogue()
     chosen, rejected = random_pairs(len(text), 200)
     index = HardnessIndex(text, image)
-    spread = {tau: np.ptp(index.hardness(chosen, rejected, temperature=tau)) for tau in (1.0, 0.05)}
+    spread = {tau: np.ptp(index.score(chosen, rejected, temperature=tau).lambdas) for tau in (1.0, 0.05)}
     assert spread[0.05] > 5 * spread[1.0] > 0
 
 
 def test_pairwise_mode_matches_brute_force():
     text, image = catalogue()
     chosen, rejected = random_pairs(len(text), 50, max_pairs=3)
-    lambdas = HardnessIndex(text, image).hardness(chosen, rejected, mode="pairwise")
+    lambdas = HardnessIndex(text, image).score(chosen, rejected, mode="pairwise").lambdas
     expected, _, _ = reference_lambdas(text, image, chosen, rejected, mode="pairwise")
     np.testing.assert_allclose(lambdas, expected, rtol=1e-6, atol=1e-7)
 
@@ -120,7 +120,7 @@ def test_several_aligned_pairs_per_sample_average_delta(mode):
     np.testing.assert_allclose(scores.deltas, expected_deltas, rtol=1e-5, atol=1e-7)
     np.testing.assert_allclose(scores.lambdas, expected, rtol=1e-6, atol=1e-7)
     # a sample's Delta is the mean of its pairs' Deltas
-    first = index.deltas([[c] for c in chosen[0]], [[r] for r in rejected[0]], k=5, temperature=0.2, mode=mode)
+    first = index.score([[c] for c in chosen[0]], [[r] for r in rejected[0]], k=5, temperature=0.2, mode=mode).deltas
     assert scores.deltas[0] == pytest.approx(first.mean(), rel=1e-12)
 
 
@@ -129,10 +129,10 @@ def test_equal_length_pairs_as_2d_arrays_and_plain_ints():
     rng = np.random.default_rng(3)
     chosen, rejected = rng.integers(0, 40, size=(30, 2)), rng.integers(0, 40, size=(30, 2))
     index = HardnessIndex(text, image)
-    from_arrays = index.hardness(chosen, rejected, k=4)
-    from_lists = index.hardness([list(map(int, c)) for c in chosen], [list(map(int, r)) for r in rejected], k=4)
+    from_arrays = index.score(chosen, rejected, k=4).lambdas
+    from_lists = index.score([list(map(int, c)) for c in chosen], [list(map(int, r)) for r in rejected], k=4).lambdas
     np.testing.assert_array_equal(from_arrays, from_lists)
-    singles = index.hardness(chosen[:, 0], rejected[:, 0], k=4)
+    singles = index.score(chosen[:, 0], rejected[:, 0], k=4).lambdas
     expected, _, _ = reference_lambdas(text, image, chosen[:, :1], rejected[:, :1], 4)
     np.testing.assert_allclose(singles, expected, rtol=1e-6, atol=1e-7)
 
@@ -144,13 +144,14 @@ def test_items_without_images_and_text_only_index():
     assert index.has_image.sum() == 20
     np.testing.assert_allclose(index.embeddings([0, 1]), reference_fused(text, image)[[0, 1]], atol=1e-6)
     expected, _, _ = reference_lambdas(text, image, chosen, rejected, 6, 0.3)
-    np.testing.assert_allclose(index.hardness(chosen, rejected, k=6, temperature=0.3), expected, rtol=1e-6, atol=1e-7)
-    text_only = HardnessIndex(text).hardness(chosen, rejected, k=6, temperature=0.3)
+    lambdas = index.score(chosen, rejected, k=6, temperature=0.3).lambdas
+    np.testing.assert_allclose(lambdas, expected, rtol=1e-6, atol=1e-7)
+    text_only = HardnessIndex(text).score(chosen, rejected, k=6, temperature=0.3).lambdas
     expected, _, _ = reference_lambdas(text, None, chosen, rejected, 6, 0.3)
     np.testing.assert_allclose(text_only, expected, rtol=1e-6, atol=1e-7)
     # an all-zero image matrix is the same as no images
     np.testing.assert_array_equal(
-        HardnessIndex(text, np.zeros_like(image)).hardness(chosen, rejected, k=6, temperature=0.3), text_only
+        HardnessIndex(text, np.zeros_like(image)).score(chosen, rejected, k=6, temperature=0.3).lambdas, text_only
     )
 
 
@@ -164,7 +165,7 @@ def test_delta_mean_given_vs_computed():
     assert test.delta_mean == train.delta_mean
     expected, _, _ = reference_lambdas(text, image, test_c, test_r, 10, 0.1, delta_mean=train.delta_mean)
     np.testing.assert_allclose(test.lambdas, expected, rtol=1e-6, atol=1e-7)
-    own_mean = index.hardness(test_c, test_r, temperature=0.1)
+    own_mean = index.score(test_c, test_r, temperature=0.1).lambdas
     assert not np.allclose(own_mean, test.lambdas)  # the set's own mean gives different lambdas
     # the training set's lambdas average about 1 (sigmoid is nearly linear over the small Delta range)
     assert abs(float(train.lambdas.mean()) - 1.0) < 1e-3
@@ -184,19 +185,19 @@ def test_duplicates_and_ties_exclude_the_anchor_by_id():
     np.testing.assert_allclose(scores[:, :2], 1.0, atol=1e-6)
     chosen, rejected = [4, 5, 6, 4], [0, 1, 2, 3]
     expected, _, _ = reference_lambdas(text, image, [[c] for c in chosen], [[r] for r in rejected], 3, 0.05)
-    np.testing.assert_allclose(index.hardness(chosen, rejected, k=3, temperature=0.05), expected, rtol=1e-6)
+    np.testing.assert_allclose(index.score(chosen, rejected, k=3, temperature=0.05).lambdas, expected, rtol=1e-6)
 
 
 def test_deterministic_and_independent_of_batching():
     text, image = catalogue(num_items=400, dim=16)
     chosen, rejected = random_pairs(400, 3000, seed=7)
     index = HardnessIndex(text, image)
-    everything = index.deltas(chosen, rejected, k=10, temperature=0.5)
-    rebuilt = HardnessIndex(text, image).deltas(chosen, rejected, k=10, temperature=0.5)
+    everything = index.score(chosen, rejected, k=10, temperature=0.5).deltas
+    rebuilt = HardnessIndex(text, image).score(chosen, rejected, k=10, temperature=0.5).deltas
     np.testing.assert_array_equal(everything, rebuilt)
     # a pair scored alone gets bit-identical Delta to the same pair inside a large job
     for sample in (0, 17, 2999):
-        alone = index.deltas(chosen[sample : sample + 1], rejected[sample : sample + 1], k=10, temperature=0.5)
+        alone = index.score(chosen[sample : sample + 1], rejected[sample : sample + 1], k=10, temperature=0.5).deltas
         assert alone[0] == everything[sample]
 
 
@@ -239,8 +240,8 @@ def test_approximate_index_recall_against_exact(kind, options):
     np.testing.assert_array_equal(forced_ids, exact_ids)
     np.testing.assert_allclose(forced_scores, exact_scores, atol=1e-6)
     chosen, rejected = random_pairs(3000, 500, seed=3)
-    lam_exact = exact.hardness(chosen, rejected, temperature=0.1)
-    lam_approx = approximate.hardness(chosen, rejected, temperature=0.1)
+    lam_exact = exact.score(chosen, rejected, temperature=0.1).lambdas
+    lam_approx = approximate.score(chosen, rejected, temperature=0.1).lambdas
     assert np.max(np.abs(lam_exact - lam_approx)) < 0.01
 
 
@@ -250,10 +251,10 @@ def test_ivf_is_deterministic_and_falls_back_to_exact_when_lists_are_short():
     first = HardnessIndex(text, index="ivf", ivf_nlist=200, ivf_nprobe=1)  # ~3 items per list < K + 1
     second = HardnessIndex(text, index="ivf", ivf_nlist=200, ivf_nprobe=1)
     with pytest.warns(UserWarning, match="fewer than K=10 neighbours"):
-        lam_first = first.hardness(chosen, rejected)
+        lam_first = first.score(chosen, rejected).lambdas
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        np.testing.assert_array_equal(lam_first, second.hardness(chosen, rejected))
+        np.testing.assert_array_equal(lam_first, second.score(chosen, rejected).lambdas)
     rows = np.arange(600)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -324,34 +325,34 @@ def test_hardness_arguments_are_checked():
     text, image = catalogue()
     index = HardnessIndex(text, image)
     with pytest.raises(IndexError, match=r"chosen item rows out of range \[0, 40\): 40, -1 in samples 1, 3"):
-        index.hardness([0, 40, 2, -1], [1, 2, 3, 4])
+        index.score([0, 40, 2, -1], [1, 2, 3, 4]).lambdas
     with pytest.raises(IndexError, match=r"rejected item rows out of range \[0, 40\): 99 in samples 0"):
-        index.hardness([[0, 1]], [[2, 99]])
+        index.score([[0, 1]], [[2, 99]]).lambdas
     with pytest.raises(ValueError, match="k=40 but the catalogue has 40 items.*at most 39"):
-        index.hardness([0], [1], k=40)
+        index.score([0], [1], k=40).lambdas
     with pytest.raises(ValueError, match="k must be a positive integer"):
-        index.hardness([0], [1], k=0)
+        index.score([0], [1], k=0).lambdas
     with pytest.raises(ValueError, match="temperature must be a finite number > 0"):
-        index.hardness([0], [1], temperature=0.0)
+        index.score([0], [1], temperature=0.0).lambdas
     with pytest.raises(ValueError, match="mode must be one of"):
-        index.hardness([0], [1], mode="sam")
+        index.score([0], [1], mode="sam").lambdas
     with pytest.raises(ValueError, match="chosen has 2 samples but rejected has 1"):
-        index.hardness([0, 1], [2])
+        index.score([0, 1], [2]).lambdas
     with pytest.raises(ValueError, match=r"samples 1 have chosen and rejected sequences of different lengths"):
-        index.hardness([[0], [1, 2]], [[3], [4]])
+        index.score([[0], [1, 2]], [[3], [4]]).lambdas
     with pytest.raises(ValueError, match=r"samples 0 have no \(chosen, rejected\) pair"):
-        index.hardness([[], [1]], [[], [2]])
+        index.score([[], [1]], [[], [2]]).lambdas
     with pytest.raises(TypeError, match=r"chosen\[1\] must be an item row .* got float 2.5"):
-        index.hardness([0, 2.5], [1, 2])
+        index.score([0, 2.5], [1, 2]).lambdas
     with pytest.raises(TypeError, match=r"rejected\[0\] contains 2.5 \(float\)"):
-        index.hardness([[0, 1]], [[2, 2.5]])
+        index.score([[0, 1]], [[2, 2.5]]).lambdas
     with pytest.raises(TypeError, match=r"chosen\[0\] must be an item row"):
-        index.hardness(["1193"], ["1"])
+        index.score(["1193"], ["1"]).lambdas
     with pytest.raises(ValueError, match="delta_mean must be a finite number >= 0"):
-        index.hardness([0], [1], delta_mean=-0.1)
+        index.score([0], [1], delta_mean=-0.1).lambdas
     with pytest.raises(ValueError, match="mean Delta is undefined"):
-        index.hardness([], [])
-    assert index.hardness([], [], delta_mean=0.1).shape == (0,)
+        index.score([], []).lambdas
+    assert index.score([], [], delta_mean=0.1).lambdas.shape == (0,)
 
 
 # ---------------------------------------------------------------------- add_hardness_column
@@ -437,3 +438,26 @@ def test_add_hardness_column_refuses_bad_input():
     again, _ = add_hardness_column(scored, index, item_rows, temperature=0.05, overwrite=True)
     assert again.column_names.count("hano_lambda") == 1
     assert not np.allclose(again["hano_lambda"], scored["hano_lambda"])
+
+
+def test_add_hardness_column_integer_ids_rows_and_embeddings():
+    text, image = catalogue()
+    index = HardnessIndex(text, image)
+    by_string = {str(j): j for j in range(40)}
+    strings = Dataset.from_dict({"chosen_item": ["1", "2", "3"], "rejected_item": ["4", "5", "6"]})
+    expected, expected_mean = add_hardness_column(strings, index, by_string)
+    integers = Dataset.from_dict({"chosen_item": [1, 2, 3], "rejected_item": [4, 5, 6]})
+    as_rows, mean = add_hardness_column(integers, index)  # item_rows=None: the ids are the rows
+    np.testing.assert_array_equal(as_rows["hano_lambda"], expected["hano_lambda"])
+    assert mean == expected_mean
+    offset = Dataset.from_dict({"chosen_item": [101, 102, 103], "rejected_item": [104, 105, 106]})
+    mapped, _ = add_hardness_column(offset, index, {j + 100: j for j in range(40)})
+    np.testing.assert_array_equal(mapped["hano_lambda"], expected["hano_lambda"])
+    from_arrays, _ = add_hardness_column(strings, (text, image), by_string)  # the index is built from embeddings
+    np.testing.assert_array_equal(from_arrays["hano_lambda"], expected["hano_lambda"])
+    with pytest.raises(TypeError, match="item ids must be integers"):
+        add_hardness_column(strings, index)
+    with pytest.raises(IndexError, match=r"has item rows column 'chosen_item' outside the index's rows \[0, 40\)"):
+        add_hardness_column(Dataset.from_dict({"chosen_item": [40], "rejected_item": [1]}), index)
+    with pytest.raises(TypeError, match="takes a HardnessIndex, item embeddings"):
+        add_hardness_column(strings, "not an index", by_string)

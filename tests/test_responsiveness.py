@@ -1,4 +1,4 @@
-"""ResponsivenessTracker against DESIGN 2.2's pseudo-code, step by step (Eq. 7-8)."""
+"""ResponsivenessTracker against the pseudo-code of docs/design.md, step by step (Eq. 7-8)."""
 
 import math
 
@@ -14,7 +14,7 @@ def sigmoid(x):
 
 
 class PseudoCode:
-    """DESIGN 2.2 transcribed literally, on plain Python floats."""
+    """docs/design.md's pseudo-code transcribed literally, on plain Python floats."""
 
     def __init__(self, mu=0.9, eps=1e-6, warmup=10, eta_min=None, eta_max=None):
         self.s, self.m_data, self.t = 0.0, 0.0, 0

@@ -1,4 +1,5 @@
-"""Evaluation of recommenders: HR@K, NDCG@K, AUC (paper Sec. 4.1; DESIGN.md 3). See ``docs/evaluation.md``.
+"""Evaluation of recommenders: HR@K, NDCG@K, AUC (paper Sec. 4.1). See ``docs/evaluation.md``; the
+protocol choices: ``docs/design.md``.
 
 * :mod:`.metrics` -- pure metric functions (ties, K, AUC conventions);
 * :mod:`.scoring` -- candidate log-likelihoods as TRL's DPO scores them, prompt once;

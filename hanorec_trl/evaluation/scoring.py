@@ -1,4 +1,4 @@
-"""Likelihood scoring of candidate completions, prompt once (DESIGN.md 3: "Scoring for evaluation").
+"""Likelihood scoring of candidate completions, prompt once (``docs/evaluation.md``).
 
 For a prompt and its candidate completions, the score of a candidate is the log-likelihood the model assigns to
 it as the completion: the sum of the log-probabilities of exactly the tokens TRL 1.16's ``DPOTrainer`` scores for

@@ -51,7 +51,7 @@ def _instance_attribute(obj: Any, name: str, value: Any):
 
 @contextlib.contextmanager
 def frozen_vision_without_graph(model: nn.Module):
-    """Runs a frozen Qwen2-VL-family vision tower under ``no_grad`` inside the context (issue "Fast path", part 4).
+    """Runs a frozen Qwen2-VL-family vision tower under ``no_grad`` inside the context (``docs/fast_path.md``).
 
     Under gradient checkpointing, transformers' ``enable_input_require_grads`` hooks the vision tower's patch
     embedding too, so autograd records the whole frozen tower and the backward pass runs (and recomputes) it, although
@@ -107,8 +107,8 @@ def pixel_key(pixels: torch.Tensor, grid: list[int]) -> str:
 
 @contextlib.contextmanager
 def cached_image_features(model: nn.Module, cache: VisionFeatureCache, inference: bool = False):
-    """Inside the context, a frozen Qwen2-VL-family vision tower computes each distinct image once (issue "Fast path",
-    part 1, for trainers that build their own batches, e.g. TRL's ``SFTTrainer``).
+    """Inside the context, a frozen Qwen2-VL-family vision tower computes each distinct image once
+    (``docs/fast_path.md``), for trainers that build their own batches, e.g. TRL's ``SFTTrainer``.
 
     The model's ``get_image_features`` is wrapped: the batch's pixels are split per image, each image is keyed by the
     hash of its processed patches (:func:`pixel_key`; exact: equal keys mean equal inputs to the tower), cached

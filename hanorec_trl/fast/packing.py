@@ -1,4 +1,4 @@
-"""Prompt-once packing of preference batches (issue "Fast path", part 3).
+"""Prompt-once packing of preference batches (``docs/fast_path.md``).
 
 TRL's preference collators build a ``[chosen; rejected]`` batch in which every prompt, with all its images, appears
 twice. :class:`PackedPreferenceCollator` instead builds one sequence per distinct prompt of the batch::

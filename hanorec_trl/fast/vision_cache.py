@@ -1,4 +1,4 @@
-"""Cache of merged visual features per distinct image (issue "Fast path", part 1).
+"""Cache of merged visual features per distinct image (``docs/fast_path.md``).
 
 Items repeat across thousands of recommendation prompts (a poster appears in every history and candidate list that
 contains its movie), and the vision tower is frozen during LoRA training on the language model. Each distinct image's
