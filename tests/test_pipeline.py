@@ -78,14 +78,18 @@ def test_default_run_produces_results_plots_and_markers(run_dir):
     steps = [h for h in history if "hano/beta_mean" in h]
     assert len(steps) == 2 and all(h["hano/beta_min"] <= h["hano/beta_mean"] <= h["hano/beta_max"] for h in steps)
     assert all("hano/eta" in h and "hano/lambda_mean" in h for h in steps)
-    # lambda of every DPO row, for both hardness modes, finite and mean-normalised around 1 (Eq. 6)
-    lambdas = json.loads((run_dir / "hardness" / "lambdas.json").read_text())
-    rows = len(lambdas["rows"]["sequence_id"])
-    assert rows == 16  # 8 sequences x (ranking + AUC)
+    # the DPO pairs, saved once by the hardness stage, with lambda of every row for both hardness modes, finite and
+    # mean-normalised around 1 (Eq. 6); each variant reads its column through HaNoDPOConfig.hardness_column
+    from datasets import load_from_disk
+
+    pairs = load_from_disk(str(run_dir / "hardness" / "pairs"))
+    assert len(pairs) == 16  # 8 sequences x (ranking + AUC)
+    lambdas = {mode: pairs[f"hano_lambda_{mode}"] for mode in ("topk", "pairwise")}
     for mode in ("topk", "pairwise"):
-        assert len(lambdas["lambda"][mode]) == rows and all(0.5 < x < 2.0 for x in lambdas["lambda"][mode])
-        assert len(set(lambdas["lambda"][mode])) > 1  # per-row hardness, not a constant (0.5 < x < 2 always holds)
-    assert lambdas["lambda"]["topk"] != lambdas["lambda"]["pairwise"]
+        assert all(0.5 < x < 2.0 for x in lambdas[mode])
+        assert len(set(lambdas[mode])) > 1  # per-row hardness, not a constant (0.5 < x < 2 always holds)
+    assert lambdas["topk"] != lambdas["pairwise"]
+    assert not (run_dir / "hardness" / "lambdas.json").exists()
     # title-image similarities before (SFT) and after (HaNoRec) DPO, on the same items
     before = json.loads((run_dir / "eval" / "sft" / "similarity.json").read_text())
     after = json.loads((run_dir / "eval" / "hano" / "similarity.json").read_text())

@@ -19,13 +19,77 @@ RECIPES = sorted((REPO / "examples" / "recipes").rglob("*.yaml"))
 # ------------------------------------------------------------------------------------------------- parsing, recipes
 
 
-def test_every_recipe_parses_and_names_its_dataset():
+def test_every_recipe_parses_into_the_trl_dataclasses_and_names_its_dataset():
+    import yaml
+    from trl import ModelConfig, SFTConfig
+
+    from hanorec_trl import HaNoDPOConfig
+    from hanorec_trl.pipeline.arguments import SECTIONS
+
     assert len(RECIPES) >= 8
     for recipe in RECIPES:
-        config = parse_args(["--config", str(recipe), "--data_dir", "/data/x"], dataset=None)
+        sections = yaml.safe_load(recipe.read_text())
+        assert set(sections) <= set(SECTIONS), f"{recipe} is not in the nested form"
+        config = parse_args(["--config", str(recipe), "--data.data_dir", "/data/x"], dataset=None)
+        assert isinstance(config.model, ModelConfig) and isinstance(config.sft, SFTConfig), recipe
+        assert isinstance(config.dpo, HaNoDPOConfig), recipe
+        for section, cls in (("model", ModelConfig), ("sft", SFTConfig), ("dpo", HaNoDPOConfig)):
+            for name, value in sections.get(section, {}).items():  # every recipe value reached TRL's dataclass
+                assert name in cls.__dataclass_fields__, (recipe, section, name)
+                assert config.explicit[section][name] == value, (recipe, section, name)
         dataset = recipe.relative_to(REPO / "examples" / "recipes").parts[0]
         assert config.data.dataset == dataset, recipe
         assert config.run.method == ("sft" if recipe.stem.startswith("sft_") else "hano"), recipe
+
+
+def test_pipeline_sections_define_no_field_of_the_trl_dataclasses():
+    from trl import DPOConfig, ModelConfig, SFTConfig
+
+    trl_fields = {f.name for cls in (ModelConfig, SFTConfig, DPOConfig) for f in dataclasses.fields(cls)}
+    for cls in ARGUMENT_CLASSES:
+        shared = {f.name for f in dataclasses.fields(cls)} & trl_fields
+        assert not shared, f"{cls.__name__} re-declares {sorted(shared)}"
+
+
+def test_override_syntax_reaches_every_trl_field_and_flat_forms_translate(tmp_path):
+    config = parse_args(["--sft.learning_rate", "3e-4", "--sft.warmup_steps", "2", "--dpo.beta", "0.2",
+                         "--dpo.no_use_hardness", "--model.lora_r", "16", "--model.lora_target_modules", "q_proj",
+                         "v_proj", "--sft.lr_scheduler_type=constant", "--protocol.max_train_sequences", "8"])
+    assert (config.sft.learning_rate, config.sft.warmup_steps, config.dpo.beta) == (3e-4, 2, 0.2)
+    assert config.dpo.use_hardness is False and config.model.lora_r == 16
+    assert config.model.lora_target_modules == ["q_proj", "v_proj"] and config.protocol.max_train_sequences == 8
+    assert config.explicit["sft"]["lr_scheduler_type"] == "constant"
+    with pytest.raises(PipelineConfigError, match="did you mean learning_rate"):
+        parse_args(["--sft.learning_rat", "1e-4"])
+    with pytest.raises(PipelineConfigError, match="invalid choice: 'sideways'"):  # TRL's own choices
+        parse_args(["--sft.lr_scheduler_type", "sideways"])
+    with pytest.raises(PipelineConfigError, match="refuses these values"):  # TRL's own __post_init__ checks
+        parse_args(["--dpo.loss_type", "sigmoid", "--dpo.loss_weights", "1", "2"])
+    with pytest.raises(PipelineConfigError, match="set by the pipeline"):
+        parse_args(["--sft.output_dir", "x"])
+    # the flat form of earlier versions, in a recipe and on the command line, is the same configuration
+    from hanorec_trl.pipeline import translate_flat
+
+    flat = {"sft_learning_rate": 3e-4, "seed": 1, "output_dir": "runs/x", "sft_extra_args": {"warmup_steps": 2},
+            "bf16": False, "hardness_mode": "pairwise"}
+    assert translate_flat(flat) == {
+        "sft": {"learning_rate": 3e-4, "seed": 1, "bf16": False, "warmup_steps": 2}, "dpo": {"seed": 1, "bf16": False,
+        "hardness_column": "hano_lambda_pairwise"}, "protocol": {"split_seed": 1}, "run": {"run_dir": "runs/x"},
+        "model": {"dtype": "float32"}}
+    old = tmp_path / "old.yaml"
+    old.write_text("sft_learning_rate: 3.0e-4\nseed: 1\nsft_extra_args:\n  warmup_steps: 2\nbeta: 0.2\n")
+    new = tmp_path / "new.yaml"
+    new.write_text("protocol:\n  split_seed: 1\nsft:\n  learning_rate: 3.0e-4\n  seed: 1\n  warmup_steps: 2\n"
+                   "dpo:\n  seed: 1\n  beta: 0.2\n")
+    a, b = parse_args(["--config", str(old)]), parse_args(["--config", str(new)])
+    c = parse_args(["--sft_learning_rate", "3e-4", "--seed", "1", "--sft_extra_args", '{"warmup_steps": 2}',
+                    "--beta", "0.2"])
+    assert a.to_dict() == b.to_dict() == c.to_dict() and a.flat() == b.flat() == c.flat()
+    assert b.flat()["sft_extra_args"] == {"warmup_steps": 2}  # what a run directory of an earlier version recorded
+    mixed = tmp_path / "mixed.yaml"
+    mixed.write_text("sft:\n  learning_rate: 1.0e-4\nbeta: 0.2\n")
+    with pytest.raises(PipelineConfigError, match="mixes sections and top-level fields"):
+        parse_args(["--config", str(mixed)])
 
 
 def test_defaults_are_the_tiny_recipe_and_the_command_line_wins():
@@ -33,7 +97,8 @@ def test_defaults_are_the_tiny_recipe_and_the_command_line_wins():
     assert parse_args([]).to_dict() == parse_args(["--config", str(tiny)]).to_dict()
     real = REPO / "examples" / "recipes" / "movielens" / "qwen2.5-vl-3b" / "hano.yaml"
     config = parse_args(["--config", str(real), "--beta", "0.25", "--no_use_hardness", "--lora-noise-std", "0"])
-    assert config.model.model == "Qwen/Qwen2.5-VL-3B-Instruct" and config.sft.sft_gradient_accumulation_steps == 8
+    assert config.model.model_name_or_path == "Qwen/Qwen2.5-VL-3B-Instruct"
+    assert config.sft.gradient_accumulation_steps == 8
     assert (config.dpo.beta, config.dpo.use_hardness, config.dpo.lora_noise_std) == (0.25, False, 0.0)
 
 
@@ -63,17 +128,17 @@ def test_variants_follow_method_ablation_and_switches():
 @pytest.mark.parametrize(
     "argv, message",
     [
-        (["--method", "dpo", "--ablation", "wo_sam"], "needs --method hano"),
-        (["--resume"], "--resume needs --output_dir"),
+        (["--method", "dpo", "--ablation", "wo_sam"], "needs --run.method hano"),
+        (["--resume"], "--run.resume needs --run.run_dir"),
         (["--resume", "--overwrite", "--output_dir", "x"], "exclude each other"),
-        (["--dataset", "microlens"], "needs --data_dir"),
+        (["--dataset", "microlens"], "needs --data.data_dir"),
         (["--load_in_4bit", "--dpo_init", "merge"], "cannot take the SFT adapter merged"),
         (["--model", "smollm2", "--tokenizer", "tiny"], "built-in tiny models only"),
         (["--dpo_extra_args", "{not json"], "must be a JSON object"),
         (["--max_train_sequences", "0"], "at least 1"),
         (["--variants", "dpo", "dpo"], "names a variant twice"),
-        (["--variants", "hano", "--method", "sft"], "drop --method sft"),
-        (["--variants", "hano", "--ablation", "wo_sam"], "drop --ablation wo_sam"),
+        (["--variants", "hano", "--method", "sft"], "drop --run.method sft"),
+        (["--variants", "hano", "--ablation", "wo_sam"], "drop --run.ablation wo_sam"),
     ],
 )
 def test_bad_combinations_are_refused_with_the_fields_named(argv, message):
@@ -82,30 +147,31 @@ def test_bad_combinations_are_refused_with_the_fields_named(argv, message):
 
 
 def test_extra_trainer_arguments_accept_json_and_yaml_mappings(tmp_path):
+    # the escape hatch of earlier versions: its fields land in the TRL dataclass
     config = parse_args(["--sft_extra_args", '{"warmup_steps": 2}'])
-    from hanorec_trl.pipeline.arguments import extra_args
-
-    assert extra_args(config, "sft_extra_args") == {"warmup_steps": 2}
+    assert config.sft.warmup_steps == 2 and config.flat()["sft_extra_args"] == {"warmup_steps": 2}
     # a name that is not a trainer field is refused before any stage (it used to fail after SFT)
-    with pytest.raises(PipelineConfigError, match="not field.*of SFTConfig: warmup_ratio"):
+    with pytest.raises(PipelineConfigError, match="'warmup_ratio'.* is not a field of SFTConfig"):
         parse_args(["--sft_extra_args", '{"warmup_ratio": 0.1}'])
     recipe = tmp_path / "r.yaml"
     recipe.write_text("dpo_extra_args:\n  lr_scheduler_type: constant\n")
-    assert extra_args(parse_args(["--config", str(recipe)]), "dpo_extra_args") == {"lr_scheduler_type": "constant"}
+    assert parse_args(["--config", str(recipe)]).explicit["dpo"]["lr_scheduler_type"] == "constant"
 
 
 def test_help_table_lists_every_field():
     table = help_table()
-    for cls in ARGUMENT_CLASSES:
+    from hanorec_trl.pipeline.arguments import PIPELINE_SECTIONS
+
+    for section, cls in PIPELINE_SECTIONS.items():
         for f in dataclasses.fields(cls):
-            assert f"`--{f.name}`" in table
+            assert f"`--{section}.{f.name}`" in table
             assert f.metadata.get("help"), f"{cls.__name__}.{f.name} has no help"
 
 
 def test_config_round_trips_through_json():
     config = parse_args(["--eval_ks", "1", "3", "--max_users", "50"])
     again = PipelineConfig.from_dict(json.loads(json.dumps(config.to_dict())))
-    assert again.to_dict() == config.to_dict() and again.eval.eval_ks == [1, 3]
+    assert again.to_dict() == config.to_dict() and again.evaluation.eval_ks == [1, 3]
 
 
 # --------------------------------------------------------------------------------------------- refused before work
@@ -147,7 +213,7 @@ def test_missing_data_is_refused_before_the_run_directory_exists(tmp_path, capsy
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the CPU-only refusals")
 def test_gpu_only_switches_are_refused_on_cpu(tmp_path, capsys):
-    _refused(["--bf16", "--output_dir", str(tmp_path / "a")], capsys, "--bf16 needs a CUDA GPU")
+    _refused(["--bf16", "--output_dir", str(tmp_path / "a")], capsys, "bf16 (model.dtype bfloat16, sft.bf16 or dpo.bf16) needs a CUDA GPU")
     _refused(["--load_in_4bit", "--output_dir", str(tmp_path / "b")], capsys, "needs a CUDA GPU")
 
 

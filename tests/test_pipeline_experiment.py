@@ -54,7 +54,9 @@ def test_hard_rejected_items_are_the_nearest_negatives(run_dir):
     from hanorec_trl.hardness import HardnessIndex
 
     index = HardnessIndex(saved["text"], saved["image"])
-    pairs = _json(run_dir / "hardness" / "lambdas.json")["rows"]
+    from datasets import load_from_disk
+
+    pairs = load_from_disk(str(run_dir / "hardness" / "pairs")).to_dict()
     split = [json.loads(line) for line in (run_dir / "data" / "split" / "train.jsonl").read_text().splitlines()]
     by_id = {ex["sequence_id"]: ex for ex in split}
     assert set(pairs["task"]) == {"next_item"} and len(pairs["sequence_id"]) == 2 * 6
@@ -78,13 +80,13 @@ def test_sliding_windows_split_by_user(run_dir):
 
 
 def test_argument_checks_of_the_new_options():
-    with pytest.raises(PipelineConfigError, match="--sft_task"):
+    with pytest.raises(PipelineConfigError, match="--protocol.sft_task"):
         parse_args(["--sft_task", "next"])
-    with pytest.raises(PipelineConfigError, match="--max_windows_per_user needs --sliding_windows"):
+    with pytest.raises(PipelineConfigError, match="--protocol.max_windows_per_user needs --protocol.sliding_windows"):
         parse_args(["--max_windows_per_user", "2"])
-    with pytest.raises(PipelineConfigError, match="--score_permutations"):
+    with pytest.raises(PipelineConfigError, match="--evaluation.score_permutations"):
         parse_args(["--score_permutations", "0"])
-    with pytest.raises(PipelineConfigError, match="--baselines none excludes"):
+    with pytest.raises(PipelineConfigError, match="--evaluation.baselines none excludes"):
         parse_args(["--baselines", "none", "popularity"])
     assert parse_args(["--sft_task", "next_item+auc"]).evaluation_prompt() == "next_item"
     assert parse_args([]).evaluation_prompt() == "list"

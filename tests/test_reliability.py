@@ -124,10 +124,11 @@ def test_inputs_inside_the_folder_overwrite_deletes_are_refused_before_loading(t
     model.mkdir(parents=True)  # no config.json: had it been read, the error would say so
     before = snapshot(root)
     refused(["--output_dir", str(root), "--overwrite", "--data_dir", str(data)], capsys,
-            f"--data_dir {data} lies inside", "--overwrite deletes the whole folder")
+            f"--data.data_dir {data} lies inside", "--overwrite deletes the whole folder")
     refused(["--output_dir", str(root), "--resume", "--data_dir", str(data)], capsys,
             "lies inside", "empties the folder of an unfinished stage")
-    refused(["--output_dir", str(root), "--overwrite", "--model", str(model)], capsys, f"--model {model} lies inside")
+    refused(["--output_dir", str(root), "--overwrite", "--model", str(model)], capsys,
+            f"--model.model_name_or_path {model} lies inside")
     refused(["--config", str(recipe)], capsys, f"--config {recipe} lies inside")
     assert snapshot(root) == before
     # the same inputs outside the run directory are accepted
@@ -431,16 +432,16 @@ def test_control_characters_are_removed_with_one_warning_naming_the_items(tmp_pa
 @pytest.mark.parametrize(
     "argv, fragment",
     [
-        (["--eval_ks", "0"], "--eval_ks 0"),
-        (["--eval_ks", "1", "20"], "each K must be between 1 and --num_candidates 10"),
-        (["--hardness_k", "500"], "--hardness_k 500 (the synthetic catalogue"),
-        (["--num_candidates", "1"], "--num_candidates 1 (must be at least 2)"),
-        (["--sequence_length", "1"], "--sequence_length 1 (must be at least 2)"),
-        (["--beta", "nan"], "--beta nan"),
-        (["--dpo_learning_rate", "inf"], "--dpo_learning_rate inf"),
-        (["--lora_dropout", "1.0"], "--lora_dropout 1.0"),
-        (["--dpo_max_steps", "0"], "--dpo_max_steps 0"),
-        (["--dpo_extra_args", '{"bta": 0.2}'], "not field(s) of HaNoDPOConfig: bta"),
+        (["--eval_ks", "0"], "--evaluation.eval_ks 0"),
+        (["--eval_ks", "1", "20"], "each K must be between 1 and --protocol.num_candidates 10"),
+        (["--hardness_k", "500"], "--hardness.hardness_k 500 (the synthetic catalogue"),
+        (["--num_candidates", "1"], "--protocol.num_candidates 1 (must be at least 2)"),
+        (["--sequence_length", "1"], "--protocol.sequence_length 1 (must be at least 2)"),
+        (["--beta", "nan"], "beta must be a finite number > 0"),
+        (["--dpo_learning_rate", "inf"], "--dpo.learning_rate inf"),
+        (["--lora_dropout", "1.0"], "--model.lora_dropout 1.0"),
+        (["--dpo_max_steps", "0"], "--dpo.max_steps 0"),
+        (["--dpo_extra_args", '{"bta": 0.2}'], "'bta' (did you mean beta?) is not a field of HaNoDPOConfig"),
     ],
 )
 def test_pipeline_arguments_are_refused_before_any_stage(argv, fragment):
@@ -454,7 +455,7 @@ def test_catalogue_dependent_arguments_are_refused_before_the_run_directory_exis
     out = tmp_path / "run"
     refused(["--data_dir", str(data), "--output_dir", str(out), "--hardness_k", "8", "--num_candidates", "3",
              "--auc_num_unwatched", "1", "--min_interactions", "6"], capsys,
-            "--hardness_k 8 (the catalogue has 8 items, so K can be at most 7)")
+            "--hardness.hardness_k 8 (the catalogue has 8 items, so K can be at most 7)")
     assert not out.exists()
 
 

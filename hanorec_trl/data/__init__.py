@@ -15,6 +15,7 @@ from .builders import build_auc_eval_dataset, build_dpo_dataset, build_ranking_e
 from .microlens import load_microlens
 from .movielens import load_movielens_1m, read_movielens_movies
 from .netflix import load_netflix_llmrec
+from .custom import load_interactions
 from .prompts import DEFAULT_TEMPLATES, NO, YES, PromptTemplates, assistant_message, auc_prompt, ranking_prompt
 from .protocol import (
     ProtocolConfig,
@@ -55,6 +56,7 @@ __all__ = [
     "load_microlens",
     "load_movielens_1m",
     "read_movielens_movies",
+    "load_interactions",
     "load_netflix_llmrec",
     "load_split",
     "ranking_prompt",

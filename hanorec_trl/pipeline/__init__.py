@@ -8,42 +8,49 @@ See ``docs/pipeline.md``. The example scripts in ``examples/`` are thin wrappers
 Programmatic use::
 
     from hanorec_trl.pipeline import PipelineConfig, run_pipeline
-    results = run_pipeline(PipelineConfig())                # the same embedded demo
+    results = run_pipeline(parse_args([]))                  # the same embedded demo
+    config = parse_args(["--config", "recipe.yaml", "--sft.learning_rate", "3e-4"])
 """
 
 from .arguments import (
     ABLATION_VARIANTS,
+    SECTIONS,
+    TRL_SECTION_DEFAULTS,
     DataArguments,
-    DPOArguments,
     EvalArguments,
-    ModelArguments,
+    HardnessArguments,
     PipelineConfig,
     PipelineConfigError,
+    ProtocolArguments,
     RunArguments,
-    SFTArguments,
     Variant,
+    make_config,
     make_parser,
     parse_args,
+    translate_flat,
 )
 from .rundir import RunDir, RunDirError
 from .run import main, main_ablations, run_pipeline
 
 __all__ = [
     "ABLATION_VARIANTS",
-    "DPOArguments",
     "DataArguments",
     "EvalArguments",
-    "ModelArguments",
+    "HardnessArguments",
     "PipelineConfig",
     "PipelineConfigError",
+    "ProtocolArguments",
     "RunArguments",
     "RunDir",
     "RunDirError",
-    "SFTArguments",
+    "SECTIONS",
+    "TRL_SECTION_DEFAULTS",
     "Variant",
     "main",
     "main_ablations",
+    "make_config",
     "make_parser",
     "parse_args",
     "run_pipeline",
+    "translate_flat",
 ]

@@ -23,7 +23,7 @@ from typing import Any
 
 import torch
 
-from .arguments import DataArguments, ModelArguments, PipelineConfigError
+from .arguments import PipelineConfig, PipelineConfigError
 
 
 QWEN_VL_TYPES = ("qwen2_5_vl", "qwen2_vl")
@@ -34,42 +34,42 @@ class BuiltinModel:
     kind: str
     description: str
     random_weights: bool
-    build: Callable[[ModelArguments, int], tuple[Any, Any]]  # (model args, seed) -> (model, tokenizer)
+    build: Callable[[PipelineConfig, int], tuple[Any, Any]]  # (config, seed) -> (model, tokenizer)
 
 
-def _qwen_tokenizer(margs: ModelArguments):
+def _qwen_tokenizer(margs: PipelineConfig):
     from ..processing import qwen2_5_tokenizer
     from ..testing import tiny_tokenizer
 
-    return tiny_tokenizer() if margs.tokenizer == "tiny" else qwen2_5_tokenizer()
+    return tiny_tokenizer() if margs.run.tokenizer == "tiny" else qwen2_5_tokenizer()
 
 
-def _build_tiny_vlm(margs: ModelArguments, seed: int):
+def _build_tiny_vlm(margs: PipelineConfig, seed: int):
     from ..testing import tiny_qwen2_5_vl
 
     tokenizer = _qwen_tokenizer(margs)
     return tiny_qwen2_5_vl(tokenizer, seed=seed), tokenizer
 
 
-def _build_tiny_lm(margs: ModelArguments, seed: int):
+def _build_tiny_lm(margs: PipelineConfig, seed: int):
     from ..testing import tiny_qwen2
 
     tokenizer = _qwen_tokenizer(margs)
     return tiny_qwen2(tokenizer, seed=seed), tokenizer
 
 
-def _build_qwen2_5_vl_3b(margs: ModelArguments, seed: int):
+def _build_qwen2_5_vl_3b(margs: PipelineConfig, seed: int):
     from ..processing import qwen2_5_tokenizer
     from ..testing import qwen2_5_vl_3b
 
     tokenizer = qwen2_5_tokenizer()
     device = "cuda" if torch.cuda.is_available() else "cpu"  # initialising 3.8B parameters is minutes on a CPU
     model = qwen2_5_vl_3b(tokenizer, device=device, dtype=torch_dtype(margs),
-                          attn_implementation=margs.attn_implementation, seed=seed)
+                          attn_implementation=margs.model.attn_implementation, seed=seed)
     return model.to("cpu"), tokenizer
 
 
-def _build_smollm2(margs: ModelArguments, seed: int):
+def _build_smollm2(margs: PipelineConfig, seed: int):
     from ..pretrained import smollm2_135m_instruct
 
     return smollm2_135m_instruct(dtype=torch_dtype(margs))
@@ -137,11 +137,11 @@ def classify_config(config, name: str) -> str:
     return CAUSAL
 
 
-def resolve_model(margs: ModelArguments) -> ModelSpec:
+def resolve_model(margs: PipelineConfig) -> ModelSpec:
     """Resolve ``--model`` without loading weights (reads only the config); errors name the model and the reason."""
     from transformers import AutoConfig
 
-    name = margs.model
+    name = margs.model.model_name_or_path
     if name in BUILTIN_MODELS:
         entry = BUILTIN_MODELS[name]
         return ModelSpec(name, entry.kind, True, entry.random_weights, entry.description)
@@ -159,10 +159,10 @@ def resolve_model(margs: ModelArguments) -> ModelSpec:
                     f"--model {name}: {path} has no config.json (not a transformers model folder)"
                 )
             location = str(path)
-            config = AutoConfig.from_pretrained(location, trust_remote_code=margs.trust_remote_code)
+            config = AutoConfig.from_pretrained(location, trust_remote_code=margs.sft.trust_remote_code)
         else:
             location = name
-            config = AutoConfig.from_pretrained(name, trust_remote_code=margs.trust_remote_code)
+            config = AutoConfig.from_pretrained(name, trust_remote_code=margs.sft.trust_remote_code)
     except PipelineConfigError:
         raise
     except Exception as e:  # noqa: BLE001 - hub/offline/format errors: one clear message
@@ -176,7 +176,7 @@ def resolve_model(margs: ModelArguments) -> ModelSpec:
     return ModelSpec(name, kind, False, False, description, config.model_type, location, gguf_file)
 
 
-def write_builtin_model(spec: ModelSpec, margs: ModelArguments, folder: Path, seed: int) -> dict[str, Any]:
+def write_builtin_model(spec: ModelSpec, margs: PipelineConfig, folder: Path, seed: int) -> dict[str, Any]:
     """Build a built-in model and save it with its tokenizer into ``folder`` (``save_pretrained``)."""
     model, tokenizer = BUILTIN_MODELS[spec.name].build(margs, seed)
     model.save_pretrained(folder)
@@ -185,85 +185,99 @@ def write_builtin_model(spec: ModelSpec, margs: ModelArguments, folder: Path, se
     return {"parameters": params, "vocab_size": len(tokenizer), "model_type": model.config.model_type}
 
 
-def check_device_support(margs: ModelArguments) -> None:
+def check_device_support(margs: PipelineConfig) -> None:
     """bf16 and QLoRA need a GPU (and bitsandbytes): refuse early, with the reason."""
     if margs.bf16 and not torch.cuda.is_available():
         raise PipelineConfigError(
-            "--bf16 needs a CUDA GPU: none is visible (on CPUs bf16 autocast is slower than fp32); drop --bf16"
+            "bf16 (model.dtype bfloat16, sft.bf16 or dpo.bf16) needs a CUDA GPU: none is visible (on CPUs bf16 "
+            "autocast is slower than fp32); use --model.dtype float32 --sft.bf16 false --dpo.bf16 false"
         )
-    if margs.load_in_4bit:
+    if margs.model.load_in_4bit:
         if not torch.cuda.is_available():
-            raise PipelineConfigError("--load_in_4bit (QLoRA, bitsandbytes) needs a CUDA GPU: none is visible")
+            raise PipelineConfigError("model.load_in_4bit (QLoRA, bitsandbytes) needs a CUDA GPU: none is visible")
         try:
             import bitsandbytes  # noqa: F401
         except ImportError:
             raise PipelineConfigError(
-                "--load_in_4bit needs bitsandbytes: pip install 'hanorec_trl[quantization]'"
+                "model.load_in_4bit needs bitsandbytes: pip install 'hanorec_trl[quantization]'"
             ) from None
 
 
-def torch_dtype(margs: ModelArguments) -> torch.dtype:
-    return torch.bfloat16 if margs.bf16 else torch.float32
+def torch_dtype(margs: PipelineConfig) -> torch.dtype:
+    """The weights' dtype: bfloat16 when the run is bf16 (``model.dtype``, ``sft.bf16`` or ``dpo.bf16``), float16
+    for ``model.dtype float16``, else float32."""
+    if margs.bf16:
+        return torch.bfloat16
+    return torch.float16 if margs.model.dtype in ("float16", "half") else torch.float32
 
 
-def load_tokenizer(spec: ModelSpec, margs: ModelArguments):
+def load_tokenizer(spec: ModelSpec, margs: PipelineConfig):
     from transformers import AutoTokenizer
 
-    kwargs = {"gguf_file": spec.gguf_file} if spec.gguf_file else {"trust_remote_code": margs.trust_remote_code}
+    kwargs = {"gguf_file": spec.gguf_file} if spec.gguf_file else {"trust_remote_code": margs.sft.trust_remote_code}
     tokenizer = AutoTokenizer.from_pretrained(spec.path, **kwargs)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer
 
 
-def processing_class(spec: ModelSpec, margs: ModelArguments, dargs: DataArguments):
+def processing_class(spec: ModelSpec, margs: PipelineConfig):
     """The processor (Qwen2-VL family: Qwen2.5-VL processor with the run's pixel bounds) or the tokenizer."""
     from ..processing import qwen2_5_vl_processor
 
     tokenizer = load_tokenizer(spec, margs)
     if spec.kind == VLM:
-        return qwen2_5_vl_processor(tokenizer, min_pixels=dargs.image_min_pixels, max_pixels=dargs.image_max_pixels)
+        return qwen2_5_vl_processor(tokenizer, min_pixels=margs.data.image_min_pixels,
+                                    max_pixels=margs.data.image_max_pixels)
     return tokenizer
 
 
-def load_model(location: str | Path, spec: ModelSpec, margs: ModelArguments, *, quantized: bool = False):
+def load_model(location: str | Path, spec: ModelSpec, margs: PipelineConfig, *, quantized: bool = False):
     """Load a model of ``spec``'s kind from ``location`` in the run's dtype (4-bit NF4 when ``quantized``)."""
     from transformers import AutoModelForCausalLM, AutoModelForImageTextToText
 
-    kwargs: dict[str, Any] = dict(dtype=torch_dtype(margs), attn_implementation=margs.attn_implementation)
+    kwargs: dict[str, Any] = dict(dtype=torch_dtype(margs), attn_implementation=margs.model.attn_implementation)
     if spec.gguf_file and str(location) == spec.path:
         kwargs["gguf_file"] = spec.gguf_file
     else:
-        kwargs["trust_remote_code"] = margs.trust_remote_code
+        kwargs["trust_remote_code"] = margs.sft.trust_remote_code
     if quantized:
         from accelerate import PartialState
-        from transformers import BitsAndBytesConfig
+        from trl import get_quantization_config
 
-        kwargs["quantization_config"] = BitsAndBytesConfig(
-            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
-            bnb_4bit_compute_dtype=torch_dtype(margs), bnb_4bit_quant_storage=torch_dtype(margs),
-        )
+        quantization = get_quantization_config(margs.model)  # TRL's, from model.load_in_4bit / bnb_4bit_* fields
+        if margs.model.bnb_4bit_quant_storage is None:
+            quantization.bnb_4bit_quant_storage = torch_dtype(margs)
+        quantization.bnb_4bit_compute_dtype = torch_dtype(margs)
+        kwargs["quantization_config"] = quantization
         kwargs["device_map"] = {"": PartialState().local_process_index}
     cls = AutoModelForImageTextToText if spec.kind == VLM else AutoModelForCausalLM
     return cls.from_pretrained(str(location), **kwargs)
 
 
-def lora_config(model, margs: ModelArguments):
-    """The LoRA adapter config: the language model's attention and MLP projections unless overridden."""
-    from peft import LoraConfig
+def lora_config(model, margs: PipelineConfig):
+    """The LoRA adapter config: TRL's ``get_peft_config(model)`` (r, alpha, dropout, rsLoRA, DoRA, modules to save),
+    on the language model's attention and MLP projections unless ``model.lora_target_modules`` names others.
+
+    The adapter is attached to the model class itself (no task-type wrapper), as for every model the pipeline trains
+    (vision-language and text), so ``model.lora_task_type`` is not used.
+    """
+    from trl import get_peft_config
 
     from ..model_utils import language_model_lora_regex
 
-    targets: Any = margs.lora_target_modules
-    if targets is None:
+    config = get_peft_config(margs.model)
+    targets: Any = margs.model.lora_target_modules
+    if not targets:
         targets = language_model_lora_regex(model)
-    elif "," in targets:
-        targets = [t.strip() for t in targets.split(",") if t.strip()]
-    return LoraConfig(r=margs.lora_r, lora_alpha=margs.lora_alpha, lora_dropout=margs.lora_dropout,
-                      target_modules=targets)
+    elif len(targets) == 1:
+        targets = targets[0]  # one name or a regex
+    config.target_modules = targets
+    config.task_type = None
+    return config
 
 
-def merge_adapter(base_location: str | Path, adapter_dir: Path, spec: ModelSpec, margs: ModelArguments,
+def merge_adapter(base_location: str | Path, adapter_dir: Path, spec: ModelSpec, margs: PipelineConfig,
                   out_dir: Path, tokenizer) -> None:
     """Merge a LoRA adapter into (unquantized) base weights and save the full model with its tokenizer."""
     from peft import PeftModel

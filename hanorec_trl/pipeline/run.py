@@ -21,7 +21,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from .arguments import ABLATION_VARIANTS, PipelineConfig, PipelineConfigError, Variant, extra_args, parse_args
+from .arguments import ABLATION_VARIANTS, SECTIONS, PipelineConfig, PipelineConfigError, Variant, parse_args
 from .modeling import check_device_support, resolve_model
 from .rundir import RunDir, RunDirError, default_run_dir, on_main_process
 
@@ -50,23 +50,24 @@ _CACHE_VARIABLES = ("HF_HOME", "HF_HUB_CACHE", "HUGGINGFACE_HUB_CACHE", "HF_DATA
 
 
 def input_paths(config: PipelineConfig, recipe: str | None = None) -> dict[str, str]:
-    """Every path the run reads from, by argument name: ``--data_dir``, ``--model`` (a local path), ``--config``,
-    any ``*_dir`` / ``*_path`` / ``*_file`` / ``*_cache`` argument or extra trainer argument (vision cache...) and
-    the Hugging Face cache variables."""
+    """Every path the run reads from, by argument name: ``--data.data_dir``, the custom tables, the model (a local
+    path), ``--config``, any ``*_dir`` / ``*_path`` / ``*_file`` / ``*_cache`` field of any section (vision cache...)
+    and the Hugging Face cache variables."""
     paths: dict[str, str] = {}
     if recipe:
         paths["--config"] = recipe
-    if config.model.model and Path(config.model.model).expanduser().exists():
-        paths["--model"] = config.model.model
-    for group in config.groups().values():
-        for f in dataclasses.fields(group):
-            value = getattr(group, f.name)
-            if f.name != "output_dir" and f.name.endswith(_PATH_SUFFIXES) and isinstance(value, str) and value:
-                paths[f"--{f.name}"] = value
-    for name in ("sft_extra_args", "dpo_extra_args"):
-        for key, value in extra_args(config, name).items():
-            if key not in ("output_dir", "logging_dir") and key.endswith(_PATH_SUFFIXES) and isinstance(value, str):
-                paths[f"--{name} {key}"] = value
+    name = config.model.model_name_or_path
+    if name and Path(name).expanduser().exists():
+        paths["--model.model_name_or_path"] = name
+    for section in SECTIONS:
+        group = config.groups()[section]
+        values = dataclasses.asdict(group) if section in ("run", "data", "protocol", "hardness", "evaluation") else \
+            config.explicit.get(section, {})
+        for key, value in values.items():
+            if key in ("output_dir", "logging_dir", "run_dir") or not isinstance(value, str) or not value:
+                continue
+            if key.endswith(_PATH_SUFFIXES) or (section == "data" and key in ("interactions", "items")):
+                paths[f"--{section}.{key}"] = value
     for variable in _CACHE_VARIABLES:
         if os.environ.get(variable):
             paths[f"${variable}"] = os.environ[variable]
@@ -88,33 +89,33 @@ def check_against_data(config: PipelineConfig, variants: Sequence[Variant], data
     """The arguments that depend on the catalogue, checked as soon as ``--data_dir`` is loaded (before any stage)."""
     items = data.num_items
     bad = []
-    if (any(v.use_hardness for v in variants) or getattr(config.data, "rejected", "") == "hard") and \
-            config.dpo.hardness_k >= items:
-        bad.append(f"--hardness_k {config.dpo.hardness_k} (the catalogue has {items} items, so K can be at most "
-                   f"{items - 1})")
-    if config.data.num_candidates + config.data.auc_num_unwatched >= items:
-        bad.append(f"--num_candidates {config.data.num_candidates} with --auc_num_unwatched "
-                   f"{config.data.auc_num_unwatched} (the catalogue has only {items} items)")
+    protocol, k = config.protocol, config.hardness.hardness_k
+    if (any(v.use_hardness for v in variants) or protocol.rejected == "hard") and k >= items:
+        bad.append(f"--hardness.hardness_k {k} (the catalogue has {items} items, so K can be at most {items - 1})")
+    if protocol.num_candidates + protocol.auc_num_unwatched >= items:
+        bad.append(f"--protocol.num_candidates {protocol.num_candidates} with --protocol.auc_num_unwatched "
+                   f"{protocol.auc_num_unwatched} (the catalogue has only {items} items)")
     if bad:
         raise PipelineConfigError(f"invalid arguments for {data.name}: " + "; ".join(bad))
 
 
 def resume_command(argv: Sequence[str] | None, root: Path) -> str:
-    """The command line that continues the run in ``root`` (the same arguments, ``--resume``, no ``--overwrite``)."""
+    """The command line that continues the run in ``root`` (the same arguments, ``--run.resume``, no overwrite)."""
     args = list(sys.argv[1:] if argv is None else argv)
     kept, skip = [], False
     for arg in args:
         if skip:
             skip = False
             continue
-        if arg in ("--output_dir",):
+        if arg in ("--output_dir", "--run.run_dir"):
             skip = True
             continue
-        if arg.startswith("--output_dir=") or arg in ("--overwrite", "--resume"):
+        if arg.startswith(("--output_dir=", "--run.run_dir=")) or arg in (
+                "--overwrite", "--resume", "--run.overwrite", "--run.resume"):
             continue
         kept.append(arg)
     script = sys.argv[0] if sys.argv and sys.argv[0].endswith(".py") else "examples/train_<dataset>.py"
-    return shlex.join(["python", script, *kept, "--output_dir", str(root), "--resume"])
+    return shlex.join(["python", script, *kept, "--run.run_dir", str(root), "--run.resume"])
 
 
 def _disclaimer(ctx) -> str | None:
@@ -131,8 +132,8 @@ def _disclaimer(ctx) -> str | None:
 
 def _resolve_run_dir(config: PipelineConfig, state, default_name: str) -> Path:
     """``--output_dir`` or a new ``runs/<name>-<timestamp>``, identical on every process."""
-    if config.run.output_dir is not None:
-        return Path(config.run.output_dir)
+    if config.run.run_dir is not None:
+        return Path(config.run.run_dir)
     from accelerate.utils import broadcast_object_list
 
     chosen = [str(default_run_dir(default_name)) if state.is_main_process else None]
@@ -170,11 +171,11 @@ def run_pipeline(config: PipelineConfig, variants: Sequence[Variant] | None = No
         rundir.check_paths_outside(input_paths(config, recipe), resume=resume, overwrite=overwrite)
 
     on_main_process(state, check)
-    check_device_support(config.model)
-    spec = resolve_model(config.model)
+    check_device_support(config)
+    spec = resolve_model(config)
     data = None
-    if config.data.data_dir is not None:
-        data = load_data(config, Path(config.data.data_dir), spec.with_images)
+    if config.data.data_dir is not None or config.data.dataset == "custom":
+        data = load_data(config, Path(config.data.data_dir or "."), spec.with_images)
         check_against_data(config, variants, data)
     lock = None
 
@@ -228,7 +229,7 @@ def _run_stages(config: PipelineConfig, variants: Sequence[Variant], root: Path,
     baselines = stage_baselines(ctx)
     stage_model(ctx)
     stage_sft(ctx)
-    if any(v.switches(config.dpo)["use_hardness"] for v in variants) or (variants and config.data.rejected == "hard"):
+    if any(v.switches(config.dpo)["use_hardness"] for v in variants) or (variants and config.protocol.rejected == "hard"):
         stage_hardness(ctx)
     for variant in variants:
         stage_dpo(ctx, variant)

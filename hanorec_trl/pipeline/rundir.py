@@ -255,10 +255,33 @@ class RunDir:
         return lock
 
 
+#: recorded arguments that name files or folders: compared as absolute paths ('../data/ml-1m' from one folder and
+#: '/work/data/ml-1m' are the same input)
+PATH_INPUTS = ("data_dir", "interactions", "items", "image_dir")
+
+
+def _comparable(name: str, value: Any) -> Any:
+    """A recorded or current argument as it is compared: paths resolved (relative to the working folder), the
+    trainer-field mappings of earlier versions (``*_extra_args``: a JSON string, ``{}`` or None) as one mapping."""
+    if name in PATH_INPUTS and isinstance(value, str) and value:
+        return os.path.abspath(os.path.expanduser(value))
+    if name == "model" and isinstance(value, str) and value and os.path.exists(os.path.expanduser(value)):
+        return os.path.abspath(os.path.expanduser(value))
+    if name.endswith("_extra_args"):
+        if isinstance(value, str):
+            try:
+                value = json.loads(value)
+            except json.JSONDecodeError:
+                return value
+        return _normalise(value) or None
+    return value
+
+
 def _changes(recorded: dict[str, Any], inputs: dict[str, Any]) -> str:
     """The arguments that differ, as 'name: was X, now Y; ...' (empty when none)."""
     current = _normalise(inputs)
-    changed = sorted(k for k in set(recorded) | set(current) if recorded.get(k) != current.get(k))
+    changed = sorted(k for k in set(recorded) | set(current)
+                     if _comparable(k, recorded.get(k)) != _comparable(k, current.get(k)))
     return "; ".join(f"{k}: was {recorded.get(k)!r}, now {current.get(k)!r}" for k in changed[:8])
 
 

@@ -11,6 +11,8 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import gc
+import json
+import os
 import shutil
 import time
 from collections.abc import Callable
@@ -41,7 +43,7 @@ from ..data import (
 )
 from ..evaluation.scoring import text_tokenizer
 from ..fast.forward import frozen_vision_without_graph, image_feature_cache, parameters_sharded
-from .arguments import PipelineConfig, PipelineConfigError, Variant, extra_args
+from .arguments import PipelineConfig, PipelineConfigError, Variant, lambda_column
 from .modeling import (
     ModelSpec,
     load_model,
@@ -105,24 +107,24 @@ class RunContext:
 
     @property
     def synthetic(self) -> bool:
-        return self.config.data.data_dir is None
+        return self.config.data.data_dir is None and self.config.data.dataset != "custom"
 
     @property
     def train_examples(self):
-        limit = self.config.data.max_train_sequences
+        limit = self.config.protocol.max_train_sequences
         return self.split.train[:limit] if limit else self.split.train
 
     @property
     def test_examples(self):
-        limit = self.config.data.max_test_sequences
+        limit = self.config.protocol.max_test_sequences
         return self.split.test[:limit] if limit else self.split.test
 
     def processing_class(self):
-        return processing_class(self.spec, self.config.model, self.config.data)
+        return processing_class(self.spec, self.config)
 
     @property
     def templates(self) -> PromptTemplates:
-        return PromptTemplates(system=self.config.data.system_prompt)
+        return PromptTemplates(system=self.config.protocol.system_prompt)
 
 
 
@@ -174,8 +176,11 @@ def run_stage(ctx: RunContext, stage: str, folder: Path, inputs: dict[str, Any],
     return rundir.marker(folder)["summary"]
 
 
-def _fields(obj, names) -> dict[str, Any]:
-    return {n: getattr(obj, n) for n in names}
+def _fields(config: PipelineConfig, names) -> dict[str, Any]:
+    """Arguments under their flat names (:meth:`PipelineConfig.flat`): what the stages record and compare on resume,
+    the same names as in run directories of earlier versions."""
+    flat = config.flat()
+    return {n: flat[n] for n in names}
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -207,36 +212,61 @@ def subsample_users(data: RecData, num_users: int, seed: int) -> RecData:
 def data_location(ctx: RunContext) -> Path:
     if ctx.synthetic:
         return ctx.rundir.stage_dir("data") / "synthetic"
-    return Path(ctx.config.data.data_dir)
+    return Path(ctx.config.data.data_dir or ".")
+
+
+CUSTOM_FIELDS = ("interactions", "items", "user_col", "item_col", "time_col", "title_col", "items_item_col", "sep",
+                 "image_dir", "image_pattern")
 
 
 def load_data(config: PipelineConfig, location: Path, with_images: bool) -> RecData:
     """Load the dataset files (errors name the file and line) and subsample users if asked."""
-    data = LOADERS[config.data.dataset](location, images=with_images)
+    if config.data.dataset == "custom":
+        data = load_custom(config, with_images)
+    else:
+        data = LOADERS[config.data.dataset](location, images=with_images)
     if config.data.max_users is not None:
-        data = subsample_users(data, config.data.max_users, config.run.seed)
+        data = subsample_users(data, config.data.max_users, config.seed)
     return data
+
+
+def load_custom(config: PipelineConfig, with_images: bool) -> RecData:
+    """``dataset: custom``: the ``data:`` section's tables through :func:`hanorec_trl.data.load_interactions`
+    (relative paths are read from ``data.data_dir``)."""
+    from ..data.custom import load_interactions
+
+    d = config.data
+    base = Path(d.data_dir) if d.data_dir else Path(".")
+
+    def where(path: str | None) -> Path | None:
+        return None if path is None else (Path(path) if Path(path).is_absolute() else base / path)
+
+    return load_interactions(where(d.interactions), where(d.items), user_col=d.user_col, item_col=d.item_col,
+                             time_col=d.time_col, title_col=d.title_col, items_item_col=d.items_item_col, sep=d.sep,
+                             image_dir=where(d.image_dir) if with_images else None, image_pattern=d.image_pattern,
+                             images=with_images)
 
 
 def stage_data(ctx: RunContext) -> dict:
     """Dataset (synthetic: generated here), protocol split (paper Sec. 4.1), frozen as JSONL + manifest."""
     config = ctx.config
     folder = ctx.rundir.stage_dir("data")
-    inputs = {**_fields(config.data, DATA_FIELDS), "seed": config.run.seed, "with_images": ctx.with_images}
+    inputs = {**_fields(config, DATA_FIELDS), "seed": config.seed, "with_images": ctx.with_images}
+    if config.data.dataset == "custom":
+        inputs.update({name: getattr(config.data, name) for name in CUSTOM_FIELDS})
 
     def work() -> dict:
         if ctx.synthetic:
             synthetic = SyntheticConfig(num_users=config.data.synthetic_num_users,
-                                        num_items=config.data.synthetic_num_items, seed=config.run.seed)
+                                        num_items=config.data.synthetic_num_items, seed=config.seed)
             write_synthetic_movielens(folder / "synthetic", synthetic)
         if ctx.data is None:
             ctx.data = load_data(config, data_location(ctx), ctx.with_images)
+        p = config.protocol
         protocol = ProtocolConfig(
-            min_interactions=config.data.min_interactions, sequence_length=config.data.sequence_length,
-            num_candidates=config.data.num_candidates, auc_num_unwatched=config.data.auc_num_unwatched,
-            split_by=config.data.split_by, sliding_windows=config.data.sliding_windows,
-            max_windows_per_user=config.data.max_windows_per_user, evaluation_windows=config.data.evaluation_windows,
-            seed=config.run.seed,
+            min_interactions=p.min_interactions, sequence_length=p.sequence_length, num_candidates=p.num_candidates,
+            auc_num_unwatched=p.auc_num_unwatched, split_by=p.split_by, sliding_windows=p.sliding_windows,
+            max_windows_per_user=p.max_windows_per_user, evaluation_windows=p.evaluation_windows, seed=config.seed,
         )
         split = build_split(ctx.data, protocol)
         freeze_split(split, folder / "split")
@@ -265,13 +295,13 @@ def stage_model(ctx: RunContext) -> dict:
     """Built-in models are built and written to ``<run>/model/base``; other models are referenced where they are."""
     config = ctx.config
     folder = ctx.rundir.stage_dir("model")
-    inputs = {"model": config.model.model, "tokenizer": config.model.tokenizer, "seed": config.run.seed,
-              "bf16": config.model.bf16}
+    inputs = {"model": config.model.model_name_or_path, "tokenizer": config.run.tokenizer, "seed": config.sft.seed,
+              "bf16": config.bf16}
 
     def work() -> dict:
         summary = {"model": ctx.spec.name, "description": ctx.spec.description, "kind": ctx.spec.kind}
         if ctx.spec.builtin:
-            summary.update(write_builtin_model(ctx.spec, config.model, folder / "base", config.run.seed))
+            summary.update(write_builtin_model(ctx.spec, config, folder / "base", config.sft.seed))
             summary["path"] = str(folder / "base")
         else:
             summary["path"] = ctx.spec.path
@@ -288,21 +318,13 @@ def stage_model(ctx: RunContext) -> dict:
 # ----------------------------------------------------------------------------------------------------------------
 
 
-def _trainer_settings(ctx: RunContext, output_dir: Path) -> dict[str, Any]:
-    run, model = ctx.config.run, ctx.config.model
-    return dict(
-        output_dir=str(output_dir), seed=run.seed, bf16=model.bf16, use_cpu=not torch.cuda.is_available(),
-        logging_steps=run.logging_steps, save_strategy="steps", save_steps=run.save_steps,
-        save_total_limit=run.save_total_limit, report_to=run.report_to,
-        gradient_checkpointing=model.gradient_checkpointing, dataloader_num_workers=0, disable_tqdm=False,
-    )
-
-
-def _lora_fields(config: PipelineConfig) -> dict[str, Any]:
-    m = config.model
-    return {"lora_r": m.lora_r, "lora_alpha": m.lora_alpha, "lora_dropout": m.lora_dropout,
-            "lora_target_modules": m.lora_target_modules, "bf16": m.bf16, "load_in_4bit": m.load_in_4bit,
-            "attn_implementation": m.attn_implementation, "gradient_checkpointing": m.gradient_checkpointing}
+def _lora_fields(config: PipelineConfig, stage: str = "sft") -> dict[str, Any]:
+    flat = config.flat()
+    fields = {k: flat[k] for k in ("lora_r", "lora_alpha", "lora_dropout", "lora_target_modules", "bf16",
+                                   "load_in_4bit", "attn_implementation", "gradient_checkpointing")}
+    if stage == "dpo":
+        fields["gradient_checkpointing"] = flat["dpo_gradient_checkpointing"]
+    return fields
 
 
 @contextlib.contextmanager
@@ -391,29 +413,23 @@ def _restore_adapter(model, checkpoint: Path) -> None:
 
 def stage_sft(ctx: RunContext) -> dict:
     """SFT with TRL's ``SFTTrainer`` and LoRA on ranking and AUC prompts; then the adapter is merged (dpo_init)."""
-    from trl import SFTConfig, SFTTrainer
+    from trl import SFTTrainer
 
     config = ctx.config
     folder = ctx.rundir.stage_dir("sft")
-    sft = config.sft
-    inputs = {**dataclasses.asdict(sft), **_lora_fields(config), "sft_task": config.data.sft_task,
-              "max_train_sequences": config.data.max_train_sequences, "dpo_init": config.resolved_dpo_init(),
+    inputs = {**_fields(config, SFT_FIELDS), **_lora_fields(config), "sft_task": config.protocol.sft_task,
+              "max_train_sequences": config.protocol.max_train_sequences, "dpo_init": config.resolved_dpo_init(),
               "image_pixels": [config.data.image_min_pixels, config.data.image_max_pixels],
-              "system_prompt": config.data.system_prompt}
+              "system_prompt": config.protocol.system_prompt}
 
     def work() -> dict:
         proc = ctx.processing_class()
-        train = build_sft_dataset(ctx.train_examples, ctx.data, task=config.data.sft_task,
+        train = build_sft_dataset(ctx.train_examples, ctx.data, task=config.protocol.sft_task,
                                   with_images=ctx.with_images, templates=ctx.templates)
         model = _load_base(ctx)
-        args = SFTConfig(
-            **_trainer_settings(ctx, folder / "trainer"), num_train_epochs=sft.sft_epochs, max_steps=sft.sft_max_steps,
-            per_device_train_batch_size=sft.sft_batch_size,
-            gradient_accumulation_steps=sft.sft_gradient_accumulation_steps, learning_rate=sft.sft_learning_rate,
-            max_length=sft.sft_max_length, **extra_args(config, "sft_extra_args"),
-        )
+        args = config.trainer_args("sft", folder / "trainer")
         trainer = SFTTrainer(model=model, args=args, train_dataset=train, processing_class=proc,
-                             peft_config=lora_config(model, config.model))
+                             peft_config=lora_config(model, config))
         curve_examples = _add_learning_curve(ctx, trainer)
         summary = _train(ctx, trainer, folder, "SFT", sft=True)
         if curve_examples is not None and ctx.is_main:
@@ -422,7 +438,7 @@ def stage_sft(ctx: RunContext) -> dict:
         _free_memory()
         if ctx.is_main and config.resolved_dpo_init() == "merge":
             with without_zero3_init():
-                merge_adapter(ctx.spec.path, folder / "adapter", ctx.spec, config.model, folder / "merged",
+                merge_adapter(ctx.spec.path, folder / "adapter", ctx.spec, config, folder / "merged",
                               text_tokenizer(proc))
             summary["merged"] = str(folder / "merged")
         return summary
@@ -430,6 +446,8 @@ def stage_sft(ctx: RunContext) -> dict:
     return run_stage(ctx, "sft", folder, inputs, work, all_processes=True, keep=("trainer",))
 
 
+SFT_FIELDS = ("sft_epochs", "sft_max_steps", "sft_learning_rate", "sft_batch_size", "sft_gradient_accumulation_steps",
+              "sft_max_length", "sft_extra_args")
 CURVE_BASELINES = ("popularity", "item_knn")
 
 
@@ -439,7 +457,7 @@ def _add_learning_curve(ctx: RunContext, trainer):
     Returns those examples, or None without a curve."""
     from ..evaluation import RecEvalConfig, RecommendationEvalCallback
 
-    ev = ctx.config.eval
+    ev = ctx.config.evaluation
     if ev.curve_steps is None:
         return None
     examples = ctx.split.validation[: ev.curve_examples]
@@ -463,7 +481,7 @@ def _write_learning_curve(ctx: RunContext, folder: Path, examples) -> dict:
     for path in (folder / "trainer" / "rec_eval").glob("step-*.json"):
         points.append({"step": int(path.stem.split("-")[1]), **read_json(path)["metrics"]})
     points.sort(key=lambda p: p["step"])
-    ks = tuple(ctx.config.eval.eval_ks) if ctx.config.eval.eval_ks else None
+    ks = tuple(ctx.config.evaluation.eval_ks) if ctx.config.evaluation.eval_ks else None
     training = TrainingInteractions.from_split(ctx.data, ctx.split)
     baselines = {"random": {"label": LABELS["random"], **expected_random_metrics(examples, ks)["metrics"]}}
     for name in CURVE_BASELINES:
@@ -478,13 +496,13 @@ def _write_learning_curve(ctx: RunContext, folder: Path, examples) -> dict:
 
 def _load_base(ctx: RunContext):
     """The base model (4-bit with QLoRA), as SFT starts from it."""
-    return load_model(ctx.spec.path, ctx.spec, ctx.config.model, quantized=ctx.config.model.load_in_4bit)
+    return load_model(ctx.spec.path, ctx.spec, ctx.config, quantized=ctx.config.model.load_in_4bit)
 
 
 def _dpo_start(ctx: RunContext):
     """What DPO's adapters sit on: the merged SFT weights (dpo_init='merge') or the base (dpo_init='adapter')."""
     if ctx.config.resolved_dpo_init() == "merge":
-        return load_model(ctx.rundir.stage_dir("sft") / "merged", ctx.spec, ctx.config.model)
+        return load_model(ctx.rundir.stage_dir("sft") / "merged", ctx.spec, ctx.config)
     return _load_base(ctx)
 
 
@@ -541,32 +559,38 @@ def _dpo_dataset(ctx: RunContext, index=None, item_rows: dict[str, int] | None =
     or ``index`` / ``item_rows`` while that stage runs)."""
     config = ctx.config
     similarity = None
-    if config.data.rejected == "hard":
+    if config.protocol.rejected == "hard":
         if index is None:
             index, item_rows = _saved_index(ctx)
         similarity = _item_similarity(index, item_rows)
-    return build_dpo_dataset(ctx.train_examples, ctx.data, task=config.data.dpo_task, rejected=config.data.rejected,
-                             num_rejected=config.data.num_rejected, seed=config.run.seed, similarity=similarity,
+    p = config.protocol
+    return build_dpo_dataset(ctx.train_examples, ctx.data, task=p.dpo_task, rejected=p.rejected,
+                             num_rejected=p.num_rejected, seed=config.seed, similarity=similarity,
                              with_images=ctx.with_images, templates=ctx.templates)
 
 
+PAIRS = "pairs"  # the hardness stage's DPO pairs (Dataset.save_to_disk), one lambda column per hardness mode
+REFERENCE = "reference"  # dpo/reference/<key>.npz: reference log-probs shared by the variants (one SFT model)
+HARDNESS_FIELDS = ("hardness_k", "hardness_temperature", "hardness_title_mode", "dpo_task", "num_rejected", "rejected",
+                   "max_train_sequences")
+
+
 def stage_hardness(ctx: RunContext) -> dict:
-    """Item embeddings from the SFT model (DESIGN 2.5), HardnessIndex, lambda of every DPO row for both modes."""
+    """Item embeddings from the SFT model (DESIGN 2.5), HardnessIndex, and the DPO pairs saved once
+    (``hardness/pairs``, ``Dataset.save_to_disk``) with lambda for both modes: ``hano_lambda_topk`` and
+    ``hano_lambda_pairwise``. Each DPO variant trains on these rows and reads its column (``dpo.hardness_column``)."""
     from ..encoders import QwenVLItemEncoder, encode_items
     from ..hardness import HardnessIndex, add_hardness_column
 
     config = ctx.config
-    dpo = config.dpo
+    hard = config.hardness
     folder = ctx.rundir.stage_dir("hardness")
-    inputs = {"hardness_k": dpo.hardness_k, "hardness_temperature": dpo.hardness_temperature,
-              "hardness_title_mode": dpo.hardness_title_mode, "dpo_task": config.data.dpo_task,
-              "num_rejected": config.data.num_rejected, "rejected": config.data.rejected,
-              "max_train_sequences": config.data.max_train_sequences}
+    inputs = _fields(config, HARDNESS_FIELDS)
 
     def work() -> dict:
         proc = ctx.processing_class()
         model = load_sft_model(ctx)
-        encoder = QwenVLItemEncoder(model, proc, title_mode=dpo.hardness_title_mode)
+        encoder = QwenVLItemEncoder(model, proc, title_mode=hard.hardness_title_mode)
         item_ids = list(ctx.data.item_ids)
         titles, images = _item_table(ctx, item_ids)
         # no cache: item_embeddings.npz below is this stage's output, and a finished stage never recomputes it
@@ -576,34 +600,64 @@ def stage_hardness(ctx: RunContext) -> dict:
         del model, encoder
         _free_memory()
         index = HardnessIndex(embeddings.text, embeddings.image)
-        pairs = _dpo_dataset(ctx, index, embeddings.item_rows).select_columns(["sequence_id", "task", "chosen_item", "rejected_item"])
-        record: dict[str, Any] = {"rows": pairs.to_dict(), "lambda": {}, "delta_mean": {}}
+        pairs = _dpo_dataset(ctx, index, embeddings.item_rows)
+        delta_means: dict[str, float] = {}
         for mode in ("topk", "pairwise"):
-            scored, delta_mean = add_hardness_column(pairs, index, embeddings.item_rows, k=dpo.hardness_k,
-                                                     temperature=dpo.hardness_temperature, mode=mode)
-            record["lambda"][mode] = [float(x) for x in scored["hano_lambda"]]
-            record["delta_mean"][mode] = float(delta_mean)
-        write_json_atomic(folder / "lambdas.json", record)
-        stats = {mode: {"min": min(v), "mean": float(np.mean(v)), "max": max(v)}
-                 for mode, v in record["lambda"].items()}
+            pairs, delta_mean = add_hardness_column(pairs, index, embeddings.item_rows, k=hard.hardness_k,
+                                                    temperature=hard.hardness_temperature, mode=mode,
+                                                    column=lambda_column(mode))
+            delta_means[mode] = float(delta_mean)
+        pairs.save_to_disk(str(folder / PAIRS))
+        stats = {}
+        for mode in ("topk", "pairwise"):
+            values = np.asarray(pairs[lambda_column(mode)], dtype=np.float64)
+            stats[mode] = {"min": float(values.min()), "mean": float(values.mean()), "max": float(values.max())}
         ctx.say("        lambda (topk) min/mean/max = {min:.4f}/{mean:.4f}/{max:.4f}".format(**stats["topk"]))
-        return {"items": len(item_ids), "rows": len(pairs), "lambda": stats, "delta_mean": record["delta_mean"],
-                "embedding_dim": int(embeddings.text.shape[1])}
+        return {"items": len(item_ids), "rows": len(pairs), "lambda": stats, "delta_mean": delta_means,
+                "embedding_dim": int(embeddings.text.shape[1]), "pairs": str(folder / PAIRS)}
 
     return run_stage(ctx, "hardness", folder, inputs, work)
 
 
-def _with_lambdas(ctx: RunContext, dataset, mode: str):
-    """Add the hardness stage's lambda column; the rows must be exactly the ones it scored."""
-    record = read_json(ctx.rundir.stage_dir("hardness") / "lambdas.json")
-    rows = record["rows"]
+def _saved_pairs(ctx: RunContext):
+    """The hardness stage's DPO pairs with their lambda columns, or None when that stage did not run. A hardness
+    stage of an earlier version (``lambdas.json``, no saved pairs) is converted once: its rows are rebuilt, checked
+    against the scored ones and saved with the lambda columns."""
+    from datasets import load_from_disk
+
+    folder = ctx.rundir.stage_dir("hardness")
+    if not ctx.rundir.is_done(folder):
+        return None
+    if not (folder / PAIRS).is_dir():
+        if ctx.is_main:
+            _convert_lambdas_json(ctx, folder)
+        ctx.barrier()
+    return load_from_disk(str(folder / PAIRS))
+
+
+def _convert_lambdas_json(ctx: RunContext, folder: Path) -> None:
+    """A finished hardness stage of an earlier version -> ``hardness/pairs`` (the same rows and lambdas)."""
+    record = read_json(folder / "lambdas.json")
+    dataset = _dpo_dataset(ctx)
     current = dataset.select_columns(["sequence_id", "task", "chosen_item", "rejected_item"]).to_dict()
-    if current != rows:
+    if current != record["rows"]:
         raise RuntimeError(
-            f"the DPO rows differ from those scored in {ctx.rundir.stage_dir('hardness')}; the data or the protocol "
-            "changed since the hardness stage ran (start a new run directory)"
+            f"the DPO rows differ from those scored in {folder}; the data or the protocol changed since the hardness "
+            "stage ran (start a new run directory)"
         )
-    return dataset.add_column("hano_lambda", record["lambda"][mode])
+    for mode, values in record["lambda"].items():
+        dataset = dataset.add_column(lambda_column(mode), np.asarray(values, dtype=np.float32))
+    ctx.say(f"        converting {folder / 'lambdas.json'} (an earlier version's hardness output) to {folder / PAIRS}")
+    tmp = folder / (PAIRS + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    dataset.save_to_disk(str(tmp))
+    tmp.rename(folder / PAIRS)
+
+
+def _dpo_pairs(ctx: RunContext):
+    """The DPO rows of every variant: the hardness stage's saved pairs, or (no hardness stage) built here."""
+    pairs = _saved_pairs(ctx)
+    return pairs if pairs is not None else _dpo_dataset(ctx)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -613,46 +667,112 @@ def _with_lambdas(ctx: RunContext, dataset, mode: str):
 DPO_FIELDS = ("dpo_epochs", "dpo_max_steps", "dpo_learning_rate", "dpo_batch_size", "dpo_gradient_accumulation_steps",
               "dpo_max_length", "beta", "responsiveness", "responsiveness_warmup", "lora_noise_mode", "dpo_extra_args",
               "hardness_k", "hardness_temperature", "hardness_title_mode")
+REF_COLUMNS = ("ref_chosen_logps", "ref_rejected_logps")
+
+
+def _pairs_fingerprint(dataset) -> str:
+    """A content hash of the DPO rows (prompts, completions, image files), independent of the lambda columns."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    columns = [c for c in ("prompt", "chosen", "rejected", "images") if c in dataset.column_names]
+    for batch in dataset.select_columns(columns).iter(batch_size=512):
+        digest.update(json.dumps(batch, sort_keys=True, default=str).encode("utf-8"))
+    return digest.hexdigest()
+
+
+def reference_key(ctx: RunContext, dataset, args) -> str:
+    """What the reference log-probs depend on: the SFT model (its stage's finish record, how DPO starts from it, the
+    model and its precision), the processor, the rows, and the trainer settings that shape their batches."""
+    import hashlib
+
+    sft_marker = ctx.rundir.marker(ctx.rundir.stage_dir("sft")) if ctx.rundir.is_done(ctx.rundir.stage_dir("sft")) \
+        else {}
+    settings = {name: getattr(args, name, None) for name in (
+        "max_length", "per_device_train_batch_size", "precompute_ref_batch_size", "fast_prompt_once",
+        "fast_vision_cache", "bf16", "fp16", "padding_free", "pad_to_multiple_of", "truncation_mode", "use_logits_to_keep",
+        "ld_alpha", "loss_type")}
+    record = {"sft": sft_marker.get("finished"), "sft_inputs": sft_marker.get("inputs"),
+              "dpo_init": ctx.config.resolved_dpo_init(), "model": ctx.spec.path, "dtype": str(ctx.config.bf16),
+              "pixels": [ctx.config.data.image_min_pixels, ctx.config.data.image_max_pixels], "args": settings,
+              "rows": _pairs_fingerprint(dataset), "count": len(dataset)}
+    return hashlib.sha256(json.dumps(record, sort_keys=True, default=str).encode("utf-8")).hexdigest()[:20]
+
+
+def _shared_reference(ctx: RunContext, dataset, key: str):
+    """``dataset`` with the reference log-probs another variant computed from the same SFT model, or None."""
+    path = ctx.rundir.stage_dir("dpo") / REFERENCE / f"{key}.npz"
+    if not path.is_file():
+        return None
+    saved = np.load(path)
+    if any(len(saved[c]) != len(dataset) for c in REF_COLUMNS):
+        return None
+    for column in REF_COLUMNS:
+        dataset = dataset.add_column(column, saved[column].tolist())
+    return dataset
+
+
+def _share_reference(ctx: RunContext, trainer, key: str, rows: int) -> bool:
+    """Save the reference log-probs the trainer computed (its fast-path cache), for the next variants."""
+    train = trainer.train_dataset
+    columns = getattr(train, "column_names", None) or []
+    if not all(c in columns for c in REF_COLUMNS) or len(train) != rows:
+        return False  # computed every step (fast path off, DeepSpeed...): nothing to share
+    if ctx.is_main:
+        folder = ctx.rundir.stage_dir("dpo") / REFERENCE
+        folder.mkdir(parents=True, exist_ok=True)
+        tmp = folder / f"{key}.tmp.npz"
+        np.savez(tmp, **{c: np.asarray(train[c], dtype=np.float64) for c in REF_COLUMNS})
+        os.replace(tmp, folder / f"{key}.npz")
+    return True
 
 
 def stage_dpo(ctx: RunContext, variant: Variant) -> dict:
-    """Preference optimization with ``HaNoDPOTrainer`` from the SFT model, the reference being the SFT model."""
-    from ..config import HaNoDPOConfig
+    """Preference optimization with ``HaNoDPOTrainer`` from the SFT model, the reference being the SFT model.
+
+    The rows are the hardness stage's saved pairs; the variant reads its lambda column (``dpo.hardness_column``).
+    The reference log-probs are computed by the first variant and shared with every later one from the same SFT
+    model and rows (``dpo/reference/<key>.npz``)."""
     from ..trainer import HaNoDPOTrainer
 
     config = ctx.config
-    dpo = config.dpo
-    switches = variant.switches(dpo)
+    switches = variant.switches(config.dpo)
     folder = ctx.rundir.stage_dir("dpo", variant.name)
-    inputs = {**_fields(dpo, DPO_FIELDS), **switches, **_lora_fields(config), "dpo_task": config.data.dpo_task,
-              "num_rejected": config.data.num_rejected, "rejected": config.data.rejected,
-              "max_train_sequences": config.data.max_train_sequences, "dpo_init": config.resolved_dpo_init(),
-              "system_prompt": config.data.system_prompt}
+    protocol = config.protocol
+    inputs = {**_fields(config, DPO_FIELDS), **switches, **_lora_fields(config, "dpo"),
+              "dpo_task": protocol.dpo_task, "num_rejected": protocol.num_rejected, "rejected": protocol.rejected,
+              "max_train_sequences": protocol.max_train_sequences, "dpo_init": config.resolved_dpo_init(),
+              "system_prompt": protocol.system_prompt}
 
     def work() -> dict:
         proc = ctx.processing_class()
-        dataset = _dpo_dataset(ctx)
-        if switches["use_hardness"]:
-            dataset = _with_lambdas(ctx, dataset, switches["hardness_mode"])
+        dataset = _dpo_pairs(ctx)
         model = _dpo_start(ctx)
         if config.resolved_dpo_init() == "merge":
-            peft_config = lora_config(model, config.model)
+            peft_config = lora_config(model, config)
         else:  # continue the SFT adapter; TRL keeps a frozen copy of it as the reference ("ref" adapter)
             model, peft_config = with_adapter(model, ctx.rundir.stage_dir("sft") / "adapter", trainable=True), None
-        args = HaNoDPOConfig(
-            **_trainer_settings(ctx, folder / "trainer"), num_train_epochs=dpo.dpo_epochs,
-            max_steps=dpo.dpo_max_steps, per_device_train_batch_size=dpo.dpo_batch_size,
-            gradient_accumulation_steps=dpo.dpo_gradient_accumulation_steps, learning_rate=dpo.dpo_learning_rate,
-            max_length=dpo.dpo_max_length, beta=dpo.beta, use_hardness=switches["use_hardness"],
-            use_responsiveness=switches["use_responsiveness"], responsiveness=dpo.responsiveness,
-            responsiveness_warmup=dpo.responsiveness_warmup, lora_noise_std=switches["lora_noise_std"],
-            lora_noise_mode=dpo.lora_noise_mode, **extra_args(config, "dpo_extra_args"),
+        args = config.trainer_args(
+            "dpo", folder / "trainer", use_hardness=switches["use_hardness"],
+            use_responsiveness=switches["use_responsiveness"], hardness_column=lambda_column(switches["hardness_mode"]),
+            lora_noise_std=switches["lora_noise_std"],
         )
+        if switches["use_hardness"] and args.hardness_column not in dataset.column_names:
+            raise RuntimeError(f"the DPO pairs have no {args.hardness_column!r} column (no finished hardness stage in "
+                               f"{ctx.rundir.root})")
+        key = reference_key(ctx, dataset, args)
+        shared = None if args.sync_ref_model else _shared_reference(ctx, dataset, key)
+        rows = len(dataset)
+        if shared is not None:
+            ctx.say(f"        reference log-probs shared from an earlier variant ({REFERENCE}/{key}.npz)")
+            dataset = shared
         with compact_lm_head_on_cpu():  # the reference log-probs are cached while the trainer is built
             trainer = HaNoDPOTrainer(model=model, args=args, train_dataset=dataset, processing_class=proc,
                                      peft_config=peft_config)
+        reference = "shared" if shared is not None else (
+            "computed" if not args.sync_ref_model and _share_reference(ctx, trainer, key, rows) else "every step")
         summary = _train(ctx, trainer, folder, f"DPO {variant.name}")
-        summary.update(variant=variant.name, label=variant.label, **switches)
+        summary.update(variant=variant.name, label=variant.label, reference_logps=reference, **switches)
         del trainer, model
         _free_memory()
         return summary
@@ -669,16 +789,16 @@ def _ranking_rows(ctx: RunContext, examples):
     """Ranking evaluation rows of ``examples`` in the run's prompt format and candidate orders."""
     config = ctx.config
     return build_ranking_eval_dataset(examples, ctx.data, with_images=ctx.with_images, templates=ctx.templates,
-                                      prompt=config.evaluation_prompt(), permutations=config.eval.score_permutations,
-                                      seed=config.run.seed)
+                                      prompt=config.evaluation_prompt(),
+                                      permutations=config.evaluation.score_permutations, seed=config.seed)
 
 
 def _evaluation_inputs(config: PipelineConfig) -> dict[str, Any]:
     """What a finished evaluation depends on (the baselines shown beside it do not change it)."""
-    values = {k: v for k, v in dataclasses.asdict(config.eval).items()
+    values = {k: v for k, v in dataclasses.asdict(config.evaluation).items()
               if k not in ("baselines", "curve_steps", "curve_examples")}
-    return {**values, "eval_prompt": config.evaluation_prompt(), "max_test_sequences": config.data.max_test_sequences,
-            "system_prompt": config.data.system_prompt}
+    return {**values, "eval_prompt": config.evaluation_prompt(),
+            "max_test_sequences": config.protocol.max_test_sequences, "system_prompt": config.protocol.system_prompt}
 
 
 def stage_baselines(ctx: RunContext) -> list[tuple[str, str]]:
@@ -692,10 +812,11 @@ def stage_baselines(ctx: RunContext) -> list[tuple[str, str]]:
     models = []
     for name in names:
         folder = ctx.rundir.stage_dir("eval", f"baseline-{name}")
-        inputs = {"baseline": name, "max_test_sequences": config.data.max_test_sequences, "eval_ks": config.eval.eval_ks}
+        inputs = {"baseline": name, "max_test_sequences": config.protocol.max_test_sequences,
+                  "eval_ks": config.evaluation.eval_ks}
 
         def work(name=name, folder=folder) -> dict:
-            ks = tuple(config.eval.eval_ks) if config.eval.eval_ks else None
+            ks = tuple(config.evaluation.eval_ks) if config.evaluation.eval_ks else None
             if name == "random":
                 result = expected_random_metrics(ctx.test_examples, ks)
             else:
@@ -720,7 +841,7 @@ def similarity_items(ctx: RunContext) -> list[str]:
     for ex in ctx.test_examples:
         for c in ex.candidates:
             seen.setdefault(c)
-    return list(seen)[: ctx.config.eval.similarity_items]
+    return list(seen)[: ctx.config.evaluation.similarity_items]
 
 
 def stage_evaluate(ctx: RunContext, name: str, load: Callable[[], Any]) -> dict:
@@ -729,7 +850,7 @@ def stage_evaluate(ctx: RunContext, name: str, load: Callable[[], Any]) -> dict:
     from .similarity import title_image_similarity
 
     config = ctx.config
-    ev = config.eval
+    ev = config.evaluation
     folder = ctx.rundir.stage_dir("eval", name)
     inputs = {**_evaluation_inputs(config), "image_pixels": [config.data.image_min_pixels, config.data.image_max_pixels]}
 
