@@ -115,7 +115,7 @@ def run_case(spec: dict) -> dict:
             builds.append(time.perf_counter() - start)
             if builds[0] > spec["repeat_below"] or repeat == spec["repeats"] - 1:
                 break
-            del index
+            index = None  # free the index before the next build
     result["build_s"] = statistics.median(builds)
     result["build_runs"] = len(builds)
     result["build_peak_rss_gib"] = build_rss.peak / GIB

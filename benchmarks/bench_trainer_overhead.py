@@ -52,7 +52,8 @@ with N_lm the language model's parameters without the embedding table, V d the (
 attention width (heads x head_dim), S_s each sequence's non-pad length, T = sum_s S_s, P the vision patches before
 merging, N_vis the vision tower's parameters, N_lora the adapter's. The LM head is counted at the completion tokens
 only (TRL's fused head on CUDA projects only those), gradient-checkpointing recompute is not counted (model FLOPs,
-not hardware FLOPs), nor are the vision tower's windowed attention, norms and activations. Peak: bf16 dense, 989.4 TFLOP/s for H100/H200
+not hardware FLOPs), nor are the vision tower's windowed attention, norms and activations. Peak: bf16 dense,
+989.4 TFLOP/s for H100/H200
 SXM, 312 for A100; other devices need ``--peak-tflops``.
 
 CPU (tiny random Qwen2.5-VL, the real architecture; 5 history + 10 candidate images of 56x84 px per prompt, 6 image
@@ -104,9 +105,10 @@ import torch
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
+from bench_scoring import poster  # noqa: E402  (the same random posters)
+
 from hanorec_trl import HaNoDPOConfig, HaNoDPOTrainer  # noqa: E402
 from hanorec_trl.data.prompts import DEFAULT_TEMPLATES, assistant_message, ranking_prompt  # noqa: E402
-from bench_scoring import poster  # noqa: E402  (the same random posters)
 from hanorec_trl.model_utils import language_model_lora_regex  # noqa: E402
 from hanorec_trl.processing import qwen2_5_tokenizer, qwen2_5_vl_processor  # noqa: E402
 from hanorec_trl.testing import qwen2_5_vl_3b, tiny_qwen2_5_vl, tiny_tokenizer  # noqa: E402
@@ -596,7 +598,6 @@ def paired_ratio(steps: list[float], base: list[float], seed: int = 0, resamples
 
 
 def markdown_table(result: dict) -> str:
-    base = result["variants"]["trl"]
     memory = result.get("memory", {})
     rows = ["| variant | median step s | paired step ratio [95% CI] | median period s | paired period ratio | pairs/s "
             "| tokens/s | MFU | peak memory MiB | ratio |", "|---|---|---|---|---|---|---|---|---|---|"]
@@ -605,7 +606,8 @@ def markdown_table(result: dict) -> str:
         base_mem = memory.get("trl", {}).get("peak_mib")
         step, period = v["paired_step_ratio"], v["paired_period_ratio"]
         rows.append(
-            f"| {name} | {v['median_step_s']:.4f} | {step['median']:.3f} [{step['ci95'][0]:.3f}, {step['ci95'][1]:.3f}] "
+            f"| {name} | {v['median_step_s']:.4f} | "
+            f"{step['median']:.3f} [{step['ci95'][0]:.3f}, {step['ci95'][1]:.3f}] "
             f"| {v['median_period_s']:.4f} | {period['median']:.3f} "
             f"| {v['pairs_per_s']:.3g} | {v['tokens_per_s']:.4g} | "
             + (f"{v['mfu']:.1%}" if "mfu" in v else "n/a")
@@ -632,7 +634,8 @@ def main(argv=None):
     parser.add_argument("--no-gradient-checkpointing", action="store_true", help="turn TRL's default off")
     parser.add_argument("--no-memory", action="store_true", help="skip the per-variant memory subprocesses")
     parser.add_argument("--components", type=int, default=30,
-                        help="rounds of the per-component timing on one HaNo trainer (needs the 'hano' variant; 0: off)")
+                        help="rounds of the per-component timing on one HaNo trainer (needs the 'hano' variant; "
+                        "0: off)")
     parser.add_argument("--breakdown", action="store_true",
                         help="also time the HaNo-specific parts of each step (patches the trainer classes)")
     parser.add_argument("--memory-steps", type=int, default=6, help="steps of each memory run after its warm-up")

@@ -40,13 +40,12 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import math
 import os
 import platform
 import shutil
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -293,16 +292,22 @@ def run_seed(seed: int, cfg: TestbedConfig, work_dir: Path, *, progress: bool = 
     from trl import SFTConfig, SFTTrainer
 
     from hanorec_trl import HaNoDPOConfig, HaNoDPOTrainer
-    from hanorec_trl.baselines import (TrainingInteractions, evaluate_baseline, expected_random_metrics,
-                                       fit_baseline)
-    from hanorec_trl.data import (ProtocolConfig, build_dpo_dataset, build_ranking_eval_dataset, build_sft_dataset,
-                                  build_split, load_movielens_1m, write_synthetic_movielens)
+    from hanorec_trl.baselines import TrainingInteractions, evaluate_baseline, expected_random_metrics, fit_baseline
+    from hanorec_trl.data import (
+        ProtocolConfig,
+        build_dpo_dataset,
+        build_ranking_eval_dataset,
+        build_sft_dataset,
+        build_split,
+        load_movielens_1m,
+        write_synthetic_movielens,
+    )
     from hanorec_trl.data.prompts import PromptTemplates
     from hanorec_trl.encoders import QwenVLItemEncoder, encode_items
     from hanorec_trl.evaluation import RecEvalConfig, evaluate_recommender
     from hanorec_trl.hardness import HardnessIndex, add_hardness_column
-    from hanorec_trl.testing import tiny_qwen2
     from hanorec_trl.pipeline.training import compact_lm_head_on_cpu
+    from hanorec_trl.testing import tiny_qwen2
 
     started = time.perf_counter()
     timings: dict[str, float] = {}

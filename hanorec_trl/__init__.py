@@ -45,10 +45,10 @@ def __dir__():
 
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .config import HaNoDPOConfig
-    from .encoders import QwenVLItemEncoder, TextItemEncoder, encode_items
-    from .evaluation import RecEvalConfig, RecommendationEvalCallback, evaluate_recommender
-    from .hardness import HardnessIndex, add_hardness_column
-    from .noise import lora_noise
-    from .responsiveness import ResponsivenessTracker
-    from .trainer import HaNoDPOTrainer
+    from .config import HaNoDPOConfig  # noqa: F401
+    from .encoders import QwenVLItemEncoder, TextItemEncoder, encode_items  # noqa: F401
+    from .evaluation import RecEvalConfig, RecommendationEvalCallback, evaluate_recommender  # noqa: F401
+    from .hardness import HardnessIndex, add_hardness_column  # noqa: F401
+    from .noise import lora_noise  # noqa: F401
+    from .responsiveness import ResponsivenessTracker  # noqa: F401
+    from .trainer import HaNoDPOTrainer  # noqa: F401

@@ -34,8 +34,8 @@ from typing import Any
 
 import numpy as np
 
-from .data.recdata import RecData
 from .data.protocol import RecSplit, SequenceExample
+from .data.recdata import RecData
 from .evaluation.metrics import DEFAULT_KS, auc_score, ranking_metrics, target_rank
 from .sasrec import SASRec
 

@@ -33,7 +33,8 @@ class HaNoDPOConfig(DPOConfig):
         lambda_max (`float`, defaults to `100.0`): largest lambda accepted in `hardness_column`; a larger value is
             refused with its row (Eq. 6 gives values below 10 for cosine similarities). `inf` disables the bound.
         use_responsiveness (`bool`, defaults to `True`): compute eta per batch (Eq. 7-8); off: eta = 1.
-        responsiveness (`str`, defaults to `"ema"`): `"ema"` (Eq. 8 as in `docs/design.md`) or `"batch"` (the released code's formula).
+        responsiveness (`str`, defaults to `"ema"`): `"ema"` (Eq. 8 as in `docs/design.md`) or `"batch"` (the
+            released code's formula).
         responsiveness_momentum (`float`, defaults to `0.9`): momentum of the running statistics of `"ema"`.
         responsiveness_warmup (`int`, defaults to `10`): informative batches with eta = 1 while the statistics settle.
         responsiveness_eps (`float`, defaults to `1e-6`): reward-gap magnitude below which a batch carries no signal.
@@ -102,7 +103,8 @@ class HaNoDPOConfig(DPOConfig):
     lora_noise_mode: str = field(
         default="absolute",
         metadata={
-            "help": "'absolute' (noise std = lora_noise_std, as in the paper) or 'relative' (std x RMS of each matrix).",
+            "help": "'absolute' (noise std = lora_noise_std, as in the paper) or 'relative' (std x RMS of each "
+            "matrix).",
             "choices": list(NOISE_MODES),
         },
     )

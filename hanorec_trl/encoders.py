@@ -154,7 +154,7 @@ class ItemEncoder:
 
 
 class QwenVLItemEncoder(ItemEncoder):
-    """The MLLM as item encoder (Sec. 3.2; ``docs/design.md``): title = mean input embedding (or contextual mean), image = mean of
+    """The MLLM as item encoder (``docs/design.md``): title = mean input embedding (or contextual mean), image = mean of
     the vision tower's merged patch features (after the merger, language-model dimension).
 
     ``model`` is a Qwen2-VL / Qwen2.5-VL model (or any causal LM for titles only), optionally PEFT-wrapped;

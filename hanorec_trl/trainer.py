@@ -1,4 +1,5 @@
-"""``HaNoDPOTrainer``: TRL's ``DPOTrainer`` with HaNoRec's adaptive beta and LoRA noise (paper Sec. 3; ``docs/trainer.md``).
+"""``HaNoDPOTrainer``: TRL's ``DPOTrainer`` with HaNoRec's adaptive beta and LoRA noise (paper Sec. 3,
+``docs/trainer.md``).
 
 How the per-sample, current-batch beta' gets into TRL 1.16 without copying its loss code
 -----------------------------------------------------------------------------------------

@@ -13,7 +13,8 @@ warnings.filterwarnings("ignore", category=FutureWarning)
 
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
-from PIL import Image  # noqa: E402
+
+from hanorec_trl.testing import TINY_TITLES, solid_image  # noqa: E402, F401  (solid_image: used by the tests)
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
@@ -57,19 +58,7 @@ def tiny_lm(tiny_tok):
     return tiny_qwen2(tiny_tok)
 
 
-def solid_image(seed: int, size: int = 56) -> Image.Image:
-    """A small deterministic RGB image (a colour gradient that depends on ``seed``)."""
-    rng = np.random.default_rng(seed)
-    base = rng.integers(0, 255, size=3)
-    grid = np.linspace(0, 60, size, dtype=np.float32)
-    arr = (base[None, None, :] + grid[:, None, None] + grid[None, :, None]) % 255
-    return Image.fromarray(arr.astype(np.uint8))
-
-
-TITLES = [
-    "Comedy Night (1999)", "Dark War (1985)", "Love Story (1970)", "Blue City (2001)", "Last King (1994)",
-    "Golden House (1988)", "Secret World (2003)", "Lost Summer (1979)", "Red Star (1996)", "Little Queen (1990)",
-]
+TITLES = list(TINY_TITLES)
 
 
 def preference_rows(n: int = 6, with_images: bool = True, lambdas=None, seed: int = 0) -> list[dict]:

@@ -3,7 +3,6 @@
 Trains a tiny model for a few steps with HaNo on and writes this rank's eta trajectory and batch lambdas."""
 
 import json
-import os
 import sys
 from pathlib import Path
 

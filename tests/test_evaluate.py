@@ -94,7 +94,8 @@ def test_vision_cache_gives_the_same_results(tiny_vlm, tiny_processor, tmp_path)
     ranking = ranking + [dict(r) for r in ranking]  # every image appears twice across the rows
     tower_images = []
     handle = tiny_vlm.model.visual.register_forward_hook(
-        lambda m, args, kwargs, out: tower_images.append(int((args[1] if len(args) > 1 else kwargs["grid_thw"]).shape[0])),
+        lambda m, args, kwargs, out: tower_images.append(
+            int((args[1] if len(args) > 1 else kwargs["grid_thw"]).shape[0])),
         with_kwargs=True)
     results, runs = {}, {}
     for cached in (False, True):

@@ -163,7 +163,8 @@ def _count_vision_backward(model):
 
 
 def test_standard_path_never_backpropagates_through_frozen_vision(tiny_tok, tiny_processor, tmp_path):
-    """TRL's own batches (fast path off), checkpointing on: same LoRA gradients as trl.DPOTrainer, no vision backward."""
+    """TRL's own batches (fast path off), checkpointing on: same LoRA gradients as trl.DPOTrainer, no vision
+    backward."""
     ds = preference_dataset(n=2, with_images=True, lambdas=[1.0] * 2)
     grads, backward_calls = {}, {}
     for hano in (True, False):

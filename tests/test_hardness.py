@@ -39,7 +39,7 @@ def reference_lambdas(text, image, chosen, rejected, k=10, temperature=1.0, mode
     deltas = []
     for ws, ls in zip(chosen, rejected):
         per_pair = []
-        for w, l in zip(ws, ls):
+        for w, l in zip(ws, ls):  # noqa: E741 - w and l as in the paper's notation
             if mode == "topk":
                 z_w = reference_profile(fused, w, k, temperature)
                 z_l = reference_profile(fused, l, k, temperature)

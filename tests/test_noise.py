@@ -7,8 +7,8 @@ import torch
 from conftest import preference_dataset
 from peft import LoraConfig, get_peft_model
 from torch import nn
-from trl import DPOTrainer
 from trainer_utils import GradRecorder, first_batch, losses, make_trainer
+from trl import DPOTrainer
 
 from hanorec_trl import lora_noise
 from hanorec_trl.testing import tiny_qwen2

@@ -213,7 +213,8 @@ def test_missing_data_is_refused_before_the_run_directory_exists(tmp_path, capsy
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the CPU-only refusals")
 def test_gpu_only_switches_are_refused_on_cpu(tmp_path, capsys):
-    _refused(["--bf16", "--output_dir", str(tmp_path / "a")], capsys, "bf16 (model.dtype bfloat16, sft.bf16 or dpo.bf16) needs a CUDA GPU")
+    _refused(["--bf16", "--output_dir", str(tmp_path / "a")], capsys,
+             "bf16 (model.dtype bfloat16, sft.bf16 or dpo.bf16) needs a CUDA GPU")
     _refused(["--load_in_4bit", "--output_dir", str(tmp_path / "b")], capsys, "needs a CUDA GPU")
 
 
@@ -246,8 +247,8 @@ def test_compact_lm_head_on_cpu_gives_the_same_loss_and_gradients(tiny_tok):
     import trl.trainer.utils as trl_utils
     from trl.trainer.utils import add_fused_lm_head
 
-    from hanorec_trl.testing import tiny_qwen2
     from hanorec_trl.pipeline.training import compact_lm_head_on_cpu
+    from hanorec_trl.testing import tiny_qwen2
 
     model = tiny_qwen2(tiny_tok)
     add_fused_lm_head(model, outputs=("log_probs", "entropy", "is_top1"))

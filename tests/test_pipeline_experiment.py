@@ -69,7 +69,8 @@ def test_hard_rejected_items_are_the_nearest_negatives(run_dir):
 
 
 def test_sliding_windows_split_by_user(run_dir):
-    parts = {name: [json.loads(line) for line in (run_dir / "data" / "split" / f"{name}.jsonl").read_text().splitlines()]
+    split_dir = run_dir / "data" / "split"
+    parts = {name: [json.loads(line) for line in (split_dir / f"{name}.jsonl").read_text().splitlines()]
              for name in ("train", "validation", "test")}
     users = {name: {ex["user"] for ex in examples} for name, examples in parts.items()}
     assert not users["train"] & users["test"] and not users["train"] & users["validation"]

@@ -26,10 +26,10 @@ from hanorec_trl import HaNoDPOConfig, HaNoDPOTrainer
 from hanorec_trl.data import DataFormatError, MissingImageWarning, load_movielens_1m
 from hanorec_trl.data.movielens import read_movielens_movies
 from hanorec_trl.data.recdata import ControlCharacterWarning
-from hanorec_trl.testing import tiny_qwen2
 from hanorec_trl.pipeline import main
 from hanorec_trl.pipeline.arguments import PipelineConfigError, parse_args
 from hanorec_trl.pipeline.rundir import LOCK_FILE, RUN_FORMAT, STARTED, RunDir, RunDirError, RunLock
+from hanorec_trl.testing import tiny_qwen2
 from hanorec_trl.trainer import (
     HANO_STATE_NAME,
     NonFiniteTrainingError,
@@ -214,8 +214,8 @@ def test_an_unfinished_stage_with_checkpoints_refuses_other_arguments(tmp_path):
 
 
 def _fake_checkpoint(folder: Path, step: int, *, hano: bool = True, state: bool = True) -> Path:
-    from safetensors.torch import save_file
     import torch
+    from safetensors.torch import save_file
 
     path = folder / f"checkpoint-{step}"
     path.mkdir(parents=True)

@@ -60,7 +60,8 @@ def test_every_variant_is_evaluated_on_the_same_rows(micro_run):
         assert not np.allclose(scores["per_row"]["ranking"]["scores"], sft_scores["per_row"]["ranking"]["scores"])
     assert record["dpo"]["dpo-random"]["use_hardness"] is False and record["dpo"]["hano-hard"]["noise"] is True
     # the same users in both test sets, the hard set's negatives at least as similar to the target as the uniform ones
-    assert record["hardness"]["hard"]["true_similarity"]["mean"] > record["hardness"]["random"]["true_similarity"]["mean"]
+    similarity = {kind: record["hardness"][kind]["true_similarity"]["mean"] for kind in ("hard", "random")}
+    assert similarity["hard"] > similarity["random"]
 
 
 def test_paired_differences_per_seed_and_pooled(micro_run):

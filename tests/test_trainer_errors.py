@@ -1,9 +1,7 @@
 """Bad input to the trainer gets a clear error naming the problem (column, row, value)."""
 
-import copy
 
 import pytest
-import torch
 from conftest import preference_dataset, preference_rows
 from datasets import Dataset
 from trainer_utils import make_trainer

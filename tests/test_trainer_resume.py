@@ -28,7 +28,8 @@ def test_resume_gives_the_same_eta_and_losses(tiny_tok, tmp_path):
     resumed = make_trainer(tiny_qwen2(tiny_tok), tiny_tok, ds, tmp_path / "resumed", **CONFIG)
     resumed.train(resume_from_checkpoint=str(checkpoint))
 
-    eta_full, eta_resumed = per_step(full.state.log_history, "hano/eta"), per_step(resumed.state.log_history, "hano/eta")
+    eta_full = per_step(full.state.log_history, "hano/eta")
+    eta_resumed = per_step(resumed.state.log_history, "hano/eta")
     assert eta_full[3] != 1.0 and eta_full[4] != 1.0, "eta stayed at 1: the comparison would be vacuous"
     for step in (3, 4):
         assert eta_resumed[step] == pytest.approx(eta_full[step], rel=1e-6)
@@ -42,11 +43,11 @@ def test_why_the_tracker_is_not_an_exportable_state_callback(tiny_tok, tmp_path)
     """docs/design.md: persisted through a ``TrainerCallback`` with ``ExportableState`` (transformers' mechanism) the
     tracker comes back only with ``restore_callback_states_from_checkpoint=True``, which also changes how every other
     callback resumes; with the default a resumed run restarts eta. HaNoDPOTrainer therefore keeps hano_state.json."""
+    import trainer_utils
     from transformers import TrainerCallback
     from transformers.trainer_callback import ExportableState
     from trl import DPOTrainer
 
-    import trainer_utils
     from hanorec_trl.responsiveness import ResponsivenessTracker
     from hanorec_trl.trainer import HaNoDPOTrainer
 

@@ -2,7 +2,6 @@
 sequence log-probabilities that do not go through TRL."""
 
 import torch
-import torch.nn.functional as F
 from peft import LoraConfig
 from trl import DPOConfig, DPOTrainer
 

@@ -12,10 +12,10 @@ See ``docs/data.md``. Typical use::
 """
 
 from .builders import build_auc_eval_dataset, build_dpo_dataset, build_ranking_eval_dataset, build_sft_dataset
+from .custom import load_interactions
 from .microlens import load_microlens
 from .movielens import load_movielens_1m, read_movielens_movies
 from .netflix import load_netflix_llmrec
-from .custom import load_interactions
 from .prompts import DEFAULT_TEMPLATES, NO, YES, PromptTemplates, assistant_message, auc_prompt, ranking_prompt
 from .protocol import (
     ProtocolConfig,

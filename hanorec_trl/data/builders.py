@@ -42,13 +42,11 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
-
 from datasets import Dataset
 from datasets import Image as ImageFeature
 from datasets import List as ListFeature
 from tqdm.auto import tqdm
 
-from .recdata import RecData
 from .prompts import (
     DEFAULT_TEMPLATES,
     NO,
@@ -60,6 +58,7 @@ from .prompts import (
     ranking_prompt,
 )
 from .protocol import SequenceExample
+from .recdata import RecData
 
 __all__ = [
     "build_sft_dataset",

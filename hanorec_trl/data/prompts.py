@@ -105,7 +105,8 @@ def ranking_prompt(
     _check_images("candidates", candidate_titles, candidate_images)
     noun = templates.noun
     hist, hist_imgs = _block(templates.history_header.format(noun=noun), history_titles, history_images, templates)
-    cand, cand_imgs = _block(templates.ranking_question.format(noun=noun), candidate_titles, candidate_images, templates)
+    question = templates.ranking_question.format(noun=noun)
+    cand, cand_imgs = _block(question, candidate_titles, candidate_images, templates)
     cand[0] = {"type": "text", "text": "\n" + cand[0]["text"]}
     return _finish(hist + cand, hist_imgs + cand_imgs, with_images, templates)
 

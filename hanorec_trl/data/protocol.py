@@ -464,7 +464,8 @@ def export_recbole(
         lines += [f"{_token(item)}\t{_token(data.titles[item])}\n" for item in data.item_ids]
         (tmp / f"{name}.item").write_text("".join(lines), encoding="utf-8")
         settings = (
-            f"# RecBole settings for the hanorec_trl split of {split.dataset_name} (fingerprint {split.fingerprint[:16]})\n"
+            f"# RecBole settings for the hanorec_trl split of {split.dataset_name} "
+            f"(fingerprint {split.fingerprint[:16]})\n"
             "USER_ID_FIELD: user_id\n"
             "ITEM_ID_FIELD: item_id\n"
             "LIST_SUFFIX: _list\n"

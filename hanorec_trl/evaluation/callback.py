@@ -18,7 +18,8 @@ class RecommendationEvalCallback(TrainerCallback):
 
     Runs at every evaluation (``on_evaluate``, i.e. ``eval_strategy``), with ``every_n_steps`` every N optimizer
     steps, with ``at_start`` before the first step of a fresh run and with ``at_end`` after the last (a learning
-    curve from its start to its end). Metrics are logged through ``trainer.log`` as ``eval_rec/hr@3`` etc. (so they reach
+    curve from its start to its end). Metrics are logged through ``trainer.log`` as ``eval_rec/hr@3`` etc. (so they
+    reach
     ``report_to`` and ``state.log_history``), and each run is written to
     ``<output_dir>/rec_eval/step-<N>.json``. Every process evaluates (identical data), so sharded models
     (DeepSpeed ZeRO-3, FSDP) keep their collective calls in step; only the main process writes the file.

@@ -154,14 +154,6 @@ def binary_auc(labels: Sequence[int], predictions: Sequence[int]) -> float:
     return auc_score(labels, preds.astype(np.float64))
 
 
-def balanced_accuracy(labels: Sequence[int], predictions: Sequence[int]) -> float:
-    """``(TPR + TNR) / 2`` for hard 0/1 predictions (equal to :func:`binary_auc`)."""
-    y, p = _check_labels(labels, np.asarray(predictions, dtype=np.float64))
-    tpr = float(np.mean(p[y] == 1))
-    tnr = float(np.mean(p[~y] == 0))
-    return (tpr + tnr) / 2.0
-
-
 def paired_bootstrap(values: Sequence[float], baseline: Sequence[float], *, num_resamples: int = 10_000,
                      confidence: float = 0.95, seed: int = 0) -> dict[str, float]:
     """The mean per-row difference ``values - baseline`` of two models on the same test rows, with a paired

@@ -52,7 +52,8 @@ class VisionFeatureCache:
         directory: optional folder for a persistent cache (one ``.pt`` file per image, written atomically).
     """
 
-    def __init__(self, fingerprint: str, device: str | torch.device = "cpu", directory: str | os.PathLike | None = None):
+    def __init__(self, fingerprint: str, device: str | torch.device = "cpu",
+                 directory: str | os.PathLike | None = None):
         self.fingerprint = fingerprint
         self.device = torch.device(device)
         self.directory = Path(directory) / fingerprint if directory is not None else None
