@@ -10,8 +10,8 @@ from .reading import (
     _check_unique,
     _clean_titles,
     _csv_rows,
+    _dataset,
     _default_dir,
-    _find_images,
     _is_header,
     _read_lines,
     _resolve_unknown_items,
@@ -126,23 +126,10 @@ def load_microlens(
     users, items, timestamps = _resolve_unknown_items(
         name, users, items, timestamps, titles, drop_unknown_items, str(pairs_path)
     )
-    image_paths = None
+    folder = None
     if images:
-        folder = (
-            data_dir / image_dir
-            if image_dir is not None
-            else _default_dir(data_dir, ("covers", "MicroLens-50k_covers"))
-        )
-        image_paths = _find_images(name, item_ids, folder, image_pattern, strict_images)
-    return RecData(
-        name=name,
-        users=users,
-        items=items,
-        timestamps=timestamps,
-        item_ids=item_ids,
-        titles=titles,
-        image_paths=image_paths,
-        strict_images=strict_images,
-        placeholder_size=placeholder_size,
-        sources={"interactions": str(pairs_path), "items": str(titles_path)},
-    )
+        folder = (data_dir / image_dir if image_dir is not None
+                  else _default_dir(data_dir, ("covers", "MicroLens-50k_covers")))
+    return _dataset(name, users, items, timestamps, item_ids, titles, {}, image_folder=folder,
+                    image_pattern=image_pattern, strict_images=strict_images, placeholder_size=placeholder_size,
+                    sources={"interactions": str(pairs_path), "items": str(titles_path)})

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .reading import _check_unique, _clean_titles, _find_images, _read_lines, _resolve_unknown_items
+from .reading import _check_unique, _clean_titles, _dataset, _read_lines, _resolve_unknown_items
 from .recdata import DataFormatError, RecData, _first
 
 __all__ = ["load_movielens_1m", "read_movielens_movies"]
@@ -138,20 +138,9 @@ def load_movielens_1m(
     users, items, timestamps = _resolve_unknown_items(
         name, users, items, timestamps, titles, drop_unknown_items, str(ratings_path)
     )
-    image_paths = None
+    folder = None
     if images:
         folder = Path(data_dir / image_dir) if image_dir is not None else data_dir / "posters"
-        image_paths = _find_images(name, item_ids, folder, image_pattern, strict_images)
-    return RecData(
-        name=name,
-        users=users,
-        items=items,
-        timestamps=timestamps,
-        item_ids=item_ids,
-        titles=titles,
-        genres=genres,
-        image_paths=image_paths,
-        strict_images=strict_images,
-        placeholder_size=placeholder_size,
-        sources={"ratings": str(ratings_path), "items": str(movies_path)},
-    )
+    return _dataset(name, users, items, timestamps, item_ids, titles, genres, image_folder=folder,
+                    image_pattern=image_pattern, strict_images=strict_images, placeholder_size=placeholder_size,
+                    sources={"ratings": str(ratings_path), "items": str(movies_path)})

@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from .reading import _check_unique, _clean_titles, _csv_rows, _default_dir, _find_images, _resolve_unknown_items
+from .reading import _check_unique, _clean_titles, _csv_rows, _dataset, _default_dir, _resolve_unknown_items
 from .recdata import DataFormatError, RecData
 
 __all__ = ["load_netflix_llmrec"]
@@ -205,22 +205,10 @@ def load_netflix_llmrec(
     users, items, _ = _resolve_unknown_items(
         name, users, items, None, titles, drop_unknown_items, ", ".join(p for p, _ in parts)
     )
-    image_paths = None
+    folder = None
     if images:
-        folder = (
-            data_dir / image_dir if image_dir is not None else _default_dir(data_dir, ("posters", "Netflix_Posters"))
-        )
-        image_paths = _find_images(name, item_ids, folder, image_pattern, strict_images)
-    return RecData(
-        name=name,
-        users=users,
-        items=items,
-        timestamps=None,
-        item_ids=item_ids,
-        titles=titles,
-        genres=genres,
-        image_paths=image_paths,
-        strict_images=strict_images,
-        placeholder_size=placeholder_size,
-        sources=sources | {"item_layout": ",".join(layout)},
-    )
+        folder = (data_dir / image_dir if image_dir is not None
+                  else _default_dir(data_dir, ("posters", "Netflix_Posters")))
+    return _dataset(name, users, items, None, item_ids, titles, genres, image_folder=folder,
+                    image_pattern=image_pattern, strict_images=strict_images, placeholder_size=placeholder_size,
+                    sources=sources | {"item_layout": ",".join(layout)})

@@ -26,6 +26,7 @@ from .recdata import (
     ControlCharacterWarning,
     DataFormatError,
     MissingImageWarning,
+    RecData,
     UnknownItemError,
     _first,
     _natural_key,
@@ -144,8 +145,10 @@ def _find_images(
     image_dir: Path | None,
     pattern: str,
     strict: bool,
+    stacklevel: int = 3,
 ) -> dict[str, Path | None]:
-    """Map every item to its image file (``image_dir / pattern.format(item_id=...)``) or ``None`` when absent."""
+    """Map every item to its image file (``image_dir / pattern.format(item_id=...)``) or ``None`` when absent; the
+    warning about missing files points ``stacklevel`` frames up (the loader's caller)."""
     if "{item_id}" not in pattern:
         raise ValueError(f"image pattern {pattern!r} must contain '{{item_id}}'")
     try:
@@ -178,7 +181,7 @@ def _find_images(
         )
         if strict:
             raise DataFormatError(message)
-        warnings.warn(message + "; using a placeholder image for them", MissingImageWarning, stacklevel=3)
+        warnings.warn(message + "; using a placeholder image for them", MissingImageWarning, stacklevel=stacklevel)
     return paths
 
 
@@ -207,3 +210,38 @@ def _csv_rows(path: Path) -> Iterable[tuple[int, list[str]]]:
 
 def _is_header(row: list[str], names: Sequence[str]) -> bool:
     return [c.strip().lower() for c in row[: len(names)]] == list(names)
+
+
+def _dataset(
+    name: str,
+    users: list[str],
+    items: list[str],
+    timestamps: list[int] | None,
+    item_ids: list[str],
+    titles: dict[str, str],
+    genres: dict[str, tuple[str, ...]],
+    *,
+    image_folder: Path | None,
+    image_pattern: str,
+    strict_images: bool,
+    placeholder_size: tuple[int, int],
+    sources: dict[str, str],
+) -> RecData:
+    """The :class:`RecData` of a loader, with every item's image looked up in ``image_folder`` (``None``: loaded
+    without images)."""
+    image_paths = None
+    if image_folder is not None:
+        image_paths = _find_images(name, item_ids, image_folder, image_pattern, strict_images, stacklevel=4)
+    return RecData(
+        name=name,
+        users=users,
+        items=items,
+        timestamps=timestamps,
+        item_ids=item_ids,
+        titles=titles,
+        genres=genres,
+        image_paths=image_paths,
+        strict_images=strict_images,
+        placeholder_size=placeholder_size,
+        sources=sources,
+    )
