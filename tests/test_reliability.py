@@ -23,6 +23,7 @@ from data_utils import small_movielens, write_movielens
 from trainer_utils import make_trainer
 
 from hanorec_trl import HaNoDPOConfig, HaNoDPOTrainer
+from hanorec_trl.checkpoints import HANO_STATE_NAME, checkpoint_problem, last_complete_checkpoint
 from hanorec_trl.data import DataFormatError, MissingImageWarning, load_movielens_1m
 from hanorec_trl.data.movielens import read_movielens_movies
 from hanorec_trl.data.recdata import ControlCharacterWarning
@@ -30,12 +31,7 @@ from hanorec_trl.pipeline import main
 from hanorec_trl.pipeline.arguments import PipelineConfigError, parse_args
 from hanorec_trl.pipeline.rundir import LOCK_FILE, RUN_FORMAT, STARTED, RunDir, RunDirError, RunLock
 from hanorec_trl.testing import tiny_qwen2
-from hanorec_trl.trainer import (
-    HANO_STATE_NAME,
-    NonFiniteTrainingError,
-    checkpoint_problem,
-    last_complete_checkpoint,
-)
+from hanorec_trl.trainer import NonFiniteTrainingError
 
 
 def snapshot(folder: Path) -> dict[str, bytes]:

@@ -6,8 +6,8 @@ import pytest
 from conftest import preference_dataset
 from trainer_utils import make_trainer
 
+from hanorec_trl.checkpoints import HANO_STATE_NAME
 from hanorec_trl.testing import tiny_qwen2
-from hanorec_trl.trainer import HANO_STATE_NAME
 
 CONFIG = dict(max_steps=4, save_strategy="steps", save_steps=2, use_hardness=True, responsiveness_warmup=1,
               lora_noise_std=0.1)

@@ -107,7 +107,7 @@ def last_checkpoint(folder: Path, *, hano_state: bool = False) -> tuple[str | No
     """The newest *complete* ``checkpoint-N`` folder in a trainer output folder (or None), and the newer incomplete
     ones, as ``(path, why)``: a save interrupted by a kill (no ``trainer_state.json``, a truncated adapter, no
     ``hano_state.json`` when ``hano_state``) is skipped for the previous complete one."""
-    from ..trainer import last_complete_checkpoint
+    from ..checkpoints import last_complete_checkpoint
 
     return last_complete_checkpoint(folder, hano_state=hano_state)
 
