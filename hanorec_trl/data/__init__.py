@@ -23,10 +23,10 @@ from .protocol import (
     SequenceExample,
     SplitMismatchError,
     build_split,
-    export_recbole,
     freeze_split,
     load_split,
 )
+from .recbole import export_recbole
 from .recdata import DataFormatError, MissingImageWarning, RecData, UnknownItemError
 from .synthetic import SyntheticConfig, write_synthetic_movielens
 
