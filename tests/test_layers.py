@@ -1,0 +1,48 @@
+"""Imports run one way (docs/design.md, "Module layout"): pipeline on top; trainer, evaluation, fast path and the
+baselines in the middle; data, hardness, encoders, noise and responsiveness at the bottom; utilities below all."""
+
+import ast
+from pathlib import Path
+
+PACKAGE = Path(__file__).resolve().parents[1] / "hanorec_trl"
+LAYERS = {
+    0: ("files", "model_utils", "processing", "pretrained", "checkpoints"),
+    1: ("data", "hardness", "encoders", "noise", "responsiveness", "testing"),
+    2: ("config", "trainer", "evaluation", "fast", "baselines", "sasrec"),
+    3: ("pipeline",),
+}
+RANK = {name: rank for rank, names in LAYERS.items() for name in names}
+
+
+def _top(module: str) -> str:
+    """``hanorec_trl.<top>...`` -> ``<top>``."""
+    return module.split(".")[1]
+
+
+def _imports(path: Path) -> list[str]:
+    """Every hanorec_trl module ``path`` imports, anywhere in the file, as an absolute dotted name."""
+    package = ["hanorec_trl", *path.relative_to(PACKAGE).with_suffix("").parts[:-1]]
+    found = []
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = package[: len(package) - node.level + 1]
+                found.append(".".join(base + ([node.module] if node.module else [])))
+            elif node.module and node.module.startswith("hanorec_trl."):
+                found.append(node.module)
+        elif isinstance(node, ast.Import):
+            found += [alias.name for alias in node.names if alias.name.startswith("hanorec_trl.")]
+    return [name for name in found if name.count(".") >= 1]
+
+
+def test_every_module_has_a_layer_and_imports_run_downwards():
+    wrong = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        if path == PACKAGE / "__init__.py":
+            continue  # the package's lazy public names
+        own = path.relative_to(PACKAGE).parts[0].removesuffix(".py")
+        assert own in RANK, f"{path.relative_to(PACKAGE)} is in no layer of docs/design.md"
+        for target in _imports(path):
+            if RANK[_top(target)] > RANK[own]:
+                wrong.append(f"{path.relative_to(PACKAGE)} imports {target}")
+    assert not wrong, wrong
