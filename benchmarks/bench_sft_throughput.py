@@ -35,7 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from hanorec_trl.data import PromptTemplates, ProtocolConfig, build_sft_dataset, build_split, load_movielens_1m  # noqa
 from hanorec_trl.pretrained import smollm2_135m_instruct  # noqa: E402
-from hanorec_trl.pipeline.arguments import ModelArguments  # noqa: E402
+from hanorec_trl.pipeline.arguments import PipelineConfig  # noqa: E402
 from hanorec_trl.pipeline.modeling import lora_config  # noqa: E402
 from hanorec_trl.pipeline.training import compact_lm_head_on_cpu  # noqa: E402
 
@@ -73,7 +73,7 @@ def measure(task: str, system: str | None, examples, data, steps: int, batch_siz
                          logging_steps=1, disable_tqdm=True, seed=0, dataloader_num_workers=0,
                          gradient_checkpointing=False)  # as the pipeline trains on CPU (TRL's default is on)
         trainer = SFTTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer,
-                             peft_config=lora_config(model, ModelArguments()), callbacks=[timer])
+                             peft_config=lora_config(model, PipelineConfig()), callbacks=[timer])
         with compact_lm_head_on_cpu():
             trainer.train()
     step = statistics.median(timer.times[1:])  # the first step warms up

@@ -966,7 +966,7 @@ class PipelineConfig:
         if len(set(ev.baselines)) != len(ev.baselines):
             raise PipelineConfigError(f"--evaluation.baselines names a baseline twice: {' '.join(ev.baselines)}")
 
-    def _validate_run(self) -> None:
+    def _validate_run(self, data_given: bool = False) -> None:
         run, data, model = self.run, self.data, self.model
         if run.variants is not None:
             if not run.variants:
@@ -995,7 +995,7 @@ class PipelineConfig:
             raise PipelineConfigError(f"{flag} needs --run.run_dir (the run directory to continue or replace)")
         if data.dataset == "custom":
             missing = [name for name in ("interactions", "items") if not getattr(data, name)]
-            if missing:
+            if missing and not data_given:
                 raise PipelineConfigError(f"data.dataset custom needs {' and '.join('data.' + m for m in missing)} "
                                           "(the interaction and item tables; docs/data.md)")
         elif data.data_dir is None and data.dataset != "movielens":
@@ -1024,11 +1024,12 @@ class PipelineConfig:
                 f"{' and '.join(lambda_column(m) for m in HARDNESS_MODES)}; choose one of them"
             )
 
-    def validate(self) -> None:
+    def validate(self, data_given: bool = False) -> None:
         """Checks what TRL's dataclasses do not (combinations, and values that would fail only after a stage ran);
-        raises :class:`PipelineConfigError`."""
+        raises :class:`PipelineConfigError`. ``data_given``: the dataset comes in memory (``run_pipeline(data=...)``),
+        so ``dataset: custom`` needs no files."""
         self._validate_protocol_and_evaluation()
-        self._validate_run()
+        self._validate_run(data_given)
         data, protocol, model, sft, dpo, hard, ev = (self.data, self.protocol, self.model, self.sft, self.dpo,
                                                      self.hardness, self.evaluation)
         positive = {
@@ -1090,7 +1091,7 @@ class PipelineConfig:
             if not ev.eval_ks or wrong:
                 bad.append(f"--evaluation.eval_ks {' '.join(map(str, ev.eval_ks)) or '(none)'} (each K must be "
                            f"between 1 and --protocol.num_candidates {protocol.num_candidates})")
-        synthetic = data.data_dir is None and data.dataset != "custom"
+        synthetic = data.data_dir is None and data.dataset != "custom" and not data_given
         uses_hardness = any(v.use_hardness for v in self.variants_to_train()) or protocol.rejected == "hard"
         if synthetic and uses_hardness and hard.hardness_k >= data.synthetic_num_items:
             bad.append(f"--hardness.hardness_k {hard.hardness_k} (the synthetic catalogue has "

@@ -143,8 +143,13 @@ def _resolve_run_dir(config: PipelineConfig, state, default_name: str) -> Path:
 
 
 def run_pipeline(config: PipelineConfig, variants: Sequence[Variant] | None = None, *,
-                 run_name: str | None = None, recipe: str | None = None) -> dict[str, Any]:
+                 run_name: str | None = None, recipe: str | None = None, data=None) -> dict[str, Any]:
     """Run every stage of ``config`` (skipping finished ones on ``--resume``) and return the results.
+
+    ``data``: a dataset in memory (a :class:`~hanorec_trl.data.RecData`, e.g. from
+    :func:`~hanorec_trl.data.load_interactions` on DataFrames or ``datasets.Dataset`` objects) instead of the files
+    that the ``data:`` section names; ``data.dataset`` must then be ``custom`` (its fingerprint is recorded, so a
+    resume with other data is refused).
 
     ``variants``: the preference-optimization variants to train from the one SFT model (default: ``--variants``, else
     the one that ``--method``/``--ablation``/the switches describe; none for ``--method sft``). ``recipe``: the
@@ -157,7 +162,9 @@ def run_pipeline(config: PipelineConfig, variants: Sequence[Variant] | None = No
     from .stages import load_data
 
     started = time.perf_counter()
-    config.validate()
+    if data is not None and config.data.dataset != "custom":
+        raise PipelineConfigError("run_pipeline(data=...) needs data.dataset custom (the data comes in memory)")
+    config.validate(data_given=data is not None)
     if variants is None:
         variants = config.variants_to_train()
     # preflight: everything that can be refused is refused before the run directory is touched
@@ -173,8 +180,13 @@ def run_pipeline(config: PipelineConfig, variants: Sequence[Variant] | None = No
     on_main_process(state, check)
     check_device_support(config)
     spec = resolve_model(config)
-    data = None
-    if config.data.data_dir is not None or config.data.dataset == "custom":
+    if data is not None:
+        if config.data.max_users is not None:
+            from .stages import subsample_users
+
+            data = subsample_users(data, config.data.max_users, config.seed)
+        check_against_data(config, variants, data)
+    elif config.data.data_dir is not None or config.data.dataset == "custom":
         data = load_data(config, Path(config.data.data_dir or "."), spec.with_images)
         check_against_data(config, variants, data)
     lock = None

@@ -252,8 +252,9 @@ def stage_data(ctx: RunContext) -> dict:
     config = ctx.config
     folder = ctx.rundir.stage_dir("data")
     inputs = {**_fields(config, DATA_FIELDS), "seed": config.seed, "with_images": ctx.with_images}
-    if config.data.dataset == "custom":
-        inputs.update({name: getattr(config.data, name) for name in CUSTOM_FIELDS})
+    if config.data.dataset == "custom":  # the files' names and what they hold (tables may also come in memory)
+        inputs.update({name: getattr(config.data, name) for name in CUSTOM_FIELDS},
+                      data_fingerprint=ctx.data.fingerprint() if ctx.data is not None else None)
 
     def work() -> dict:
         if ctx.synthetic:
@@ -676,8 +677,9 @@ def _pairs_fingerprint(dataset) -> str:
 
     digest = hashlib.sha256()
     columns = [c for c in ("prompt", "chosen", "rejected", "images") if c in dataset.column_names]
-    for batch in dataset.select_columns(columns).iter(batch_size=512):
-        digest.update(json.dumps(batch, sort_keys=True, default=str).encode("utf-8"))
+    # arrow rows: images as stored (file path or bytes), not decoded into objects
+    for batch in dataset.select_columns(columns).with_format("arrow").iter(batch_size=512):
+        digest.update(json.dumps(batch.to_pydict(), sort_keys=True, default=str).encode("utf-8"))
     return digest.hexdigest()
 
 

@@ -1,0 +1,115 @@
+"""Issue 14 item 3: bring your own dataset (``load_interactions`` and the pipeline's ``dataset: custom``)."""
+
+import json
+
+import pytest
+from datasets import Dataset
+
+from hanorec_trl.data import DataFormatError, RecData, load_interactions
+from hanorec_trl.pipeline import main, make_config, run_pipeline
+from hanorec_trl.pipeline.arguments import parse_sections
+
+# tiny model, a few steps: seconds per run (the same settings as tests/test_pipeline.py, in the nested syntax)
+FAST = [
+    "--run.tokenizer", "tiny", "--protocol.max_train_sequences", "6", "--protocol.max_test_sequences", "6",
+    "--sft.max_steps", "1", "--dpo.max_steps", "1", "--sft.save_steps", "1", "--dpo.save_steps", "1",
+    "--evaluation.similarity_items", "4", "--dpo.responsiveness_warmup", "0", "--evaluation.score_permutations", "2",
+    "--evaluation.baselines", "popularity", "--protocol.num_candidates", "5", "--protocol.auc_num_unwatched", "1",
+    "--hardness.hardness_k", "4",
+]
+
+
+def _world(num_users=60, num_items=15):
+    """Interactions of a shop: (customer, sku, ISO time), every customer buying 7 items; item names."""
+    rows = []
+    for u in range(num_users):
+        for k in range(7):
+            sku = f"SKU-{(u * 3 + k * 2) % num_items:03d}"
+            rows.append({"customer": f"c{u}", "sku": sku, "when": f"2024-03-{k + 1:02d}T10:00:00"})
+    items = [{"sku": f"SKU-{i:03d}", "product_name": f"Product number {i}"} for i in range(num_items)]
+    return rows, items
+
+
+def _write_csv(path, rows, sep=";"):
+    header = list(rows[0])
+    path.write_text("\n".join([sep.join(header)] + [sep.join(str(r[h]) for h in header) for r in rows]) + "\n")
+    return path
+
+
+COLUMNS = dict(user_col="customer", item_col="sku", time_col="when", title_col="product_name")
+
+
+def test_csv_files_with_other_column_names_load_like_a_built_in_dataset(tmp_path):
+    rows, items = _world()
+    (tmp_path / "shop").mkdir()
+    inter = _write_csv(tmp_path / "shop" / "orders.csv", rows)
+    catalogue = _write_csv(tmp_path / "shop" / "catalogue.csv", items)
+    data = load_interactions(inter, catalogue, sep=";", **COLUMNS)
+    assert isinstance(data, RecData) and data.name == "shop"
+    assert data.num_items == 15 and data.num_interactions == 60 * 7
+    assert data.title("SKU-003") == "Product number 3"
+    assert data.user_sequences()["c0"][:3] == ["SKU-000", "SKU-002", "SKU-004"]
+    # the same tables as pandas DataFrames, a datasets.Dataset, Parquet and JSON Lines: the same RecData content
+    import pandas as pd
+
+    frames = load_interactions(pd.DataFrame(rows), pd.DataFrame(items), **COLUMNS)
+    hub = load_interactions(Dataset.from_list(rows), Dataset.from_list(items), **COLUMNS)
+    pd.DataFrame(rows).to_parquet(tmp_path / "orders.parquet")
+    (tmp_path / "items.jsonl").write_text("".join(json.dumps(i) + "\n" for i in items))
+    files = load_interactions(tmp_path / "orders.parquet", tmp_path / "items.jsonl", **COLUMNS)
+    for other in (frames, hub, files):
+        assert other.fingerprint() == data.fingerprint()
+
+
+def test_bad_rows_name_the_file_and_the_line(tmp_path):
+    rows, items = _world()
+    catalogue = _write_csv(tmp_path / "catalogue.csv", items)
+    text = _write_csv(tmp_path / "orders.csv", rows).read_text().splitlines()
+    text[4] = "c1;SKU-001"  # line 5: a field missing
+    (tmp_path / "orders.csv").write_text("\n".join(text) + "\n")
+    with pytest.raises(DataFormatError, match=r"orders\.csv:5: expected 3 fields"):
+        load_interactions(tmp_path / "orders.csv", catalogue, sep=";", **COLUMNS)
+    text[4] = "c1;SKU-001;yesterday"  # line 5: a time that is neither a number nor a date
+    (tmp_path / "orders.csv").write_text("\n".join(text) + "\n")
+    with pytest.raises(DataFormatError, match=r"orders\.csv:5: when must be a number or an ISO date"):
+        load_interactions(tmp_path / "orders.csv", catalogue, sep=";", **COLUMNS)
+    (tmp_path / "items.jsonl").write_text('{"sku": "SKU-000", "product_name": "a"}\n{"sku": \n')
+    with pytest.raises(DataFormatError, match=r"items\.jsonl:2: not a JSON object"):
+        load_interactions(Dataset.from_list(rows), tmp_path / "items.jsonl", **COLUMNS)
+    bad = [dict(r) for r in rows]
+    bad[3]["customer"] = ""
+    with pytest.raises(DataFormatError, match="interactions Dataset row 3: empty user or item id"):
+        load_interactions(Dataset.from_list(bad), Dataset.from_list(items), **COLUMNS)
+    with pytest.raises(DataFormatError, match="items Dataset: no column items_item_col='item_id'"):
+        load_interactions(Dataset.from_list(rows), Dataset.from_list(items), user_col="customer")
+
+
+def test_pipeline_runs_on_csv_files_with_other_column_names(tmp_path):
+    rows, items = _world()
+    (tmp_path / "shop").mkdir()
+    _write_csv(tmp_path / "shop" / "orders.csv", rows)
+    _write_csv(tmp_path / "shop" / "catalogue.csv", items)
+    recipe = tmp_path / "shop.yaml"
+    recipe.write_text(
+        "data:\n  dataset: custom\n  data_dir: " + str(tmp_path / "shop") + "\n  interactions: orders.csv\n"
+        "  items: catalogue.csv\n  sep: ';'\n  user_col: customer\n  item_col: sku\n  time_col: when\n"
+        "  title_col: product_name\nmodel:\n  model_name_or_path: tiny-qwen2.5-vl\n"
+    )
+    out = tmp_path / "run"
+    assert main(["--config", str(recipe), *FAST, "--run.run_dir", str(out)], dataset=None) == 0
+    results = json.loads((out / "report" / "results.json").read_text())
+    assert results["dataset"] == "shop" and {"sft", "hano"} <= set(results["models"])
+    assert (out / "hardness" / "pairs").is_dir()
+
+
+def test_pipeline_runs_on_a_datasets_dataset(tmp_path):
+    rows, items = _world()
+    data = load_interactions(Dataset.from_list(rows), Dataset.from_list(items), name="shop-hub", **COLUMNS)
+    # no files to name: the configuration without them, validated by run_pipeline once it has the data
+    values, _ = parse_sections(["--data.dataset", "custom", *FAST, "--model.model_name_or_path", "tiny-qwen2",
+                                "--run.method", "dpo", "--run.run_dir", str(tmp_path / "run")])
+    config = make_config(values)
+    results = run_pipeline(config, data=data)
+    assert results["dataset"] == "shop-hub" and {"sft", "dpo"} <= set(results["models"])
+    recorded = json.loads((tmp_path / "run" / "data" / "STAGE_DONE.json").read_text())["inputs"]
+    assert recorded["data_fingerprint"] == data.fingerprint()
