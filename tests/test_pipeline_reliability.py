@@ -138,7 +138,7 @@ def test_ctrl_c_saves_a_checkpoint_prints_the_resume_command_and_resumes_bit_exa
     err = capsys.readouterr().err
     checkpoint = root / "dpo" / "hano" / "trainer" / "checkpoint-1"
     assert f"checkpoint saved: {checkpoint}" in err and "Traceback" not in err, err
-    assert f"--output_dir {root} --resume" in err
+    assert f"--run.run_dir {root} --run.resume" in err
     assert (checkpoint / "trainer_state.json").is_file() and (checkpoint / "hano_state.json").is_file()
     assert not (root / "dpo" / "hano" / MARKER).exists() and not (root / LOCK_FILE).exists()
     assert signal.getsignal(signal.SIGINT) is handler  # the stage's handler was removed
