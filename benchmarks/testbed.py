@@ -694,10 +694,10 @@ def hardware() -> dict[str, Any]:
 
 
 def _write_json(path: Path, value: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(value, indent=1))
-    os.replace(tmp, path)
+    from hanorec_trl.files import atomic_file
+
+    with atomic_file(path) as tmp:
+        tmp.write_text(json.dumps(value, indent=1))
 
 
 def run_testbed(cfg: TestbedConfig, seeds, out: Path, plot_path: Path | None, work_dir: Path, *,
