@@ -2,9 +2,9 @@
 
     python examples/train_movielens.py                                   # embedded CPU demo, no files needed
     python examples/train_movielens.py --config examples/recipes/movielens/smollm2/hano.yaml \
-        --data_dir ../shared/data/ml-1m                                  # real data, real text LLM
+        --data.data_dir ../shared/data/ml-1m                             # real data, real text LLM
     accelerate launch --config_file examples/accelerate_configs/multi_gpu.yaml examples/train_movielens.py \
-        --config examples/recipes/movielens/qwen2.5-vl-3b/hano.yaml --data_dir /data/ml-1m
+        --config examples/recipes/movielens/qwen2.5-vl-3b/hano.yaml --data.data_dir /data/ml-1m
 
 Every argument: ``python examples/train_movielens.py --help`` and docs/pipeline.md.
 """

@@ -1,8 +1,9 @@
-"""SFT -> HaNoRec preference optimization -> evaluation on Netflix as released by LLMRec (needs --data_dir).
+"""SFT -> HaNoRec preference optimization -> evaluation on Netflix as released by LLMRec (needs --data.data_dir).
 
-    python examples/train_netflix.py --config examples/recipes/netflix/qwen2.5-vl-3b/hano.yaml --data_dir /data/netflix
+    python examples/train_netflix.py --config examples/recipes/netflix/qwen2.5-vl-3b/hano.yaml \
+        --data.data_dir /data/netflix
     accelerate launch --config_file examples/accelerate_configs/multi_gpu.yaml examples/train_netflix.py \
-        --config examples/recipes/netflix/qwen2.5-vl-3b/hano.yaml --data_dir /data/netflix
+        --config examples/recipes/netflix/qwen2.5-vl-3b/hano.yaml --data.data_dir /data/netflix
 
 Netflix has no timestamps: a user's sequence is the file order (docs/data.md). Every argument: --help.
 """

@@ -353,3 +353,44 @@ def test_main_leaves_the_process_group_it_ran_in(tmp_path, capsys):
     finally:
         if dist.is_initialized():
             dist.destroy_process_group()
+
+
+def test_run_directories_of_the_flat_version_resume_with_the_nested_recipe(tmp_path, monkeypatch):
+    """Issue 14: the stage arguments recorded by the version with flat arguments (tests/data, from a real run) equal
+    what the nested recipe and the --section.field flags give now, so such a run directory resumes; data_dir was
+    recorded relative and is given absolute now."""
+    from hanorec_trl.pipeline.arguments import VARIANTS_BY_NAME
+    from hanorec_trl.pipeline.rundir import _changes
+    from hanorec_trl.pipeline.stages import (
+        data_inputs,
+        dpo_inputs,
+        evaluation_inputs,
+        hardness_inputs,
+        model_inputs,
+        sft_inputs,
+    )
+
+    recorded = json.loads((REPO / "tests" / "data" / "earlier_stage_inputs.json").read_text())["stages"]
+    data = tmp_path / "ml"
+    data.mkdir()
+    monkeypatch.chdir(tmp_path)
+    recorded["data"]["data_dir"] = "../" + tmp_path.name + "/ml"  # relative, as typed then
+    config = parse_args([
+        "--config", str(REPO / "examples" / "recipes" / "movielens" / "tiny" / "hano.yaml"), "--data.data_dir",
+        str(data), "--run.tokenizer", "tiny", "--protocol.max_train_sequences", "8", "--protocol.max_test_sequences",
+        "4", "--sft.max_steps", "2", "--dpo.max_steps", "2", "--sft.save_steps", "1", "--dpo.save_steps", "1",
+        "--evaluation.similarity_items", "12", "--dpo.responsiveness_warmup", "0", "--evaluation.score_permutations",
+        "3", "--evaluation.baselines", "none"])
+    now = {"data": data_inputs(config, with_images=True), "model": model_inputs(config), "sft": sft_inputs(config),
+           "hardness": hardness_inputs(config), "dpo/hano": dpo_inputs(config, VARIANTS_BY_NAME["hano"]),
+           "eval/sft": evaluation_inputs(config), "eval/hano": evaluation_inputs(config)}
+    for stage, inputs in now.items():
+        assert _changes(recorded[stage], inputs) == "", stage
+    # and the comparison still means something: a changed value is named
+    changed = parse_args(["--config", str(REPO / "examples" / "recipes" / "movielens" / "tiny" / "hano.yaml"),
+                          "--sft.learning_rate", "3e-4", "--sft.warmup_steps", "5"])
+    named = _changes(recorded["sft"], sft_inputs(changed))
+    assert "sft_extra_args: was None, now {'warmup_steps': 5.0}" in named
+    assert "sft_learning_rate: was 0.0001, now 0.0003" in named
+    elsewhere = dict(recorded["data"], data_dir=str(tmp_path / "other"))
+    assert "data_dir" in _changes(elsewhere, now["data"])

@@ -241,7 +241,8 @@ def _run_stages(config: PipelineConfig, variants: Sequence[Variant], root: Path,
     baselines = stage_baselines(ctx)
     stage_model(ctx)
     stage_sft(ctx)
-    if any(v.switches(config.dpo)["use_hardness"] for v in variants) or (variants and config.protocol.rejected == "hard"):
+    hard_rejected = bool(variants) and config.protocol.rejected == "hard"
+    if any(v.switches(config.dpo)["use_hardness"] for v in variants) or hard_rejected:
         stage_hardness(ctx)
     for variant in variants:
         stage_dpo(ctx, variant)

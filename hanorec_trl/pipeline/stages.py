@@ -247,14 +247,20 @@ def load_custom(config: PipelineConfig, with_images: bool) -> RecData:
                              images=with_images)
 
 
+def data_inputs(config: PipelineConfig, with_images: bool, data: RecData | None = None) -> dict[str, Any]:
+    """What the data stage depends on (recorded in its folder, compared on resume)."""
+    inputs = {**_fields(config, DATA_FIELDS), "seed": config.seed, "with_images": with_images}
+    if config.data.dataset == "custom":  # the files' names and what they hold (tables may also come in memory)
+        inputs.update({name: getattr(config.data, name) for name in CUSTOM_FIELDS},
+                      data_fingerprint=data.fingerprint() if data is not None else None)
+    return inputs
+
+
 def stage_data(ctx: RunContext) -> dict:
     """Dataset (synthetic: generated here), protocol split (paper Sec. 4.1), frozen as JSONL + manifest."""
     config = ctx.config
     folder = ctx.rundir.stage_dir("data")
-    inputs = {**_fields(config, DATA_FIELDS), "seed": config.seed, "with_images": ctx.with_images}
-    if config.data.dataset == "custom":  # the files' names and what they hold (tables may also come in memory)
-        inputs.update({name: getattr(config.data, name) for name in CUSTOM_FIELDS},
-                      data_fingerprint=ctx.data.fingerprint() if ctx.data is not None else None)
+    inputs = data_inputs(config, ctx.with_images, ctx.data)
 
     def work() -> dict:
         if ctx.synthetic:
@@ -292,12 +298,16 @@ def stage_data(ctx: RunContext) -> dict:
 # ----------------------------------------------------------------------------------------------------------------
 
 
+def model_inputs(config: PipelineConfig) -> dict[str, Any]:
+    return {"model": config.model.model_name_or_path, "tokenizer": config.run.tokenizer, "seed": config.sft.seed,
+            "bf16": config.bf16}
+
+
 def stage_model(ctx: RunContext) -> dict:
     """Built-in models are built and written to ``<run>/model/base``; other models are referenced where they are."""
     config = ctx.config
     folder = ctx.rundir.stage_dir("model")
-    inputs = {"model": config.model.model_name_or_path, "tokenizer": config.run.tokenizer, "seed": config.sft.seed,
-              "bf16": config.bf16}
+    inputs = model_inputs(config)
 
     def work() -> dict:
         summary = {"model": ctx.spec.name, "description": ctx.spec.description, "kind": ctx.spec.kind}
@@ -412,16 +422,20 @@ def _restore_adapter(model, checkpoint: Path) -> None:
 # ----------------------------------------------------------------------------------------------------------------
 
 
+def sft_inputs(config: PipelineConfig) -> dict[str, Any]:
+    return {**_fields(config, SFT_FIELDS), **_lora_fields(config), "sft_task": config.protocol.sft_task,
+            "max_train_sequences": config.protocol.max_train_sequences, "dpo_init": config.resolved_dpo_init(),
+            "image_pixels": [config.data.image_min_pixels, config.data.image_max_pixels],
+            "system_prompt": config.protocol.system_prompt}
+
+
 def stage_sft(ctx: RunContext) -> dict:
     """SFT with TRL's ``SFTTrainer`` and LoRA on ranking and AUC prompts; then the adapter is merged (dpo_init)."""
     from trl import SFTTrainer
 
     config = ctx.config
     folder = ctx.rundir.stage_dir("sft")
-    inputs = {**_fields(config, SFT_FIELDS), **_lora_fields(config), "sft_task": config.protocol.sft_task,
-              "max_train_sequences": config.protocol.max_train_sequences, "dpo_init": config.resolved_dpo_init(),
-              "image_pixels": [config.data.image_min_pixels, config.data.image_max_pixels],
-              "system_prompt": config.protocol.system_prompt}
+    inputs = sft_inputs(config)
 
     def work() -> dict:
         proc = ctx.processing_class()
@@ -576,6 +590,10 @@ HARDNESS_FIELDS = ("hardness_k", "hardness_temperature", "hardness_title_mode", 
                    "max_train_sequences")
 
 
+def hardness_inputs(config: PipelineConfig) -> dict[str, Any]:
+    return _fields(config, HARDNESS_FIELDS)
+
+
 def stage_hardness(ctx: RunContext) -> dict:
     """Item embeddings from the SFT model (DESIGN 2.5), HardnessIndex, and the DPO pairs saved once
     (``hardness/pairs``, ``Dataset.save_to_disk``) with lambda for both modes: ``hano_lambda_topk`` and
@@ -586,7 +604,7 @@ def stage_hardness(ctx: RunContext) -> dict:
     config = ctx.config
     hard = config.hardness
     folder = ctx.rundir.stage_dir("hardness")
-    inputs = _fields(config, HARDNESS_FIELDS)
+    inputs = hardness_inputs(config)
 
     def work() -> dict:
         proc = ctx.processing_class()
@@ -692,8 +710,8 @@ def reference_key(ctx: RunContext, dataset, args) -> str:
         else {}
     settings = {name: getattr(args, name, None) for name in (
         "max_length", "per_device_train_batch_size", "precompute_ref_batch_size", "fast_prompt_once",
-        "fast_vision_cache", "bf16", "fp16", "padding_free", "pad_to_multiple_of", "truncation_mode", "use_logits_to_keep",
-        "ld_alpha", "loss_type")}
+        "fast_vision_cache", "bf16", "fp16", "padding_free", "pad_to_multiple_of", "truncation_mode",
+        "use_logits_to_keep", "ld_alpha", "loss_type")}
     record = {"sft": sft_marker.get("finished"), "sft_inputs": sft_marker.get("inputs"),
               "dpo_init": ctx.config.resolved_dpo_init(), "model": ctx.spec.path, "dtype": str(ctx.config.bf16),
               "pixels": [ctx.config.data.image_min_pixels, ctx.config.data.image_max_pixels], "args": settings,
@@ -729,6 +747,14 @@ def _share_reference(ctx: RunContext, trainer, key: str, rows: int) -> bool:
     return True
 
 
+def dpo_inputs(config: PipelineConfig, variant: Variant) -> dict[str, Any]:
+    protocol, switches = config.protocol, variant.switches(config.dpo)
+    return {**_fields(config, DPO_FIELDS), **switches, **_lora_fields(config, "dpo"),
+            "dpo_task": protocol.dpo_task, "num_rejected": protocol.num_rejected, "rejected": protocol.rejected,
+            "max_train_sequences": protocol.max_train_sequences, "dpo_init": config.resolved_dpo_init(),
+            "system_prompt": protocol.system_prompt}
+
+
 def stage_dpo(ctx: RunContext, variant: Variant) -> dict:
     """Preference optimization with ``HaNoDPOTrainer`` from the SFT model, the reference being the SFT model.
 
@@ -740,11 +766,7 @@ def stage_dpo(ctx: RunContext, variant: Variant) -> dict:
     config = ctx.config
     switches = variant.switches(config.dpo)
     folder = ctx.rundir.stage_dir("dpo", variant.name)
-    protocol = config.protocol
-    inputs = {**_fields(config, DPO_FIELDS), **switches, **_lora_fields(config, "dpo"),
-              "dpo_task": protocol.dpo_task, "num_rejected": protocol.num_rejected, "rejected": protocol.rejected,
-              "max_train_sequences": protocol.max_train_sequences, "dpo_init": config.resolved_dpo_init(),
-              "system_prompt": protocol.system_prompt}
+    inputs = dpo_inputs(config, variant)
 
     def work() -> dict:
         proc = ctx.processing_class()
@@ -793,6 +815,11 @@ def _ranking_rows(ctx: RunContext, examples):
     return build_ranking_eval_dataset(examples, ctx.data, with_images=ctx.with_images, templates=ctx.templates,
                                       prompt=config.evaluation_prompt(),
                                       permutations=config.evaluation.score_permutations, seed=config.seed)
+
+
+def evaluation_inputs(config: PipelineConfig) -> dict[str, Any]:
+    """What a model's evaluation depends on."""
+    return {**_evaluation_inputs(config), "image_pixels": [config.data.image_min_pixels, config.data.image_max_pixels]}
 
 
 def _evaluation_inputs(config: PipelineConfig) -> dict[str, Any]:
@@ -854,7 +881,7 @@ def stage_evaluate(ctx: RunContext, name: str, load: Callable[[], Any]) -> dict:
     config = ctx.config
     ev = config.evaluation
     folder = ctx.rundir.stage_dir("eval", name)
-    inputs = {**_evaluation_inputs(config), "image_pixels": [config.data.image_min_pixels, config.data.image_max_pixels]}
+    inputs = evaluation_inputs(config)
 
     def work() -> dict:
         proc = ctx.processing_class()
