@@ -306,7 +306,7 @@ class HardnessArguments:
     hardness_temperature: float = field(default=1.0, metadata={"help": "Softmax temperature tau of Eq. 5."})
     hardness_title_mode: str = field(
         default="input_embeddings",
-        metadata={"help": "Title embedding of the item encoder (the SFT model, DESIGN 2.5): 'input_embeddings' or "
+        metadata={"help": "Title embedding of the item encoder (the SFT model, docs/design.md section 2): 'input_embeddings' or "
                   "'contextual'.", "choices": ["input_embeddings", "contextual"]},
     )
 
@@ -314,7 +314,7 @@ class HardnessArguments:
 
 @dataclass
 class EvalArguments:
-    """Evaluation on the frozen test split (DESIGN 3) and the title-image similarity probe (paper Fig. 1c/4)."""
+    """Evaluation on the frozen test split (docs/design.md section 6) and the title-image similarity probe (paper Fig. 1c/4)."""
 
     eval_ks: list[int] | None = field(
         default=None,

