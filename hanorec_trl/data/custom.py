@@ -10,8 +10,6 @@ example.
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 import math
 from collections.abc import Iterator
@@ -19,7 +17,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from .reading import _clean_titles, _find_images, _read_text_lines, _resolve_unknown_items
+from .reading import _clean_titles, _csv_rows, _find_images, _read_text_lines, _resolve_unknown_items
 from .recdata import DataFormatError, RecData
 
 __all__ = ["TABLE_SUFFIXES", "load_interactions"]
@@ -42,24 +40,11 @@ def _text_rows(path: Path, sep: str | None, encoding: str | None) -> tuple[list[
     """Header and (line number, fields) of a delimited text file; quoted fields may span lines."""
     lines, _ = _read_text_lines(path, encoding)
     delimiter = sep if sep is not None else ("," if _suffix(path) == ".csv" else "\t")
-    reader = csv.reader(io.StringIO("\n".join(lines) + "\n", newline=""), delimiter=delimiter, strict=True)
-    try:
-        header = next(reader)
-    except StopIteration:
-        raise DataFormatError(f"{path}:1: the file is empty (a header line naming the columns comes first)") from None
-    except csv.Error as err:
-        raise DataFormatError(f"{path}:1: malformed header ({err})") from err
-
-    def rows() -> Iterator[tuple[int, list[str]]]:
-        line = reader.line_num + 1
-        try:
-            for row in reader:
-                yield line, row
-                line = reader.line_num + 1
-        except csv.Error as err:
-            raise DataFormatError(f"{path}:{reader.line_num}: malformed row ({err})") from err
-
-    return [h.strip() for h in header], rows()
+    rows = iter(_csv_rows(path, delimiter=delimiter, text="\n".join(lines) + "\n"))
+    first = next(rows, None)
+    if first is None:
+        raise DataFormatError(f"{path}:1: the file is empty (a header line naming the columns comes first)")
+    return [h.strip() for h in first[1]], rows
 
 
 def _records(table: Any, what: str, sep: str | None, encoding: str | None

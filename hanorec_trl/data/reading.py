@@ -192,20 +192,22 @@ def _default_dir(data_dir: Path, candidates: Sequence[str]) -> Path:
     return data_dir / candidates[0]
 
 
-def _csv_rows(path: Path) -> Iterable[tuple[int, list[str]]]:
-    """(line number, fields) for each row of a CSV file with LF or CRLF endings (quoted fields may span lines)."""
-    try:
-        text = path.read_bytes().decode("utf-8-sig")
-    except UnicodeDecodeError as err:
-        raise DataFormatError(f"{path}: not valid UTF-8 text ({err.reason} at byte {err.start})") from err
-    reader = csv.reader(io.StringIO(text, newline=""), strict=True)
+def _csv_rows(path: Path, *, delimiter: str = ",", text: str | None = None) -> Iterable[tuple[int, list[str]]]:
+    """(line number, fields) for each row of a delimited text file with LF or CRLF endings (quoted fields may span
+    lines). ``text``: the file's content already decoded; by default the file is read as UTF-8."""
+    if text is None:
+        try:
+            text = path.read_bytes().decode("utf-8-sig")
+        except UnicodeDecodeError as err:
+            raise DataFormatError(f"{path}: not valid UTF-8 text ({err.reason} at byte {err.start})") from err
+    reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter, strict=True)
     line = 1
     try:
         for row in reader:
             yield line, row
             line = reader.line_num + 1
     except csv.Error as err:
-        raise DataFormatError(f"{path}:{reader.line_num}: malformed CSV ({err})") from err
+        raise DataFormatError(f"{path}:{reader.line_num}: malformed row ({err})") from err
 
 
 def _is_header(row: list[str], names: Sequence[str]) -> bool:

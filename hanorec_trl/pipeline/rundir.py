@@ -31,11 +31,12 @@ import os
 import re
 import shutil
 import socket
-import tempfile
 import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
+
+from ..files import atomic_file
 
 MARKER = "STAGE_DONE.json"
 STARTED = "STAGE_STARTED.json"
@@ -55,16 +56,9 @@ class RunDirError(RuntimeError):
 
 def write_json_atomic(path: Path, payload: Any, *, sort_keys: bool = True) -> None:
     """Write JSON to ``path`` through a temporary file in the same folder and ``os.replace``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(payload, f, indent=2, sort_keys=sort_keys, default=str)
-            f.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_file(path) as tmp, open(tmp, "w", encoding="utf-8") as f:
+        json.dump(payload, f, indent=2, sort_keys=sort_keys, default=str)
+        f.write("\n")
 
 
 def read_json(path: Path) -> Any:
