@@ -123,6 +123,11 @@ def test_variants_follow_method_ablation_and_switches():
     assert parse_args([]).variants_to_train(ABLATION_VARIANTS) == list(ABLATION_VARIANTS)
     assert [v.name for v in parse_args(["--variants", "wo_sam"]).variants_to_train(ABLATION_VARIANTS)] == ["wo_sam"]
     assert parse_args(["--method", "sft"]).variants_to_train() == []
+    # --run.dpo_seeds: every variant once per DPO seed, named <variant>-seed<N>
+    seeded = parse_args(["--run.variants", "dpo", "hano", "--run.dpo_seeds", "0", "2"]).variants_to_train()
+    assert [(v.name, v.seed, v.base_name) for v in seeded] == [
+        ("dpo-seed0", 0, "dpo"), ("dpo-seed2", 2, "dpo"), ("hano-seed0", 0, "hano"), ("hano-seed2", 2, "hano")]
+    assert seeded[3].label == "HaNoRec (seed 2)" and seeded[3].switches(wo_sam.dpo)["use_hardness"]
 
 
 @pytest.mark.parametrize(
@@ -139,6 +144,8 @@ def test_variants_follow_method_ablation_and_switches():
         (["--variants", "dpo", "dpo"], "names a variant twice"),
         (["--variants", "hano", "--method", "sft"], "drop --run.method sft"),
         (["--variants", "hano", "--ablation", "wo_sam"], "drop --run.ablation wo_sam"),
+        (["--run.dpo_seeds", "1", "1"], "needs distinct seeds"),
+        (["--run.method", "sft", "--run.dpo_seeds", "1"], "has none"),
     ],
 )
 def test_bad_combinations_are_refused_with_the_fields_named(argv, message):
@@ -340,6 +347,23 @@ def test_report_for_an_ablation_table(tmp_path):
     wo_sam_vs_dpo = results["paired_differences"][-1]  # row 2: rank 3 (gain 0.5) where w/o ALL ranks 1
     assert wo_sam_vs_dpo["difference"] == pytest.approx(-(1 - 0.5) / 10) and wo_sam_vs_dpo["high"] <= 0
     assert "| HaNoRec | w/o ALL (DPO) | HR@1 | 10 | -0.2000 |" in (tmp_path / "report" / "results.md").read_text()
+
+
+def test_report_pairs_the_mean_over_dpo_seeds():
+    """Trainings of one variant under several DPO seeds are compared once, by their per-row mean."""
+    from hanorec_trl.pipeline.report import paired_differences, seed_groups
+
+    models = [("sft", "SFT"), ("dpo-seed0", "DPO (seed 0)"), ("dpo-seed1", "DPO (seed 1)"),
+              ("hano-seed0", "HaNoRec (seed 0)"), ("hano-seed1", "HaNoRec (seed 1)")]
+    assert seed_groups(models) == {"dpo": ("DPO (mean of 2 seeds)", ["dpo-seed0", "dpo-seed1"]),
+                                   "hano": ("HaNoRec (mean of 2 seeds)", ["hano-seed0", "hano-seed1"])}
+    ranks = {"sft": [2, 2, 2, 2], "dpo-seed0": [1, 2, 2, 2], "dpo-seed1": [2, 2, 2, 2],
+             "hano-seed0": [1, 1, 2, 2], "hano-seed1": [1, 1, 1, 2]}
+    hr1 = {(d["model"], d["reference"]): d for d in paired_differences(ranks, models, [1]) if d["metric"] == "hr@1"}
+    assert set(hr1) == {("dpo", "sft"), ("hano", "sft"), ("hano", "dpo")}
+    assert hr1[("dpo", "sft")]["difference"] == pytest.approx(0.125)  # (1/4 + 0) / 2
+    assert hr1[("hano", "sft")]["difference"] == pytest.approx(0.625)  # (2/4 + 3/4) / 2
+    assert hr1[("hano", "dpo")]["difference"] == pytest.approx(0.5) and hr1[("hano", "dpo")]["rows"] == 4
 
 
 def test_main_leaves_the_process_group_it_ran_in(tmp_path, capsys):

@@ -67,3 +67,23 @@ def test_pairs_saved_once_and_reference_logps_shared_by_the_next_variant(tmp_pat
     for key, values in shared_values.items():
         np.testing.assert_array_equal(np.load(own)[key], values)
     assert _first_loss(run_dir, "wo_nodo") == shared_loss
+
+
+def test_dpo_seeds_train_each_variant_per_seed_on_one_reference_pass_and_report_the_mean(tmp_path, monkeypatch):
+    """--run.dpo_seeds: one training per seed (recorded, other noise draws), one reference pass shared by all of
+    them, and the report pairs the per-row mean over the seeds with SFT."""
+    run_dir = tmp_path / "run"
+    passes = _count_reference_passes(monkeypatch)
+    argv = FAST[: FAST.index("--run.variants")] + ["--run.variants", "hano", "--run.dpo_seeds", "3", "4"]
+    assert main(argv + ["--run.run_dir", str(run_dir)]) == 0
+    done = {s: json.loads((run_dir / "dpo" / f"hano-seed{s}" / "STAGE_DONE.json").read_text()) for s in (3, 4)}
+    assert [done[s]["inputs"]["dpo_seed"] for s in (3, 4)] == [3, 4]
+    assert [done[s]["summary"]["reference_logps"] for s in (3, 4)] == ["computed", "shared"]
+    assert len(passes) == 1
+    assert _first_loss(run_dir, "hano-seed3") != _first_loss(run_dir, "hano-seed4")  # other LoRA noise draws
+    results = json.loads((run_dir / "report" / "results.json").read_text())
+    assert list(results["models"])[-2:] == ["hano-seed3", "hano-seed4"]
+    pooled = [d for d in results["paired_differences"] if d["model"] == "hano"]
+    assert {d["reference"] for d in pooled} == {"sft"} and len(pooled) == 2
+    assert not any(d["model"].startswith("hano-seed") for d in results["paired_differences"])
+    assert "HaNoRec (mean of 2 seeds)" in (run_dir / "report" / "results.md").read_text()

@@ -68,6 +68,17 @@ class Variant:
     use_responsiveness: bool
     hardness_mode: str = "topk"
     lora_noise_std: float | None = None
+    seed: int | None = None  # the DPO seed of this training (run.dpo_seeds); None: dpo.seed
+
+    @property
+    def base_name(self) -> str:
+        """The variant's name without its seed suffix (``hano-seed2`` -> ``hano``)."""
+        return self.name if self.seed is None else self.name[: -len(f"-seed{self.seed}")]
+
+    def with_seed(self, seed: int) -> Variant:
+        """This variant trained with DPO seed ``seed``: named ``<name>-seed<seed>``."""
+        return dataclasses.replace(self, name=f"{self.name}-seed{seed}", label=f"{self.label} (seed {seed})",
+                                   seed=seed)
 
     def switches(self, dpo: Any) -> dict[str, Any]:
         """The HaNoDPOConfig switches of this variant for the run's ``dpo`` section (a ``HaNoDPOConfig``)."""
@@ -120,6 +131,16 @@ class RunArguments:
             "table, instead of the one that method/ablation describe; e.g. '--run.variants dpo hano' for SFT vs DPO "
             "vs HaNoRec. Default: method/ablation (examples/ablations.py: every ablation of paper Sec. 4.3).",
             "choices": list(VARIANT_NAMES),
+        },
+    )
+    dpo_seeds: list[int] | None = field(
+        default=None,
+        metadata={
+            "help": "Train every variant once per DPO seed (the trainer's seed: LoRA initialisation, batch order, "
+            "noise draws), all from the one SFT model and the same pairs, sharing one pass of reference log-probs; "
+            "the trainings are named <variant>-seed<N> and the report pairs each variant's per-row mean over the "
+            "seeds with SFT, popularity and DPO on every test row, e.g. '--run.dpo_seeds 0 1 2'. Default: one "
+            "training per variant with dpo.seed."
         },
     )
     run_dir: str | None = field(
@@ -899,11 +920,15 @@ class PipelineConfig:
         """The variants to train from the one SFT model: ``run.variants`` if given, else ``default`` (the ablation
         script's list), else the one :meth:`variant` describes (none for method sft)."""
         if self.run.variants:
-            return [VARIANTS_BY_NAME[name] for name in self.run.variants]
-        if default is not None:
-            return list(default)
-        variant = self.variant()
-        return [variant] if variant is not None else []
+            variants = [VARIANTS_BY_NAME[name] for name in self.run.variants]
+        elif default is not None:
+            variants = list(default)
+        else:
+            variant = self.variant()
+            variants = [variant] if variant is not None else []
+        if not self.run.dpo_seeds:
+            return variants
+        return [v.with_seed(seed) for v in variants for seed in self.run.dpo_seeds]
 
     def variant(self) -> Variant | None:
         """The preference-optimization variant this run trains (None for method sft)."""
@@ -984,6 +1009,13 @@ class PipelineConfig:
                 raise PipelineConfigError(
                     f"--run.variants {' '.join(run.variants)} replaces method/ablation; drop {' '.join(clashing)}"
                 )
+        if run.dpo_seeds is not None:
+            if not run.dpo_seeds or len(set(run.dpo_seeds)) != len(run.dpo_seeds):
+                raise PipelineConfigError(f"--run.dpo_seeds needs distinct seeds, at least one (got "
+                                          f"{' '.join(map(str, run.dpo_seeds)) or 'none'})")
+            if run.method == "sft" and not run.variants:
+                raise PipelineConfigError("--run.dpo_seeds seeds the preference optimization; --run.method sft has "
+                                          "none (use --run.method dpo/hano or --run.variants)")
         if run.method != "hano" and run.ablation != "none":
             raise PipelineConfigError(f"--run.ablation {run.ablation} needs --run.method hano (got --run.method "
                                       f"{run.method})")

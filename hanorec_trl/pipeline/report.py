@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -83,6 +84,21 @@ def position_table(rows: Sequence[tuple[str, dict[str, float]]]) -> str | None:
 
 
 PLAIN_DPO_NAMES = (PLAIN_DPO.name, WO_ALL.name)  # every HaNoRec switch off: TRL's DPO
+SEEDED = re.compile(r"^(?P<base>.+)-seed(?P<seed>-?\d+)$")  # run.dpo_seeds: <variant>-seed<N>
+
+
+def seed_groups(models: Sequence[tuple[str, str]]) -> dict[str, tuple[str, list[str]]]:
+    """The trainings of one variant under several DPO seeds (``run.dpo_seeds``): ``{variant: (label, [names])}``,
+    the label saying over how many seeds the variant's per-row results are averaged."""
+    groups: dict[str, tuple[str, list[str]]] = {}
+    for name, label in models:
+        match = SEEDED.match(name)
+        if match:
+            base = match["base"]
+            members = groups.get(base, ("", []))[1] + [name]
+            plain = label.rsplit(" (seed ", 1)[0]
+            groups[base] = (f"{plain} (mean of {len(members)} seeds)", members)
+    return groups
 
 
 def paired_differences(per_row_ranks: dict[str, list[float | None]], models: Sequence[tuple[str, str]],
@@ -91,7 +107,10 @@ def paired_differences(per_row_ranks: dict[str, list[float | None]], models: Seq
     against SFT and against plain DPO (when the run has it), on the same test rows: the mean per-row difference of
     HR@1 and NDCG@max(K) with a 95% paired bootstrap interval
     (:func:`~hanorec_trl.evaluation.metrics.paired_bootstrap`). ``models`` are the trained models (baselines are
-    not compared with each other); pairs without per-row ranks, or evaluated on other rows, are left out."""
+    not compared with each other); pairs without per-row ranks, or evaluated on other rows, are left out.
+
+    A variant trained under several DPO seeds (:func:`seed_groups`) is compared once, by its per-row metric averaged
+    over the seeds (under its variant name), not seed by seed."""
     from ..evaluation.metrics import ndcg_gains, paired_bootstrap
 
     top = max(ks)
@@ -100,6 +119,13 @@ def paired_differences(per_row_ranks: dict[str, list[float | None]], models: Seq
     per_metric = {name: {"hr@1": (r <= 1).astype(np.float64), f"ndcg@{top}": ndcg_gains(r, top)}
                   for name, r in ranks.items()}
     names = [name for name, _ in models]
+    for base, (_, members) in seed_groups(models).items():
+        present = [m for m in members if m in per_metric]
+        if len(present) == len(members) and len({len(ranks[m]) for m in members}) == 1:
+            per_metric[base] = {metric: np.mean([per_metric[m][metric] for m in members], axis=0)
+                                for metric in per_metric[members[0]]}
+            ranks[base] = ranks[members[0]]  # only its length is used below
+            names = [base if n == members[0] else n for n in names if n not in members[1:]]
     plain_dpo = [name for name in names if name in PLAIN_DPO_NAMES]
     pairs = [(name, bar) for name in names] if bar is not None else []
     pairs += [(name, "sft") for name in names if name != "sft"]
@@ -257,6 +283,7 @@ def write_report(run_root: Path, models: Sequence[tuple[str, str]], *, beta0: fl
              if "ranking" in e.get("per_row", {})}
     trained = [(name, label) for name, label in models if not name.startswith("baseline-")]
     bar = BAR if BAR in ranks else None
+    labels.update({base: label for base, (label, _) in seed_groups(trained).items()})
     differences = paired_differences(ranks, trained, ks, bar=bar) if ks and len(ranks) > 1 else []
     differences_md = differences_table(differences, labels) if differences else None
 
@@ -314,5 +341,4 @@ def write_report(run_root: Path, models: Sequence[tuple[str, str]], *, beta0: fl
 
 
 __all__ = ["differences_table", "metric_intervals", "paired_differences", "plot_learning_curve", "plot_similarity",
-           "plot_training_dynamics",
-           "position_table", "results_table", "write_report"]
+           "plot_training_dynamics", "position_table", "results_table", "seed_groups", "write_report"]

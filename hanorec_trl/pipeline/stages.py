@@ -752,7 +752,7 @@ def dpo_inputs(config: PipelineConfig, variant: Variant) -> dict[str, Any]:
     return {**_fields(config, DPO_FIELDS), **switches, **_lora_fields(config, "dpo"),
             "dpo_task": protocol.dpo_task, "num_rejected": protocol.num_rejected, "rejected": protocol.rejected,
             "max_train_sequences": protocol.max_train_sequences, "dpo_init": config.resolved_dpo_init(),
-            "system_prompt": protocol.system_prompt}
+            "system_prompt": protocol.system_prompt, **({} if variant.seed is None else {"dpo_seed": variant.seed})}
 
 
 def stage_dpo(ctx: RunContext, variant: Variant) -> dict:
@@ -779,7 +779,7 @@ def stage_dpo(ctx: RunContext, variant: Variant) -> dict:
         args = config.trainer_args(
             "dpo", folder / "trainer", use_hardness=switches["use_hardness"],
             use_responsiveness=switches["use_responsiveness"], hardness_column=lambda_column(switches["hardness_mode"]),
-            lora_noise_std=switches["lora_noise_std"],
+            lora_noise_std=switches["lora_noise_std"], **({} if variant.seed is None else {"seed": variant.seed}),
         )
         if switches["use_hardness"] and args.hardness_column not in dataset.column_names:
             raise RuntimeError(f"the DPO pairs have no {args.hardness_column!r} column (no finished hardness stage in "
