@@ -42,6 +42,19 @@ def test_every_recipe_parses_into_the_trl_dataclasses_and_names_its_dataset():
         assert config.run.method == ("sft" if recipe.stem.startswith("sft_") else "hano"), recipe
 
 
+def test_comparison_recipe_continues_the_sft_curve_run():
+    """compare_from_sft_cpu.yaml resumes sft_curve_cpu.yaml's run directory: every stage up to SFT is the same."""
+    from hanorec_trl.pipeline.stages import data_inputs, model_inputs, sft_inputs
+
+    folder = REPO / "examples" / "recipes" / "movielens" / "smollm2"
+    curve, compare = (parse_args(["--config", str(folder / name), "--data.data_dir", "/data/x"], dataset=None)
+                      for name in ("sft_curve_cpu.yaml", "compare_from_sft_cpu.yaml"))
+    for inputs in (lambda c: data_inputs(c, with_images=False), model_inputs, sft_inputs):
+        assert inputs(curve) == inputs(compare)
+    names = [v.name for v in compare.variants_to_train()]
+    assert len(names) == 15 and names[:2] == ["dpo-seed0", "dpo-seed1"] and curve.variants_to_train() == []
+
+
 def test_pipeline_sections_define_no_field_of_the_trl_dataclasses():
     from trl import DPOConfig, ModelConfig, SFTConfig
 
