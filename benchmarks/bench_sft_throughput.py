@@ -35,7 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from hanorec_trl.data import PromptTemplates, ProtocolConfig, build_sft_dataset, build_split, load_movielens_1m  # noqa
 from hanorec_trl.pretrained import smollm2_135m_instruct  # noqa: E402
-from hanorec_trl.pipeline.arguments import PipelineConfig  # noqa: E402
+from hanorec_trl.pipeline.pipeline_config import PipelineConfig  # noqa: E402
 from hanorec_trl.pipeline.modeling import lora_config  # noqa: E402
 from hanorec_trl.pipeline.training import compact_lm_head_on_cpu  # noqa: E402
 

@@ -15,7 +15,8 @@ from pathlib import Path
 
 import yaml
 
-from hanorec_trl.pipeline.arguments import SECTIONS, is_flat_recipe, translate_flat
+from hanorec_trl.pipeline.arguments import SECTIONS
+from hanorec_trl.pipeline.flat_names import is_flat_recipe, translate_flat
 
 # old flags in the recipes' comment lines -> the new ones
 _FLAGS = {"--data_dir": "--data.data_dir", "--output_dir": "--run.run_dir", "--max_users": "--data.max_users",

@@ -7,7 +7,7 @@ from datasets import Dataset
 
 from hanorec_trl.data import DataFormatError, RecData, load_interactions
 from hanorec_trl.pipeline import main, make_config, run_pipeline
-from hanorec_trl.pipeline.arguments import parse_sections
+from hanorec_trl.pipeline.command_line import parse_sections
 
 # tiny model, a few steps: seconds per run (the same settings as tests/test_pipeline.py, in the nested syntax)
 FAST = [

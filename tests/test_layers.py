@@ -1,5 +1,6 @@
 """Imports run one way (docs/design.md, "Module layout"): pipeline on top; trainer, evaluation, fast path and the
-baselines in the middle; data, hardness, encoders, noise and responsiveness at the bottom; utilities below all."""
+baselines in the middle; data, hardness, encoders, noise and responsiveness at the bottom; utilities below all. Inside
+the pipeline, its modules import each other without a cycle."""
 
 import ast
 from pathlib import Path
@@ -46,3 +47,29 @@ def test_every_module_has_a_layer_and_imports_run_downwards():
             if RANK[_top(target)] > RANK[own]:
                 wrong.append(f"{path.relative_to(PACKAGE)} imports {target}")
     assert not wrong, wrong
+
+
+def test_the_pipeline_modules_import_each_other_without_a_cycle():
+    """Every import counts, also those inside functions; ``hanorec_trl/pipeline/__init__.py`` (the public names)
+    is left out, a package's ``__init__.py`` is the package's node."""
+    pipeline = PACKAGE / "pipeline"
+
+    def name(path: Path) -> str:
+        parts = path.relative_to(PACKAGE).with_suffix("").parts
+        return ".".join(("hanorec_trl", *(parts[:-1] if parts[-1] == "__init__" else parts)))
+
+    graph = {name(path): {target for target in _imports(path) if target.startswith("hanorec_trl.pipeline.")}
+             for path in sorted(pipeline.rglob("*.py")) if path != pipeline / "__init__.py"}
+    assert "hanorec_trl.pipeline.stages.context" in graph and "hanorec_trl.pipeline.variants" in graph
+    done: set[str] = set()
+
+    def visit(module: str, path: tuple[str, ...]) -> None:
+        assert module not in path, f"import cycle: {' -> '.join(path[path.index(module):] + (module,))}"
+        if module in done:
+            return
+        for target in sorted(graph.get(module, ())):
+            visit(target, path + (module,))
+        done.add(module)
+
+    for module in graph:
+        visit(module, ())

@@ -10,7 +10,9 @@ import pytest
 import torch
 
 from hanorec_trl.pipeline import PipelineConfig, PipelineConfigError, main, parse_args
-from hanorec_trl.pipeline.arguments import ABLATION_VARIANTS, ARGUMENT_CLASSES, help_table
+from hanorec_trl.pipeline.arguments import ARGUMENT_CLASSES
+from hanorec_trl.pipeline.cli_reference import help_table
+from hanorec_trl.pipeline.variants import ABLATION_VARIANTS
 
 REPO = Path(__file__).resolve().parents[1]
 RECIPES = sorted((REPO / "examples" / "recipes").rglob("*.yaml"))
@@ -44,7 +46,9 @@ def test_every_recipe_parses_into_the_trl_dataclasses_and_names_its_dataset():
 
 def test_comparison_recipe_continues_the_sft_curve_run():
     """compare_from_sft_cpu.yaml resumes sft_curve_cpu.yaml's run directory: every stage up to SFT is the same."""
-    from hanorec_trl.pipeline.stages import data_inputs, model_inputs, sft_inputs
+    from hanorec_trl.pipeline.stages.data import data_inputs
+    from hanorec_trl.pipeline.stages.model import model_inputs
+    from hanorec_trl.pipeline.stages.sft import sft_inputs
 
     folder = REPO / "examples" / "recipes" / "movielens" / "smollm2"
     curve, compare = (parse_args(["--config", str(folder / name), "--data.data_dir", "/data/x"], dataset=None)
@@ -396,16 +400,14 @@ def test_run_directories_of_the_flat_version_resume_with_the_nested_recipe(tmp_p
     """Issue 14: the stage arguments recorded by the version with flat arguments (tests/data, from a real run) equal
     what the nested recipe and the --section.field flags give now, so such a run directory resumes; data_dir was
     recorded relative and is given absolute now."""
-    from hanorec_trl.pipeline.arguments import VARIANTS_BY_NAME
     from hanorec_trl.pipeline.rundir import _changes
-    from hanorec_trl.pipeline.stages import (
-        data_inputs,
-        dpo_inputs,
-        evaluation_inputs,
-        hardness_inputs,
-        model_inputs,
-        sft_inputs,
-    )
+    from hanorec_trl.pipeline.stages.data import data_inputs
+    from hanorec_trl.pipeline.stages.dpo import dpo_inputs
+    from hanorec_trl.pipeline.stages.evaluation import evaluation_inputs
+    from hanorec_trl.pipeline.stages.hardness import hardness_inputs
+    from hanorec_trl.pipeline.stages.model import model_inputs
+    from hanorec_trl.pipeline.stages.sft import sft_inputs
+    from hanorec_trl.pipeline.variants import VARIANTS_BY_NAME
 
     recorded = json.loads((REPO / "tests" / "data" / "earlier_stage_inputs.json").read_text())["stages"]
     data = tmp_path / "ml"

@@ -8,7 +8,8 @@ import pytest
 from PIL import Image
 
 from hanorec_trl.pipeline import main
-from hanorec_trl.pipeline.arguments import PipelineConfigError, parse_args
+from hanorec_trl.pipeline.arguments import PipelineConfigError
+from hanorec_trl.pipeline.command_line import parse_args
 from hanorec_trl.pipeline.rundir import MARKER
 
 ARGS = [

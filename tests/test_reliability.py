@@ -28,7 +28,8 @@ from hanorec_trl.data import DataFormatError, MissingImageWarning, load_movielen
 from hanorec_trl.data.movielens import read_movielens_movies
 from hanorec_trl.data.recdata import ControlCharacterWarning
 from hanorec_trl.pipeline import main
-from hanorec_trl.pipeline.arguments import PipelineConfigError, parse_args
+from hanorec_trl.pipeline.arguments import PipelineConfigError
+from hanorec_trl.pipeline.command_line import parse_args
 from hanorec_trl.pipeline.rundir import LOCK_FILE, RUN_FORMAT, STARTED, RunDir, RunDirError, RunLock
 from hanorec_trl.testing import tiny_qwen2
 from hanorec_trl.trainer import NonFiniteTrainingError

@@ -13,24 +13,21 @@ Programmatic use::
 """
 
 from .arguments import (
-    ABLATION_VARIANTS,
     SECTIONS,
     TRL_SECTION_DEFAULTS,
     DataArguments,
     EvalArguments,
     HardnessArguments,
-    PipelineConfig,
     PipelineConfigError,
     ProtocolArguments,
     RunArguments,
-    Variant,
-    make_config,
-    make_parser,
-    parse_args,
-    translate_flat,
 )
+from .command_line import make_parser, parse_args
+from .flat_names import translate_flat
+from .pipeline_config import PipelineConfig, make_config
 from .rundir import RunDir, RunDirError
 from .run import main, main_ablations, run_pipeline
+from .variants import ABLATION_VARIANTS, Variant
 
 __all__ = [
     "ABLATION_VARIANTS",

@@ -23,7 +23,8 @@ from typing import Any
 
 import torch
 
-from .arguments import PipelineConfig, PipelineConfigError
+from .arguments import PipelineConfigError
+from .pipeline_config import PipelineConfig
 
 
 QWEN_VL_TYPES = ("qwen2_5_vl", "qwen2_vl")

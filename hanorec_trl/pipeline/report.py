@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from .arguments import PLAIN_DPO, WO_ALL
+from .variants import PLAIN_DPO, WO_ALL
 from .rundir import read_json, write_json_atomic
 
 METRIC_COLUMNS = ("hr@1", "hr@3", "ndcg@3", "hr@5", "ndcg@5", "hr@10", "ndcg@10", "auc", "binary_auc")

@@ -21,7 +21,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from .arguments import ABLATION_VARIANTS, SECTIONS, PipelineConfig, PipelineConfigError, Variant, parse_args
+from .arguments import SECTIONS, PipelineConfigError
+from .command_line import parse_args
+from .pipeline_config import PipelineConfig
+from .variants import ABLATION_VARIANTS, Variant
 from .modeling import check_device_support, resolve_model
 from .rundir import RunDir, RunDirError, default_run_dir, on_main_process
 
