@@ -56,17 +56,22 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 RESULTS = Path(__file__).resolve().parent / "results"
 VARIANTS = ("dpo", "hano", "wo_hars", "wo_nodo")
 VARIANT_LABELS = {"sft": "SFT", "dpo": "DPO", "hano": "HaNoRec", "wo_hars": "w/o HaRS (noise only)",
-                  "wo_nodo": "w/o NoDO (HaRS only)", "dpo_reseed": "DPO, other training seed (null control)"}
-OPTIONAL_VARIANTS = ("dpo_reseed",)  # --variants ... dpo_reseed: plain DPO again with training seed + 1000
+                  "wo_nodo": "w/o NoDO (HaRS only)", "wo_sam": "w/o SAM (pairwise hardness)",
+                  "dpo_reseed": "DPO, other training seed (null control)"}
+# --variants ... wo_sam: HaNoRec with the pairwise lambda (Eq. 4 without the Top-K sets); dpo_reseed: plain DPO again
+# with training seed + 1000
+OPTIONAL_VARIANTS = ("wo_sam", "dpo_reseed")
 REJECTED = ("random", "hard")
 TEST_SETS = ("test", "test_hard")
 BASELINE_NAMES = ("popularity", "markov", "item_knn")
 METRICS = ("hr@1", "ndcg@10")
 # (name, model, reference) of the paired comparisons; a DPO model's name is "<variant>-<rejected>".
 COMPARISONS = tuple(
-    [(f"{v}-{r} vs dpo-{r}", f"{v}-{r}", f"dpo-{r}") for r in REJECTED for v in ("hano", "wo_hars", "wo_nodo")]
+    [(f"{v}-{r} vs dpo-{r}", f"{v}-{r}", f"dpo-{r}") for r in REJECTED
+     for v in ("hano", "wo_hars", "wo_nodo", "wo_sam")]
     + [(f"hano-{r} vs wo_hars-{r}", f"hano-{r}", f"wo_hars-{r}") for r in REJECTED]
     + [(f"hano-{r} vs wo_nodo-{r}", f"hano-{r}", f"wo_nodo-{r}") for r in REJECTED]
+    + [(f"hano-{r} vs wo_sam-{r}", f"hano-{r}", f"wo_sam-{r}") for r in REJECTED]
     + [(f"dpo-{r} vs sft", f"dpo-{r}", "sft") for r in REJECTED]
     + [(f"hano-{r} vs sft", f"hano-{r}", "sft") for r in REJECTED]
     + [("dpo-hard vs dpo-random", "dpo-hard", "dpo-random"), ("sft vs popularity", "sft", "popularity")]
@@ -109,15 +114,22 @@ class TestbedConfig:
     lora_alpha: int = 16
     lora_noise_std: float = 0.01
     responsiveness_warmup: int = 10
+    # > 0: every preference variant adds TRL's SFT loss on the chosen title with this weight
+    # (loss_type ["sigmoid", "sft"], loss_weights [1, w]), which keeps DPO from pushing the chosen title down too
+    dpo_sft_weight: float = 0.0
     variants: tuple[str, ...] = VARIANTS
     rejected: tuple[str, ...] = REJECTED
     eval_batch_size: int = 16
     bootstrap_resamples: int = 10_000
 
     def key(self) -> dict[str, Any]:
-        return json.loads(json.dumps(dataclasses.asdict(self)))
+        key = json.loads(json.dumps(dataclasses.asdict(self)))
+        if not self.dpo_sft_weight:  # results written before the field existed stay resumable
+            del key["dpo_sft_weight"]
+        return key
 
 
+PAIRWISE_COLUMN = "hano_lambda_pairwise"
 QUICK = dict(num_users=1000, sft_steps=150, dpo_examples=128, dpo_steps=8)
 TAU_PROBE = (1.0, 0.1, 0.05, 0.02, 0.01)  # lambda spread recorded for these temperatures too (diagnostic)
 
@@ -243,6 +255,7 @@ VARIANT_SWITCHES = {
     "hano": dict(use_hardness=True, use_responsiveness=True, noise=True),
     "wo_hars": dict(use_hardness=False, use_responsiveness=False, noise=True),
     "wo_nodo": dict(use_hardness=True, use_responsiveness=True, noise=False),
+    "wo_sam": dict(use_hardness=True, use_responsiveness=True, noise=True, hardness_mode="pairwise"),
     "dpo_reseed": dict(use_hardness=False, use_responsiveness=False, noise=False, seed_offset=1000),
 }
 
@@ -437,6 +450,10 @@ def run_seed(seed: int, cfg: TestbedConfig, work_dir: Path, *, progress: bool = 
                                       similarity=truth.similarity, with_images=False, templates=templates)
         pairs, delta_mean = add_hardness_column(pairs, index, embeddings.item_rows, k=cfg.hardness_k,
                                                 temperature=cfg.hardness_temperature)
+        if "wo_sam" in cfg.variants:
+            pairs, _ = add_hardness_column(pairs, index, embeddings.item_rows, k=cfg.hardness_k,
+                                           temperature=cfg.hardness_temperature, mode="pairwise",
+                                           column=PAIRWISE_COLUMN)
         lambdas = pairs["hano_lambda"]
         true_sim = [float(truth.similarity(c, [r])[0]) for c, r in zip(pairs["chosen_item"], pairs["rejected_item"])]
         model_cos = [float(index.embeddings([embeddings.item_rows[c]])[0] @ index.embeddings(
@@ -481,10 +498,14 @@ def run_seed(seed: int, cfg: TestbedConfig, work_dir: Path, *, progress: bool = 
                 gradient_checkpointing=False, save_strategy="no", report_to="none", logging_steps=1,
                 seed=seed + sw.get("seed_offset", 0),
                 dataloader_num_workers=0, disable_tqdm=True, max_length=None,
+                hardness_column=PAIRWISE_COLUMN if sw.get("hardness_mode") == "pairwise" else "hano_lambda",
+                **({"loss_type": ["sigmoid", "sft"], "loss_weights": [1.0, cfg.dpo_sft_weight]}
+                   if cfg.dpo_sft_weight else {}),
             )
             dataset = dpo_sets[rejected]
             if not sw["use_hardness"]:
-                dataset = dataset.remove_columns("hano_lambda")
+                dataset = dataset.remove_columns([c for c in ("hano_lambda", PAIRWISE_COLUMN)
+                                                  if c in dataset.column_names])
             with compact_lm_head_on_cpu():
                 trainer = HaNoDPOTrainer(model=policy, args=args, train_dataset=dataset, processing_class=tok,
                                          peft_config=lora_config(policy, cfg))

@@ -70,7 +70,10 @@ def test_paired_differences_per_seed_and_pooled(micro_run):
     for set_name in testbed.TEST_SETS:
         evaluated = record["eval"][set_name]
         comparisons = [name for name, model, ref in testbed.COMPARISONS if model in evaluated and ref in evaluated]
-        assert len(comparisons) == len(testbed.COMPARISONS) - len(testbed.REJECTED)  # all but the optional control
+        optional = [name for name, model, ref in testbed.COMPARISONS
+                    if any(part.startswith(testbed.OPTIONAL_VARIANTS) for part in (model, ref))]
+        assert len(optional) == 3 * len(testbed.REJECTED)  # w/o SAM vs DPO and vs HaNoRec, the reseeded control
+        assert len(comparisons) == len(testbed.COMPARISONS) - len(optional)  # all but the optional variants
         for name in comparisons:
             for metric in testbed.METRICS:
                 entry = record["paired"][set_name][name][metric]
@@ -110,3 +113,18 @@ def test_hard_examples_pick_the_most_similar_unwatched_items(testbed, tmp_path):
         best_left = np.sort(sim[allowed])[::-1]
         chosen = np.sort(truth.similarity(h.target, negatives))[::-1]
         assert np.allclose(chosen, best_left[: len(chosen)])
+
+
+def test_wo_sam_reads_the_pairwise_lambda_and_the_sft_term_enters_the_loss(micro_run):
+    """--variants ... wo_sam trains on the pairwise lambda; --dpo_sft_weight adds TRL's SFT loss to every variant."""
+    testbed, _, _, tmp, result = micro_run
+    cfg = testbed.TestbedConfig(**{**MICRO, "variants": ("dpo", "wo_sam"), "rejected": ("random",),
+                                   "dpo_sft_weight": 1.0})
+    assert cfg.key()["dpo_sft_weight"] == 1.0 and "dpo_sft_weight" not in testbed.TestbedConfig(**MICRO).key()
+    record = testbed.run_seed(0, cfg, tmp / "work-sam", progress=False, log=lambda *_: None)
+    wo_sam = record["dpo"]["wo_sam-random"]
+    assert wo_sam["hardness_mode"] == "pairwise" and wo_sam["use_hardness"]
+    # the pairwise lambda is another column than the Top-K one the plain run trained HaNoRec on
+    plain = json.loads((tmp / "testbed.json").read_text())["seeds"][0]["dpo"]["dpo-random"]
+    assert plain["train_loss"] < 0.9 < record["dpo"]["dpo-random"]["train_loss"]  # + the chosen title's NLL
+    assert "wo_sam-random vs dpo-random" in record["paired"]["test"]
