@@ -74,10 +74,13 @@ def test_dpo_seeds_train_each_variant_per_seed_on_one_reference_pass_and_report_
     them, and the report pairs the per-row mean over the seeds with SFT."""
     run_dir = tmp_path / "run"
     passes = _count_reference_passes(monkeypatch)
-    argv = FAST[: FAST.index("--run.variants")] + ["--run.variants", "hano", "--run.dpo_seeds", "3", "4"]
+    argv = FAST[: FAST.index("--run.variants")] + ["--run.variants", "hano", "--run.dpo_seeds", "3", "4",
+                                                   "--protocol.max_dpo_pairs", "5"]
     assert main(argv + ["--run.run_dir", str(run_dir)]) == 0
     done = {s: json.loads((run_dir / "dpo" / f"hano-seed{s}" / "STAGE_DONE.json").read_text()) for s in (3, 4)}
     assert [done[s]["inputs"]["dpo_seed"] for s in (3, 4)] == [3, 4]
+    assert done[3]["inputs"]["max_dpo_pairs"] == 5 and passes == [5]  # the reference pass covers the sample only
+    assert len(load_from_disk(str(run_dir / "hardness" / "pairs"))) > 5
     assert [done[s]["summary"]["reference_logps"] for s in (3, 4)] == ["computed", "shared"]
     assert len(passes) == 1
     assert _first_loss(run_dir, "hano-seed3") != _first_loss(run_dir, "hano-seed4")  # other LoRA noise draws

@@ -236,6 +236,12 @@ class ProtocolArguments:
     max_test_sequences: int | None = field(
         default=None, metadata={"help": "Evaluate on the first N test sequences only; None: all."}
     )
+    max_dpo_pairs: int | None = field(
+        default=None,
+        metadata={"help": "Train every DPO variant on a seeded sample of N of the saved pairs (the same N for all "
+                  "variants and seeds, lambda keeps the normalisation over all pairs), so that the reference "
+                  "log-probs are computed for the pairs a short DPO run sees, not for all; None: all pairs."},
+    )
     sft_task: str = field(
         default="both",
         metadata={"help": "SFT prompts: 'ranking' (Fig. 6b, candidates listed), 'next_item' (history only, every "

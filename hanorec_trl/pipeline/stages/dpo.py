@@ -90,7 +90,8 @@ def dpo_inputs(config: PipelineConfig, variant: Variant) -> dict[str, Any]:
     return {**recorded_fields(config, DPO_FIELDS), **switches, **lora_fields(config, "dpo"),
             "dpo_task": protocol.dpo_task, "num_rejected": protocol.num_rejected, "rejected": protocol.rejected,
             "max_train_sequences": protocol.max_train_sequences, "dpo_init": config.resolved_dpo_init(),
-            "system_prompt": protocol.system_prompt, **({} if variant.seed is None else {"dpo_seed": variant.seed})}
+            "system_prompt": protocol.system_prompt, **({} if variant.seed is None else {"dpo_seed": variant.seed}),
+            **({} if protocol.max_dpo_pairs is None else {"max_dpo_pairs": protocol.max_dpo_pairs})}
 
 
 def stage_dpo(ctx: RunContext, variant: Variant) -> dict:

@@ -141,9 +141,15 @@ def _convert_lambdas_json(ctx: RunContext, folder: Path) -> None:
 
 
 def dpo_pairs(ctx: RunContext):
-    """The DPO rows of every variant: the hardness stage's saved pairs, or (no hardness stage) built here."""
+    """The DPO rows of every variant: the hardness stage's saved pairs, or (no hardness stage) built here; a seeded
+    sample of ``protocol.max_dpo_pairs`` of them when set."""
     pairs = _saved_pairs(ctx)
-    return pairs if pairs is not None else dpo_dataset(ctx)
+    pairs = pairs if pairs is not None else dpo_dataset(ctx)
+    cap = ctx.config.protocol.max_dpo_pairs
+    if cap is not None and len(pairs) > cap:  # a seeded sample, in the saved order
+        rows = np.sort(np.random.default_rng(ctx.config.seed).choice(len(pairs), size=cap, replace=False))
+        pairs = pairs.select(rows.tolist())
+    return pairs
 
 
 __all__ = ["PAIRS", "dpo_dataset", "dpo_pairs", "hardness_inputs", "stage_hardness"]
