@@ -124,7 +124,6 @@ def paired_differences(per_row_ranks: dict[str, list[float | None]], models: Seq
         if len(present) == len(members) and len({len(ranks[m]) for m in members}) == 1:
             per_metric[base] = {metric: np.mean([per_metric[m][metric] for m in members], axis=0)
                                 for metric in per_metric[members[0]]}
-            ranks[base] = ranks[members[0]]  # only its length is used below
             names = [base if n == members[0] else n for n in names if n not in members[1:]]
     plain_dpo = [name for name in names if name in PLAIN_DPO_NAMES]
     pairs = [(name, bar) for name in names] if bar is not None else []
@@ -132,7 +131,8 @@ def paired_differences(per_row_ranks: dict[str, list[float | None]], models: Seq
     pairs += [(name, reference) for reference in plain_dpo for name in names if name not in ("sft", *plain_dpo)]
     out = []
     for name, reference in pairs:
-        if name not in per_metric or reference not in per_metric or len(ranks[name]) != len(ranks[reference]):
+        if name not in per_metric or reference not in per_metric or \
+                len(per_metric[name]["hr@1"]) != len(per_metric[reference]["hr@1"]):
             continue
         for metric, values in per_metric[name].items():
             out.append({"model": name, "reference": reference, "metric": metric, "rows": len(values),
