@@ -368,7 +368,7 @@ def test_report_for_an_ablation_table(tmp_path):
 
 def test_report_pairs_the_mean_over_dpo_seeds():
     """Trainings of one variant under several DPO seeds are compared once, by their per-row mean."""
-    from hanorec_trl.pipeline.report import paired_differences, seed_groups
+    from hanorec_trl.pipeline.report import differences_table, paired_differences, seed_groups
 
     models = [("sft", "SFT"), ("dpo-seed0", "DPO (seed 0)"), ("dpo-seed1", "DPO (seed 1)"),
               ("hano-seed0", "HaNoRec (seed 0)"), ("hano-seed1", "HaNoRec (seed 1)")]
@@ -381,6 +381,11 @@ def test_report_pairs_the_mean_over_dpo_seeds():
     assert hr1[("dpo", "sft")]["difference"] == pytest.approx(0.125)  # (1/4 + 0) / 2
     assert hr1[("hano", "sft")]["difference"] == pytest.approx(0.625)  # (2/4 + 3/4) / 2
     assert hr1[("hano", "dpo")]["difference"] == pytest.approx(0.5) and hr1[("hano", "dpo")]["rows"] == 4
+    # seed by seed: against SFT each seed's training, against DPO the DPO training of the same seed
+    assert hr1[("hano", "sft")]["per_seed"] == pytest.approx({0: 0.5, 1: 0.75})
+    assert hr1[("hano", "dpo")]["per_seed"] == pytest.approx({0: 0.25, 1: 0.75})
+    table = differences_table(list(hr1.values()), dict(models))
+    assert "| +0.250 (seed 0) / +0.750 (seed 1) |" in table
 
 
 def test_main_leaves_the_process_group_it_ran_in(tmp_path, capsys):

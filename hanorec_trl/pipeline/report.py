@@ -110,7 +110,9 @@ def paired_differences(per_row_ranks: dict[str, list[float | None]], models: Seq
     not compared with each other); pairs without per-row ranks, or evaluated on other rows, are left out.
 
     A variant trained under several DPO seeds (:func:`seed_groups`) is compared once, by its per-row metric averaged
-    over the seeds (under its variant name), not seed by seed."""
+    over the seeds (under its variant name); the entry also lists the difference seed by seed under ``per_seed``
+    (``{seed: difference}``; against a reference with the same seeds, the training of that seed), since the interval
+    over rows does not count the randomness of training."""
     from ..evaluation.metrics import ndcg_gains, paired_bootstrap
 
     top = max(ks)
@@ -119,12 +121,14 @@ def paired_differences(per_row_ranks: dict[str, list[float | None]], models: Seq
     per_metric = {name: {"hr@1": (r <= 1).astype(np.float64), f"ndcg@{top}": ndcg_gains(r, top)}
                   for name, r in ranks.items()}
     names = [name for name, _ in models]
+    seeded: dict[str, dict[int, str]] = {}  # pooled variant -> {seed: training}
     for base, (_, members) in seed_groups(models).items():
         present = [m for m in members if m in per_metric]
         if len(present) == len(members) and len({len(ranks[m]) for m in members}) == 1:
             per_metric[base] = {metric: np.mean([per_metric[m][metric] for m in members], axis=0)
                                 for metric in per_metric[members[0]]}
             names = [base if n == members[0] else n for n in names if n not in members[1:]]
+            seeded[base] = {int(SEEDED.match(m)["seed"]): m for m in members}
     plain_dpo = [name for name in names if name in PLAIN_DPO_NAMES]
     pairs = [(name, bar) for name in names] if bar is not None else []
     pairs += [(name, "sft") for name in names if name != "sft"]
@@ -135,19 +139,29 @@ def paired_differences(per_row_ranks: dict[str, list[float | None]], models: Seq
                 len(per_metric[name]["hr@1"]) != len(per_metric[reference]["hr@1"]):
             continue
         for metric, values in per_metric[name].items():
-            out.append({"model": name, "reference": reference, "metric": metric, "rows": len(values),
-                        **paired_bootstrap(values, per_metric[reference][metric])})
+            entry = {"model": name, "reference": reference, "metric": metric, "rows": len(values),
+                     **paired_bootstrap(values, per_metric[reference][metric])}
+            if name in seeded:
+                references = seeded.get(reference, {})
+                entry["per_seed"] = {
+                    seed: float(np.mean(per_metric[member][metric]
+                                        - per_metric[references.get(seed, reference)][metric]))
+                    for seed, member in seeded[name].items() if not references or seed in references}
+            out.append(entry)
     return out
 
 
 def differences_table(differences: Sequence[dict[str, Any]], labels: dict[str, str]) -> str:
-    """Markdown: one row per (model, reference, metric) with the difference and its 95% interval."""
-    lines = ["| model | vs | metric | rows | difference | 95% CI | P(diff <= 0) |",
-             "|---|---|---|---:|---:|---|---:|"]
+    """Markdown: one row per (model, reference, metric) with the difference and its 95% interval (and the
+    difference seed by seed when a variant was trained under several DPO seeds)."""
+    per_seed = any("per_seed" in d for d in differences)
+    lines = ["| model | vs | metric | rows | difference | 95% CI | P(diff <= 0) |" + (" by seed |" if per_seed else ""),
+             "|---|---|---|---:|---:|---|---:|" + ("---|" if per_seed else "")]
     for d in differences:
+        seeds = " / ".join(f"{v:+.3f} (seed {s})" for s, v in d.get("per_seed", {}).items())
         lines.append(f"| {labels.get(d['model'], d['model'])} | {labels.get(d['reference'], d['reference'])} | "
                      f"{_header(d['metric'])} | {d['rows']} | {d['difference']:+.4f} | [{d['low']:+.4f}, "
-                     f"{d['high']:+.4f}] | {d['p_not_better']:.3f} |")
+                     f"{d['high']:+.4f}] | {d['p_not_better']:.3f} |" + (f" {seeds} |" if per_seed else ""))
     return "\n".join(lines)
 
 
