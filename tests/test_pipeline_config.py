@@ -351,7 +351,7 @@ def test_report_for_an_ablation_table(tmp_path):
     assert [r.split("|")[1].strip() for r in rows] == [label for _, label in models]
     assert "| AUC |" in results["table"] and "HR@5" not in results["table"]  # only the metrics present
     assert list(json.loads((tmp_path / "report" / "results.json").read_text())["models"]) == [n for n, _ in models]
-    assert set(results["plots"]) == {"training_dynamics", "title_image_similarity"}
+    assert set(results["plots"]) == {"paired_differences", "training_dynamics", "title_image_similarity"}
     assert all(Path(p).stat().st_size > 10_000 for p in results["plots"].values())
     assert "> **toy numbers**" in (tmp_path / "report" / "results.md").read_text()
     # paired differences: every variant against SFT, and the HaNoRec variants against plain DPO (w/o ALL)
@@ -366,9 +366,9 @@ def test_report_for_an_ablation_table(tmp_path):
     assert "| HaNoRec | w/o ALL (DPO) | HR@1 | 10 | -0.2000 |" in (tmp_path / "report" / "results.md").read_text()
 
 
-def test_report_pairs_the_mean_over_dpo_seeds():
+def test_report_pairs_the_mean_over_dpo_seeds(tmp_path):
     """Trainings of one variant under several DPO seeds are compared once, by their per-row mean."""
-    from hanorec_trl.pipeline.report import differences_table, paired_differences, seed_groups
+    from hanorec_trl.pipeline.report import differences_table, paired_differences, plot_differences, seed_groups
 
     models = [("sft", "SFT"), ("dpo-seed0", "DPO (seed 0)"), ("dpo-seed1", "DPO (seed 1)"),
               ("hano-seed0", "HaNoRec (seed 0)"), ("hano-seed1", "HaNoRec (seed 1)")]
@@ -386,6 +386,8 @@ def test_report_pairs_the_mean_over_dpo_seeds():
     assert hr1[("hano", "dpo")]["per_seed"] == pytest.approx({0: 0.25, 1: 0.75})
     table = differences_table(list(hr1.values()), dict(models))
     assert "| +0.250 (seed 0) / +0.750 (seed 1) |" in table
+    plot = plot_differences(list(hr1.values()), dict(models), tmp_path / "differences.png")
+    assert plot.stat().st_size > 10_000
 
 
 def test_main_leaves_the_process_group_it_ran_in(tmp_path, capsys):

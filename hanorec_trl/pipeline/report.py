@@ -165,6 +165,40 @@ def differences_table(differences: Sequence[dict[str, Any]], labels: dict[str, s
     return "\n".join(lines)
 
 
+def plot_differences(differences: Sequence[dict[str, Any]], labels: dict[str, str], path: Path) -> Path:
+    """The paired differences of :func:`paired_differences` as bars with their 95% intervals over rows, one panel
+    per metric, and the seed-by-seed differences as dots (paper Fig. 5 style: each variant against SFT, the bar
+    and DPO)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    metrics = list(dict.fromkeys(d["metric"] for d in differences))
+    fig, axes = plt.subplots(1, len(metrics), figsize=(5.5 * len(metrics), 4.8), squeeze=False)
+    for ax, metric in zip(axes[0], metrics):
+        entries = [d for d in differences if d["metric"] == metric]
+        xs = np.arange(len(entries))
+        ys = np.array([d["difference"] for d in entries])
+        errors = np.array([[d["difference"] - d["low"] for d in entries], [d["high"] - d["difference"] for d in entries]])
+        colours = [f"C{sorted({d['reference'] for d in entries}).index(d['reference'])}" for d in entries]
+        ax.bar(xs, ys, yerr=errors, color=colours, alpha=0.75, capsize=3)
+        for x, d in zip(xs, entries):
+            seeds = list(d.get("per_seed", {}).values())
+            ax.scatter([x] * len(seeds), seeds, s=10, color="black", zorder=3)
+        ax.axhline(0, color="grey", lw=0.8)
+        ax.set_xticks(xs)
+        ax.set_xticklabels([f"{labels.get(d['model'], d['model'])}\nvs {labels.get(d['reference'], d['reference'])}"
+                            for d in entries], fontsize=7, rotation=60, ha="right")
+        ax.set_title(f"{_header(metric)}: difference, 95% interval over {entries[0]['rows']} rows; dots: seeds",
+                     fontsize=9)
+        ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
 def _series(history: list[dict], key: str) -> tuple[np.ndarray, np.ndarray]:
     points = [(h["step"], h[key]) for h in history if key in h and "step" in h]
     if not points:
@@ -304,6 +338,8 @@ def write_report(run_root: Path, models: Sequence[tuple[str, str]], *, beta0: fl
     plots: dict[str, str] = {}
     histories = {name: read_json(p) for name, _ in models
                  if (p := run_root / "dpo" / name / "log_history.json").is_file()}
+    if differences:
+        plots["paired_differences"] = str(plot_differences(differences, labels, folder / "paired_differences.png"))
     if histories:
         plots["training_dynamics"] = str(plot_training_dynamics(histories, labels, beta0,
                                                                 folder / "training_dynamics.png"))
@@ -354,5 +390,5 @@ def write_report(run_root: Path, models: Sequence[tuple[str, str]], *, beta0: fl
     return {**results, "table": table, "differences_table": differences_md, "position_table": positions}
 
 
-__all__ = ["differences_table", "metric_intervals", "paired_differences", "plot_learning_curve", "plot_similarity",
-           "plot_training_dynamics", "position_table", "results_table", "seed_groups", "write_report"]
+__all__ = ["differences_table", "metric_intervals", "paired_differences", "plot_differences", "plot_learning_curve",
+           "plot_similarity", "plot_training_dynamics", "position_table", "results_table", "seed_groups", "write_report"]
