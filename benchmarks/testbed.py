@@ -29,6 +29,7 @@ scored on the same test rows. Per data seed:
     python benchmarks/testbed.py                 # 10 seeds (results appended per seed; rerun to resume)
     python benchmarks/testbed.py --quick         # 2-seed smoke with fewer steps
     python benchmarks/testbed.py --seeds 3 --out /tmp/tb.json --plot /tmp/tb.png
+    python benchmarks/testbed.py --jobs 2        # two seeds at once, one process and one torch thread each
 
 Writes ``benchmarks/results/testbed.json`` (config, hardware, per-seed results with per-row ranks, pooled
 differences) after every seed and ``benchmarks/results/testbed.png`` (the ablation plot). A rerun with the same
@@ -721,11 +722,40 @@ def _write_json(path: Path, value: Any) -> None:
         tmp.write_text(json.dumps(value, indent=1))
 
 
-def run_testbed(cfg: TestbedConfig, seeds, out: Path, plot_path: Path | None, work_dir: Path, *,
-                command: str = "", progress: bool = True, resume: bool = True, log=print) -> dict[str, Any]:
-    """Run (or continue) the testbed over ``seeds``; the JSON at ``out`` is rewritten after every seed."""
+def _run_seed_in_worker(seed: int, cfg: TestbedConfig, work_dir: Path, threads: int) -> dict[str, Any]:
+    """One seed in a worker process of ``run_testbed(jobs > 1)``: its own torch threads, no progress bars."""
     import torch
 
+    torch.set_num_threads(threads)
+    torch.manual_seed(seed)
+    return run_seed(seed, cfg, work_dir, progress=False, log=lambda message: print(f"[seed {seed}] {message}"))
+
+
+def _seed_records(seeds, cfg: TestbedConfig, work_dir: Path, *, jobs: int, threads: int, progress: bool, log):
+    """Yield the record of every seed as it finishes: one after the other in this process, or ``jobs`` seeds at a
+    time in worker processes (spawned, so each starts with a fresh torch) of ``threads`` torch threads each."""
+    import torch
+
+    if jobs <= 1:
+        for seed in seeds:
+            torch.manual_seed(seed)
+            yield run_seed(seed, cfg, work_dir, progress=progress, log=log)
+        return
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+
+    with ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+        futures = [pool.submit(_run_seed_in_worker, seed, cfg, work_dir, threads) for seed in seeds]
+        for future in as_completed(futures):
+            yield future.result()
+
+
+def run_testbed(cfg: TestbedConfig, seeds, out: Path, plot_path: Path | None, work_dir: Path, *,
+                command: str = "", progress: bool = True, resume: bool = True, log=print, jobs: int = 1,
+                threads: int = 1) -> dict[str, Any]:
+    """Run (or continue) the testbed over ``seeds``; the JSON at ``out`` is rewritten after every seed. ``jobs`` > 1
+    runs that many seeds at once, each in its own process with ``threads`` torch threads (on a machine with 2 cores
+    two single-threaded seeds finish sooner than two seeds one after the other on 2 threads: the model is tiny)."""
     result: dict[str, Any] | None = None
     if resume and out.exists():
         previous = json.loads(out.read_text())
@@ -740,11 +770,9 @@ def run_testbed(cfg: TestbedConfig, seeds, out: Path, plot_path: Path | None, wo
     if command:
         result["commands"].append(command)
     done = {r["seed"] for r in result["seeds"]}
-    for seed in seeds:
-        if seed in done:
-            continue
-        torch.manual_seed(seed)
-        record = run_seed(seed, cfg, work_dir, progress=progress, log=log)
+    todo = [seed for seed in seeds if seed not in done]
+    for record in _seed_records(todo, cfg, work_dir, jobs=jobs, threads=threads, progress=progress, log=log):
+        seed = record["seed"]
         result["seeds"].append(record)
         result["seeds"].sort(key=lambda r: r["seed"])
         result["pooled"] = pooled(result["seeds"], cfg.bootstrap_resamples)
@@ -767,7 +795,9 @@ def parse_args(argv=None):
                         "(--quick: testbed_quick.json)")
     parser.add_argument("--plot", type=Path, default=None, help="default: --out with .png")
     parser.add_argument("--work_dir", type=Path, default=Path("runs/testbed"))
-    parser.add_argument("--threads", type=int, default=1, help="torch threads")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (of each job)")
+    parser.add_argument("--jobs", type=int, default=1, help="seeds run at once, each in its own process "
+                        "(e.g. --jobs 2 on 2 cores)")
     parser.add_argument("--no_resume", action="store_true", help="start over even if --out has these settings")
     parser.add_argument("--no_progress", action="store_true")
     parser.add_argument("--replot", action="store_true", help="only redraw the plot and print the tables of --out")
@@ -802,7 +832,8 @@ def main(argv=None) -> dict[str, Any]:
         return result
     command = "python benchmarks/testbed.py " + " ".join(sys.argv[1:] if argv is None else argv)
     result = run_testbed(cfg, seeds, out, plot_path, args.work_dir, command=command.strip(),
-                         progress=not args.no_progress, resume=not args.no_resume)
+                         progress=not args.no_progress, resume=not args.no_resume, jobs=args.jobs,
+                         threads=args.threads)
     print(markdown_tables(result))
     return result
 

@@ -128,3 +128,22 @@ def test_wo_sam_reads_the_pairwise_lambda_and_the_sft_term_enters_the_loss(micro
     plain = json.loads((tmp / "testbed.json").read_text())["seeds"][0]["dpo"]["dpo-random"]
     assert plain["train_loss"] < 0.9 < record["dpo"]["dpo-random"]["train_loss"]  # + the chosen title's NLL
     assert "wo_sam-random vs dpo-random" in record["paired"]["test"]
+
+
+def test_jobs_run_seeds_in_parallel_processes_with_the_same_results(testbed, tmp_path, monkeypatch):
+    """--jobs 2: two seeds at once in spawned workers; each seed's record equals the one run in this process."""
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))  # the workers import the script as module "testbed"
+    cfg = testbed.TestbedConfig(**{**MICRO, "variants": ("dpo",), "rejected": ("random",)})
+    out = tmp_path / "testbed.json"
+    result = testbed.run_testbed(cfg, [1, 2], out, None, tmp_path / "work", progress=False, log=lambda *_: None,
+                                 jobs=2, threads=1)
+    saved = json.loads(out.read_text())
+    assert [r["seed"] for r in saved["seeds"]] == [1, 2] and saved["pooled"]["seeds"] == [1, 2]
+    import torch
+
+    torch.set_num_threads(1)  # as in the workers
+    torch.manual_seed(2)
+    here = testbed.run_seed(2, cfg, tmp_path / "work-here", progress=False, log=lambda *_: None)
+    parallel = result["seeds"][1]
+    for name in ("sft", "dpo-random"):
+        assert parallel["eval"]["test"][name]["ranks"] == here["eval"]["test"][name]["ranks"]
