@@ -97,7 +97,8 @@ def seed_groups(models: Sequence[tuple[str, str]]) -> dict[str, tuple[str, list[
             base = match["base"]
             members = groups.get(base, ("", []))[1] + [name]
             plain = label.rsplit(" (seed ", 1)[0]
-            groups[base] = (f"{plain} (mean of {len(members)} seeds)", members)
+            pooled = f"mean of {len(members)} seeds" if len(members) > 1 else "1 seed"
+            groups[base] = (f"{plain} ({pooled})", members)
     return groups
 
 
