@@ -142,12 +142,12 @@ def paired_differences(per_row_ranks: dict[str, list[float | None]], models: Seq
         for metric, values in per_metric[name].items():
             entry = {"model": name, "reference": reference, "metric": metric, "rows": len(values),
                      **paired_bootstrap(values, per_metric[reference][metric])}
-            if name in seeded:
-                references = seeded.get(reference, {})
+            if name in seeded:  # against a seeded reference, its training of the same seed; else the reference
+                same_seed = seeded.get(reference)
                 entry["per_seed"] = {
                     seed: float(np.mean(per_metric[member][metric]
-                                        - per_metric[references.get(seed, reference)][metric]))
-                    for seed, member in seeded[name].items() if not references or seed in references}
+                                        - per_metric[same_seed[seed] if same_seed else reference][metric]))
+                    for seed, member in seeded[name].items() if same_seed is None or seed in same_seed}
             out.append(entry)
     return out
 
@@ -182,7 +182,8 @@ def plot_differences(differences: Sequence[dict[str, Any]], labels: dict[str, st
         xs = np.arange(len(entries))
         ys = np.array([d["difference"] for d in entries])
         errors = np.array([[d["difference"] - d["low"] for d in entries], [d["high"] - d["difference"] for d in entries]])
-        colours = [f"C{sorted({d['reference'] for d in entries}).index(d['reference'])}" for d in entries]
+        references = sorted({d["reference"] for d in entries})  # one colour per reference
+        colours = [f"C{references.index(d['reference'])}" for d in entries]
         ax.bar(xs, ys, yerr=errors, color=colours, alpha=0.75, capsize=3)
         for x, d in zip(xs, entries):
             seeds = list(d.get("per_seed", {}).values())
