@@ -98,6 +98,15 @@ class RunArguments:
         default=False,
         metadata={"help": "Delete run_dir first (only a run directory written by this pipeline)."},
     )
+    reuse_from: str | None = field(
+        default=None,
+        metadata={
+            "help": "Another run directory of this pipeline whose finished stages this run reuses where they were "
+            "produced with the same arguments (copied as hard links; that run is only read): e.g. train SFT once, "
+            "then sweep '--hardness.hardness_temperature' or '--protocol.rejected' in new run directories, each "
+            "reusing the data, the SFT model, the baselines and every training the change does not affect."
+        },
+    )
     tokenizer: str = field(
         default="auto",
         metadata={

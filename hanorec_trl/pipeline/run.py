@@ -71,6 +71,8 @@ def input_paths(config: PipelineConfig, recipe: str | None = None) -> dict[str, 
                 continue
             if key.endswith(_PATH_SUFFIXES) or (section == "data" and key in ("interactions", "items")):
                 paths[f"--{section}.{key}"] = value
+    if config.run.reuse_from:
+        paths["--run.reuse_from"] = config.run.reuse_from
     for variable in _CACHE_VARIABLES:
         if os.environ.get(variable):
             paths[f"${variable}"] = os.environ[variable]
@@ -175,10 +177,13 @@ def run_pipeline(config: PipelineConfig, variants: Sequence[Variant] | None = No
     root = _resolve_run_dir(config, state, run_name or config.data.dataset)
     rundir = RunDir(root)
     resume, overwrite = config.run.resume, config.run.overwrite
+    reuse = RunDir(Path(config.run.reuse_from).expanduser()) if config.run.reuse_from else None
 
     def check() -> None:  # nothing touched, nothing read yet
         rundir.check(resume=resume, overwrite=overwrite)
         rundir.check_paths_outside(input_paths(config, recipe), resume=resume, overwrite=overwrite)
+        if reuse is not None:
+            reuse_problem(reuse, rundir)
 
     on_main_process(state, check)
     check_device_support(config)
@@ -208,7 +213,7 @@ def run_pipeline(config: PipelineConfig, variants: Sequence[Variant] | None = No
 
     on_main_process(state, take)
     try:
-        return _run_stages(config, variants, root, rundir, spec, state, data, started)
+        return _run_stages(config, variants, root, rundir, spec, state, data, started, reuse)
     except KeyboardInterrupt as interrupt:
         raise PipelineInterrupted(str(interrupt) or "interrupted (Ctrl-C)", root,
                                   getattr(interrupt, "checkpoint", None)) from None
@@ -217,8 +222,20 @@ def run_pipeline(config: PipelineConfig, variants: Sequence[Variant] | None = No
             lock.release()
 
 
+def reuse_problem(source: RunDir, rundir: RunDir) -> None:
+    """Refuse a ``--run.reuse_from`` that is not another run directory of this pipeline."""
+    if not source.root.is_dir():
+        raise RunDirError(f"--run.reuse_from {source.root}: no such folder")
+    if source.root.resolve() == rundir.root.resolve():
+        raise RunDirError(f"--run.reuse_from {source.root} is this run's own directory; name another run directory "
+                          "(or pass --run.resume to continue this one)")
+    problem = source.ownership_problem(whole_layout=False)
+    if problem:
+        raise RunDirError(f"--run.reuse_from {source.root} is not a run directory of this pipeline: {problem}")
+
+
 def _run_stages(config: PipelineConfig, variants: Sequence[Variant], root: Path, rundir: RunDir, spec, state, data,
-                started: float) -> dict[str, Any]:
+                started: float, reuse: RunDir | None = None) -> dict[str, Any]:
     from .report import write_report
     from .stages import (
         RunContext,
@@ -233,7 +250,7 @@ def _run_stages(config: PipelineConfig, variants: Sequence[Variant], root: Path,
         stage_sft,
     )
 
-    ctx = RunContext(config=config, rundir=rundir, spec=spec, state=state, data=data)
+    ctx = RunContext(config=config, rundir=rundir, spec=spec, state=state, data=data, reuse=reuse)
     run_file = {"variants": [v.name for v in variants], "model": spec.description, "argv": sys.argv}
     if ctx.is_main and not config.run.resume:  # a resumed run records its arguments once it has finished
         rundir.write_run_file(config.to_dict(), run_file)

@@ -14,7 +14,15 @@ Layout (``<run>`` = ``--output_dir``)::
 A stage is finished when its folder holds ``STAGE_DONE.json``, written last and atomically (temporary file +
 ``os.replace``); it records the arguments the stage depended on. A stage that starts records the same arguments in
 ``STAGE_STARTED.json``. A later ``--resume`` skips finished stages and refuses to continue when those arguments
-changed, for a finished stage and for an unfinished one whose checkpoints would be continued.
+changed, for a finished stage and for an unfinished one whose checkpoints would be continued. Among those arguments
+is ``upstream``: the stage folders it read and when each finished, so that a stage whose input was produced again is
+redone rather than reused. A stage may declare
+arguments it no longer depends on (``ignored``: e.g. plain DPO and the hardness temperature); values recorded for them
+by earlier versions are not compared.
+
+Reuse (``--run.reuse_from <other run>``, :meth:`RunDir.reuse_stage`): a stage not finished here whose folder is
+finished in the other run directory, with the same arguments, is copied from there (hard links where the file system
+allows) instead of being run again: a sweep of DPO settings trains SFT once.
 
 Ownership: a folder is a run directory of this pipeline only when its ``run.json`` parses and carries the pipeline's
 format marker (``"format": "hanorec_trl.pipeline/..."``) and its top level holds nothing but the entries above. Only
@@ -45,6 +53,9 @@ LOCK_FILE = "run.lock"
 RUN_FORMAT = "hanorec_trl.pipeline/1"
 FORMAT_PREFIX = "hanorec_trl.pipeline/"
 STAGE_FOLDERS = ("data", "model", "sft", "hardness", "dpo", "eval", "report")
+UPSTREAM = "upstream"  # recorded by each stage: the stage folders it read, with when each finished
+# recorded by later versions only: a marker without them is accepted on resume (never on reuse)
+LATER_INPUTS = (UPSTREAM,)
 # what the pipeline writes at the top of a run directory (and leftovers of its atomic writes)
 _OWN_FILES = (RUN_FILE, LOCK_FILE)
 _OWN_TEMPORARY = re.compile(r"^run\.json\..*\.tmp$")
@@ -95,9 +106,10 @@ class RunDir:
              "finished": time.strftime("%Y-%m-%d %H:%M:%S")},
         )
 
-    def check_inputs(self, folder: Path, stage: str, inputs: dict[str, Any]) -> None:
-        """Refuse to reuse a finished stage whose recorded arguments differ from the current ones."""
-        changed = _changes(self.marker(folder).get("inputs", {}), inputs)
+    def check_inputs(self, folder: Path, stage: str, inputs: dict[str, Any], ignored: Iterable[str] = ()) -> None:
+        """Refuse to reuse a finished stage whose recorded arguments differ from the current ones (``ignored``:
+        arguments the stage no longer depends on)."""
+        changed = _changes(self.marker(folder).get("inputs", {}), inputs, ignored, lenient=True)
         if changed:
             raise RunDirError(
                 f"stage '{stage}' in {self.root} was produced with other arguments ({changed}). Resume with the "
@@ -109,7 +121,8 @@ class RunDir:
         write_json_atomic(folder / STARTED, {"inputs": _normalise(inputs),
                                              "started": time.strftime("%Y-%m-%d %H:%M:%S")})
 
-    def check_started(self, folder: Path, stage: str, inputs: dict[str, Any], keep: Iterable[str]) -> str | None:
+    def check_started(self, folder: Path, stage: str, inputs: dict[str, Any], keep: Iterable[str],
+                      ignored: Iterable[str] = ()) -> str | None:
         """Before an unfinished stage continues what an earlier attempt left (``keep``: its checkpoints), refuse
         when that attempt ran with other arguments. Returns a note when the earlier attempt recorded nothing (a run
         directory of an earlier version), None otherwise."""
@@ -121,7 +134,7 @@ class RunDir:
         except FileNotFoundError:
             return (f"[{stage}] {folder} holds checkpoints but no {STARTED} (an earlier version of the pipeline): "
                     "their arguments cannot be checked")
-        changed = _changes(recorded, inputs)
+        changed = _changes(recorded, inputs, ignored, lenient=True)
         if changed:
             raise RunDirError(
                 f"stage '{stage}' in {self.root} was started with other arguments ({changed}) and its checkpoints "
@@ -129,6 +142,37 @@ class RunDir:
                 f"{folder} to restart that stage from scratch."
             )
         return None
+
+    def upstream(self, folders: Iterable[Path]) -> dict[str, Any]:
+        """The finished stage folders among ``folders`` (those a stage reads), each with when it finished: recorded
+        with the stage's arguments, so that a stage whose input was produced again (or elsewhere) is redone."""
+        return {UPSTREAM: {str(f.relative_to(self.root)): self.marker(f).get("finished")
+                           for f in folders if self.is_done(f)}}
+
+    def outdated(self, folder: Path, inputs: dict[str, Any]) -> str | None:
+        """What a finished stage read that was produced again since (``'sft was redone'``), or None."""
+        recorded = self.marker(folder).get("inputs", {}).get(UPSTREAM)
+        current = inputs.get(UPSTREAM)
+        if recorded is None or current is None:
+            return None  # an earlier version's marker, or a stage that reads no other stage
+        redone = sorted(k for k in set(recorded) | set(current) if recorded.get(k) != current.get(k))
+        return f"{', '.join(redone)} {'was' if len(redone) == 1 else 'were'} redone" if redone else None
+
+    def reuse_stage(self, source: RunDir, folder: Path, inputs: dict[str, Any], ignored: Iterable[str] = ()) -> bool:
+        """Copy ``folder``'s stage from the run directory ``source`` when it is finished there with the same
+        arguments; returns whether it did. Files are hard-linked (copied across file systems): the pipeline never
+        writes into a finished stage, and deleting either run removes only its own links. The completion marker is
+        written last and names the source (``reused_from``), so an interrupted copy is not taken as finished."""
+        origin = source.root / folder.relative_to(self.root)
+        if not source.is_done(origin) or _changes(source.marker(origin).get("inputs", {}), inputs, ignored):
+            return False
+        self.fresh_stage(folder)
+        shutil.copytree(origin, folder, symlinks=True, dirs_exist_ok=True, copy_function=_link_or_copy,
+                        ignore=lambda where, names: [MARKER] if Path(where) == origin else [])
+        marker = source.marker(origin)
+        marker["reused_from"] = str(origin.resolve())
+        write_json_atomic(folder / MARKER, marker)
+        return True
 
     # ------------------------------------------------------------------------------------------------ ownership
     def ownership_problem(self, *, whole_layout: bool) -> str | None:
@@ -271,12 +315,26 @@ def _comparable(name: str, value: Any) -> Any:
     return value
 
 
-def _changes(recorded: dict[str, Any], inputs: dict[str, Any]) -> str:
-    """The arguments that differ, as 'name: was X, now Y; ...' (empty when none)."""
+def _changes(recorded: dict[str, Any], inputs: dict[str, Any], ignored: Iterable[str] = (), *,
+             lenient: bool = False) -> str:
+    """The arguments that differ, as 'name: was X, now Y; ...' (empty when none). ``ignored``: arguments the stage no
+    longer depends on (not in ``inputs``); what an earlier version recorded for them is not compared. ``lenient``
+    (resume, not reuse): :data:`LATER_INPUTS` that an earlier version did not record are not compared either."""
     current = _normalise(inputs)
+    recorded = {k: v for k, v in recorded.items() if k not in set(ignored) - set(current)}
+    if lenient:
+        current = {k: v for k, v in current.items() if k in recorded or k not in LATER_INPUTS}
     changed = sorted(k for k in set(recorded) | set(current)
                      if _comparable(k, recorded.get(k)) != _comparable(k, current.get(k)))
     return "; ".join(f"{k}: was {recorded.get(k)!r}, now {current.get(k)!r}" for k in changed[:8])
+
+
+def _link_or_copy(source: str, destination: str) -> None:
+    """A hard link to ``source`` at ``destination``, or a copy where links cannot be made (another file system)."""
+    try:
+        os.link(source, destination)
+    except OSError:
+        shutil.copy2(source, destination)
 
 
 def _remove(path: Path) -> None:

@@ -30,6 +30,7 @@ class RunContext:
     state: Any  # accelerate.PartialState
     data: RecData | None = None
     split: RecSplit | None = None
+    reuse: RunDir | None = None  # --run.reuse_from: finished stages with the same arguments are copied from there
     stage_seconds: dict[str, float] = field(default_factory=dict)
     skipped: list[str] = field(default_factory=list)
 
@@ -77,17 +78,30 @@ def free_memory() -> None:
 
 
 def run_stage(ctx: RunContext, stage: str, folder: Path, inputs: dict[str, Any], work: Callable[[], dict],
-              *, all_processes: bool = False, keep: tuple[str, ...] = ()) -> dict:
-    """Run ``work`` in ``folder`` unless the stage is finished; mark it finished (main process, last, atomically).
+              *, all_processes: bool = False, keep: tuple[str, ...] = (), ignored: tuple[str, ...] = (),
+              upstream: tuple[Path, ...] = ()) -> dict:
+    """Run ``work`` in ``folder`` unless the stage is finished (here, or in ``--run.reuse_from`` with the same
+    arguments: copied); mark it finished (main process, last, atomically).
 
     ``all_processes``: every process runs ``work`` (training); otherwise the main process does and the others wait.
     ``keep``: entries of an unfinished stage folder that survive a restart (the trainer's checkpoints).
+    ``ignored``: arguments the stage no longer depends on; values an earlier version recorded are not compared.
+    ``upstream``: the stage folders ``work`` reads; when each finished is recorded with ``inputs``.
     """
     rundir = ctx.rundir
+    if upstream:
+        inputs = {**inputs, **rundir.upstream(upstream)}
+    reused = False  # (known on the main process, the one that speaks)
+    if not rundir.is_done(folder) and ctx.reuse is not None:
+        reused = on_main_process(ctx.state, lambda: rundir.reuse_stage(ctx.reuse, folder, inputs, ignored))
+    if rundir.is_done(folder) and rundir.outdated(folder, inputs):
+        ctx.say(f"[{stage}] {rundir.outdated(folder, inputs)} since it finished: done again")
+        on_main_process(ctx.state, lambda: rundir.fresh_stage(folder))
     if rundir.is_done(folder):
-        rundir.check_inputs(folder, stage, inputs)
+        rundir.check_inputs(folder, stage, inputs, ignored)
         ctx.skipped.append(stage)
-        ctx.say(f"[{stage}] finished earlier: skipped ({folder})")
+        ctx.say(f"[{stage}] reused: finished in {ctx.reuse.root} with the same arguments" if reused
+                else f"[{stage}] finished earlier: skipped ({folder})")
         return rundir.marker(folder)["summary"]
     ctx.say(f"[{stage}] running -> {folder}")
     start = time.perf_counter()
@@ -95,7 +109,7 @@ def run_stage(ctx: RunContext, stage: str, folder: Path, inputs: dict[str, Any],
     def begin() -> None:
         resume = ctx.config.run.resume
         if resume:  # what an earlier attempt left is continued only with the arguments it started with
-            note = rundir.check_started(folder, stage, inputs, keep)
+            note = rundir.check_started(folder, stage, inputs, keep, ignored)
             if note:
                 ctx.say(f"        note: {note}")
         rundir.fresh_stage(folder, keep=keep if resume else ())

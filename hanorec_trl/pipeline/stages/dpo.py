@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -51,16 +52,28 @@ def reference_key(ctx: RunContext, dataset, args) -> str:
         "fast_vision_cache", "bf16", "fp16", "padding_free", "pad_to_multiple_of", "truncation_mode",
         "use_logits_to_keep", "ld_alpha", "loss_type")}
     record = {"sft": sft_marker.get("finished"), "sft_inputs": sft_marker.get("inputs"),
-              "dpo_init": ctx.config.resolved_dpo_init(), "model": ctx.spec.path, "dtype": str(ctx.config.bf16),
+              "dpo_init": ctx.config.resolved_dpo_init(), "model": _within_run(ctx, ctx.spec.path), "dtype": str(ctx.config.bf16),
               "pixels": [ctx.config.data.image_min_pixels, ctx.config.data.image_max_pixels], "args": settings,
               "rows": _pairs_fingerprint(dataset), "count": len(dataset)}
     return hashlib.sha256(json.dumps(record, sort_keys=True, default=str).encode("utf-8")).hexdigest()[:20]
 
 
+def _within_run(ctx: RunContext, path: str) -> str:
+    """``path`` relative to the run directory when it lies inside it (a built-in model written by the model stage),
+    so that a run reusing another's stages (``--run.reuse_from``) finds the same reference key."""
+    try:
+        return str(Path(path).resolve().relative_to(ctx.rundir.root.resolve()))
+    except ValueError:
+        return path
+
+
 def _shared_reference(ctx: RunContext, dataset, key: str):
-    """``dataset`` with the reference log-probs another variant computed from the same SFT model, or None."""
-    path = ctx.rundir.stage_dir("dpo") / REFERENCE / f"{key}.npz"
-    if not path.is_file():
+    """``dataset`` with the reference log-probs another variant computed from the same SFT model (in this run, or in
+    ``--run.reuse_from``'s when its SFT stage was reused), or None."""
+    name = Path(REFERENCE) / f"{key}.npz"
+    places = [ctx.rundir] + ([ctx.reuse] if ctx.reuse is not None else [])
+    path = next((p for p in (r.stage_dir("dpo") / name for r in places) if p.is_file()), None)
+    if path is None:
         return None
     saved = np.load(path)
     if any(len(saved[c]) != len(dataset) for c in REF_COLUMNS):
@@ -85,13 +98,32 @@ def _share_reference(ctx: RunContext, trainer, key: str, rows: int) -> bool:
     return True
 
 
+def unused_dpo_fields(config: PipelineConfig, variant: Variant) -> tuple[str, ...]:
+    """The arguments this variant's training cannot depend on, left out of what its stage records: the hardness
+    settings without hardness (and without hard rejected items, which are ranked by the hardness stage's
+    embeddings), the responsiveness settings without it, the noise mode without noise. So plain DPO and w/o HaRS
+    trained under one hardness temperature are reused (``--resume``, ``--run.reuse_from``) under another."""
+    switches = variant.switches(config.dpo)
+    unused: list[str] = []
+    if not switches["use_hardness"] and config.protocol.rejected != "hard":
+        unused += ["hardness_k", "hardness_temperature", "hardness_title_mode", "hardness_mode"]
+    if not switches["use_responsiveness"]:
+        unused += ["responsiveness", "responsiveness_warmup"]
+    if not switches["lora_noise_std"]:
+        unused += ["lora_noise_mode"]
+    return tuple(unused)
+
+
 def dpo_inputs(config: PipelineConfig, variant: Variant) -> dict[str, Any]:
+    """What a DPO stage records and compares on resume (without :func:`unused_dpo_fields`)."""
+    unused = set(unused_dpo_fields(config, variant))
     protocol, switches = config.protocol, variant.switches(config.dpo)
-    return {**recorded_fields(config, DPO_FIELDS), **switches, **lora_fields(config, "dpo"),
+    inputs = {**recorded_fields(config, DPO_FIELDS), **switches, **lora_fields(config, "dpo"),
             "dpo_task": protocol.dpo_task, "num_rejected": protocol.num_rejected, "rejected": protocol.rejected,
             "max_train_sequences": protocol.max_train_sequences, "dpo_init": config.resolved_dpo_init(),
             "system_prompt": protocol.system_prompt, **({} if variant.seed is None else {"dpo_seed": variant.seed}),
             **({} if protocol.max_dpo_pairs is None else {"max_dpo_pairs": protocol.max_dpo_pairs})}
+    return {k: v for k, v in inputs.items() if k not in unused}
 
 
 def stage_dpo(ctx: RunContext, variant: Variant) -> dict:
@@ -140,7 +172,10 @@ def stage_dpo(ctx: RunContext, variant: Variant) -> dict:
         free_memory()
         return summary
 
-    return run_stage(ctx, f"dpo/{variant.name}", folder, inputs, work, all_processes=True, keep=("trainer",))
+    return run_stage(ctx, f"dpo/{variant.name}", folder, inputs, work, all_processes=True, keep=("trainer",),
+                     ignored=unused_dpo_fields(config, variant),
+                     upstream=(ctx.rundir.stage_dir("sft"),) + ((ctx.rundir.stage_dir("hardness"),)
+                                                                if switches["use_hardness"] else ()))
 
 
-__all__ = ["dpo_inputs", "reference_key", "stage_dpo"]
+__all__ = ["dpo_inputs", "reference_key", "stage_dpo", "unused_dpo_fields"]

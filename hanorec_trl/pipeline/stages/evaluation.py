@@ -63,7 +63,7 @@ def stage_baselines(ctx: RunContext) -> list[tuple[str, str]]:
                                                         if training else None})
             return {"metrics": result["metrics"]}
 
-        run_stage(ctx, f"eval/baseline-{name}", folder, inputs, work)
+        run_stage(ctx, f"eval/baseline-{name}", folder, inputs, work, upstream=(ctx.rundir.stage_dir("data"),))
         models.append((f"baseline-{name}", LABELS[name]))
     return models
 
@@ -114,7 +114,8 @@ def stage_evaluate(ctx: RunContext, name: str, load: Callable[[], Any]) -> dict:
         free_memory()
         return {"metrics": metrics}
 
-    return run_stage(ctx, f"eval/{name}", folder, inputs, work)
+    trained = ctx.rundir.stage_dir("sft") if name == "sft" else ctx.rundir.stage_dir("dpo", name)
+    return run_stage(ctx, f"eval/{name}", folder, inputs, work, upstream=(trained,))
 
 
 __all__ = ["evaluation_inputs", "ranking_rows", "similarity_items", "stage_baselines", "stage_evaluate"]

@@ -102,7 +102,7 @@ def stage_hardness(ctx: RunContext) -> dict:
         return {"items": len(item_ids), "rows": len(pairs), "lambda": stats, "delta_mean": delta_means,
                 "embedding_dim": int(embeddings.text.shape[1]), "pairs": str(folder / PAIRS)}
 
-    return run_stage(ctx, "hardness", folder, inputs, work)
+    return run_stage(ctx, "hardness", folder, inputs, work, upstream=(ctx.rundir.stage_dir("sft"),))
 
 
 def _saved_pairs(ctx: RunContext):

@@ -56,7 +56,8 @@ def stage_sft(ctx: RunContext) -> dict:
             summary["merged"] = str(folder / "merged")
         return summary
 
-    return run_stage(ctx, "sft", folder, inputs, work, all_processes=True, keep=("trainer",))
+    return run_stage(ctx, "sft", folder, inputs, work, all_processes=True, keep=("trainer",),
+                     upstream=(ctx.rundir.stage_dir("data"), ctx.rundir.stage_dir("model")))
 
 
 SFT_FIELDS = ("sft_epochs", "sft_max_steps", "sft_learning_rate", "sft_batch_size", "sft_gradient_accumulation_steps",
