@@ -166,10 +166,11 @@ def differences_table(differences: Sequence[dict[str, Any]], labels: dict[str, s
     return "\n".join(lines)
 
 
-def plot_differences(differences: Sequence[dict[str, Any]], labels: dict[str, str], path: Path) -> Path:
+def plot_differences(differences: Sequence[dict[str, Any]], labels: dict[str, str], path: Path,
+                     colour_by: str = "reference") -> Path:
     """The paired differences of :func:`paired_differences` as bars with their 95% intervals over rows, one panel
     per metric, and the seed-by-seed differences as dots (paper Fig. 5 style: each variant against SFT, the bar
-    and DPO)."""
+    and DPO). ``colour_by``: the entry field that picks a bar's colour (one colour per value)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -182,8 +183,8 @@ def plot_differences(differences: Sequence[dict[str, Any]], labels: dict[str, st
         xs = np.arange(len(entries))
         ys = np.array([d["difference"] for d in entries])
         errors = np.array([[d["difference"] - d["low"] for d in entries], [d["high"] - d["difference"] for d in entries]])
-        references = sorted({d["reference"] for d in entries})  # one colour per reference
-        colours = [f"C{references.index(d['reference'])}" for d in entries]
+        groups = list(dict.fromkeys(d[colour_by] for d in entries))  # one colour per reference (or condition)
+        colours = [f"C{groups.index(d[colour_by])}" for d in entries]
         ax.bar(xs, ys, yerr=errors, color=colours, alpha=0.75, capsize=3)
         for x, d in zip(xs, entries):
             seeds = list(d.get("per_seed", {}).values())

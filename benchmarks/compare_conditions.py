@@ -1,0 +1,88 @@
+"""Paired differences of several pipeline runs side by side: one condition per run (e.g. random vs hard rejected
+items, hardness temperature 1 / 0.1 / 0.05), each variant against a reference model of its own run, on the same
+test rows (paper Fig. 3 style: the ablations per condition).
+
+Reads the ``report/results.json`` each run wrote (``--run.variants ... --run.dpo_seeds ...``), keeps the entries of
+its paired differences against ``--reference`` (default: plain DPO), and writes one Markdown table, one plot (bars:
+difference with the 95% paired-bootstrap interval over rows; dots: seed by seed) and the entries as JSON::
+
+    python benchmarks/compare_conditions.py \\
+        --condition "random, tau 1" runs/ml1m-sft/report/results.json \\
+        --condition "random, tau 0.1" runs/ml1m-tau01/report/results.json \\
+        --out benchmarks/results/ml1m_smollm2_conditions
+
+Only numbers the runs measured are shown; a run without the reference (or without per-row ranks) contributes
+nothing, and the script says so.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from hanorec_trl.pipeline.report import differences_table, plot_differences, seed_groups
+
+
+def condition_entries(label: str, results: dict, reference: str) -> tuple[list[dict], dict[str, str]]:
+    """The paired differences of one run against ``reference``, with model names prefixed by the condition."""
+    models = [(name, model["label"]) for name, model in results["models"].items()]
+    labels = {name: label_ for name, label_ in models}
+    labels.update({base: group_label for base, (group_label, _) in seed_groups(models).items()})
+    entries, names = [], {}
+    for entry in results.get("paired_differences", []):
+        if entry["reference"] != reference:
+            continue
+        key = f"{label}: {entry['model']}"
+        entries.append({**entry, "model": key, "condition": label, "variant": entry["model"]})
+        names[key] = f"{labels.get(entry['model'], entry['model'])} [{label}]"
+        names[reference] = labels.get(reference, reference)
+    return entries, names
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--condition", nargs=2, action="append", metavar=("LABEL", "RESULTS_JSON"), required=True,
+                        help="a condition's label and the results.json of its run (repeat for each condition)")
+    parser.add_argument("--reference", default="dpo", help="the model every variant is compared with (its name in "
+                        "the run: 'dpo' pools dpo-seed<N>, 'sft')")
+    parser.add_argument("--out", required=True, help="output prefix: <out>.md, <out>.png, <out>.json")
+    args = parser.parse_args(argv)
+
+    entries, labels = [], {}
+    for label, path in args.condition:
+        file = Path(path)
+        if not file.is_file():
+            parser.error(f"--condition {label!r}: {file} does not exist")
+        try:
+            results = json.loads(file.read_text())
+        except json.JSONDecodeError as err:
+            parser.error(f"--condition {label!r}: {file} is not JSON ({err})")
+        if "models" not in results:
+            parser.error(f"--condition {label!r}: {file} is not a pipeline report (no 'models')")
+        found, names = condition_entries(label, results, args.reference)
+        if not found:
+            print(f"note: {file} has no paired differences against {args.reference!r}: condition {label!r} left "
+                  "out", file=sys.stderr)
+        entries += found
+        labels.update(names)
+    if not entries:
+        parser.error(f"no run has paired differences against {args.reference!r}")
+
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    table = differences_table(entries, labels)
+    out.with_suffix(".md").write_text(table + "\n")
+    plot_differences(entries, labels, out.with_suffix(".png"), colour_by="condition")
+    out.with_suffix(".json").write_text(json.dumps(
+        {"reference": args.reference, "conditions": [{"label": label, "results": path}
+                                                     for label, path in args.condition],
+         "differences": entries}, indent=1) + "\n")
+    print(table)
+    print(f"\nwrote {out.with_suffix('.md')}, {out.with_suffix('.png')}, {out.with_suffix('.json')}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
