@@ -321,7 +321,8 @@ def _changes(recorded: dict[str, Any], inputs: dict[str, Any], ignored: Iterable
     longer depends on (not in ``inputs``); what an earlier version recorded for them is not compared. ``lenient``
     (resume, not reuse): :data:`LATER_INPUTS` that an earlier version did not record are not compared either."""
     current = _normalise(inputs)
-    recorded = {k: v for k, v in recorded.items() if k not in set(ignored) - set(current)}
+    no_longer_recorded = set(ignored) - set(current)
+    recorded = {k: v for k, v in recorded.items() if k not in no_longer_recorded}
     if lenient:
         current = {k: v for k, v in current.items() if k in recorded or k not in LATER_INPUTS}
     changed = sorted(k for k in set(recorded) | set(current)

@@ -94,8 +94,9 @@ def run_stage(ctx: RunContext, stage: str, folder: Path, inputs: dict[str, Any],
     reused = False  # (known on the main process, the one that speaks)
     if not rundir.is_done(folder) and ctx.reuse is not None:
         reused = on_main_process(ctx.state, lambda: rundir.reuse_stage(ctx.reuse, folder, inputs, ignored))
-    if rundir.is_done(folder) and rundir.outdated(folder, inputs):
-        ctx.say(f"[{stage}] {rundir.outdated(folder, inputs)} since it finished: done again")
+    redone = rundir.outdated(folder, inputs) if rundir.is_done(folder) else None
+    if redone:
+        ctx.say(f"[{stage}] {redone} since it finished: done again")
         on_main_process(ctx.state, lambda: rundir.fresh_stage(folder))
     if rundir.is_done(folder):
         rundir.check_inputs(folder, stage, inputs, ignored)
