@@ -26,7 +26,8 @@ from hanorec_trl.pipeline.report import differences_table, plot_differences, see
 
 
 def condition_entries(label: str, results: dict, reference: str) -> tuple[list[dict], dict[str, str]]:
-    """The paired differences of one run against ``reference``, with model names prefixed by the condition."""
+    """The paired differences of one run against ``reference``, with model and reference names prefixed by the
+    condition (runs differ in their seeds, so each run's reference keeps its own label)."""
     models = [(name, model["label"]) for name, model in results["models"].items()]
     labels = {name: label_ for name, label_ in models}
     labels.update({base: group_label for base, (group_label, _) in seed_groups(models).items()})
@@ -34,10 +35,11 @@ def condition_entries(label: str, results: dict, reference: str) -> tuple[list[d
     for entry in results.get("paired_differences", []):
         if entry["reference"] != reference:
             continue
-        key = f"{label}: {entry['model']}"
-        entries.append({**entry, "model": key, "condition": label, "variant": entry["model"]})
+        key, reference_key = f"{label}: {entry['model']}", f"{label}: {reference}"
+        entries.append({**entry, "model": key, "reference": reference_key, "condition": label,
+                        "variant": entry["model"], "reference_model": reference})
         names[key] = f"{labels.get(entry['model'], entry['model'])} [{label}]"
-        names[reference] = labels.get(reference, reference)
+        names[reference_key] = labels.get(reference, reference)
     return entries, names
 
 

@@ -17,16 +17,16 @@ def script():
     return module
 
 
-def report(tmp_path, name, hano_minus_dpo):
-    """A report of a run with DPO and HaNoRec under seeds 0 and 1 (as write_report lays it out)."""
+def report(tmp_path, name, hano_minus_dpo, seeds=(0, 1)):
+    """A report of a run with DPO and HaNoRec under ``seeds`` (as write_report lays it out)."""
     models = {"sft": {"label": "SFT"}}
     for variant, label in (("dpo", "DPO"), ("hano", "HaNoRec")):
-        for seed in (0, 1):
+        for seed in seeds:
             models[f"{variant}-seed{seed}"] = {"label": f"{label} (seed {seed})"}
     differences = [
         {"model": "hano", "reference": "dpo", "metric": "hr@1", "rows": 30, "difference": hano_minus_dpo,
          "low": hano_minus_dpo - 0.1, "high": hano_minus_dpo + 0.1, "p_not_better": 0.4,
-         "per_seed": {"0": hano_minus_dpo - 0.01, "1": hano_minus_dpo + 0.01}},
+         "per_seed": {str(seed): hano_minus_dpo + 0.02 * i - 0.01 for i, seed in enumerate(seeds)}},
         {"model": "hano", "reference": "sft", "metric": "hr@1", "rows": 30, "difference": 0.5, "low": 0.4,
          "high": 0.6, "p_not_better": 0.0},
     ]
@@ -66,3 +66,14 @@ def test_a_missing_or_foreign_report_is_named(script, tmp_path, capsys):
         script.main(["--condition", "tau 1", str(first), "--reference", "wo_all", "--out", str(tmp_path / "x")])
     err = capsys.readouterr().err
     assert "has no paired differences against 'wo_all'" in err and "no run has paired differences" in err
+
+
+def test_each_condition_keeps_the_label_of_its_own_reference(script, tmp_path):
+    """A run with three DPO seeds beside a run with one: each row names the reference of its own run."""
+    three, one = report(tmp_path, "tau1", 0.01, seeds=(0, 1, 2)), report(tmp_path, "hard", 0.02, seeds=(0,))
+    out = tmp_path / "conditions"
+    assert script.main(["--condition", "random", str(three), "--condition", "hard", str(one), "--out", str(out)]) == 0
+    rows = [line for line in out.with_suffix(".md").read_text().splitlines() if line.startswith("| HaNoRec")]
+    assert "[random] | DPO (mean of 3 seeds) |" in rows[0] and "[hard] | DPO (1 seed) |" in rows[1]
+    saved = json.loads(out.with_suffix(".json").read_text())
+    assert [d["reference_model"] for d in saved["differences"]] == ["dpo", "dpo"]
