@@ -336,7 +336,8 @@ def test_report_for_an_ablation_table(tmp_path):
         folder.mkdir(parents=True)
         metrics = {"hr@1": 0.1 * k, "hr@3": 0.2, "ndcg@3": 0.15, "auc": 0.5 + 0.01 * k, "binary_auc": 0.5}
         ranks = [1] * k + [3] * (10 - k)  # model k ranks the target first in its first k rows
-        (folder / "metrics.json").write_text(json.dumps({"metrics": metrics, "per_row": {"ranking": {"ranks": ranks}}}))
+        ranking = {"ranks": ranks, "sequence_ids": [f"u{i}:5" for i in range(10)]}
+        (folder / "metrics.json").write_text(json.dumps({"metrics": metrics, "per_row": {"ranking": ranking}}))
         (folder / "similarity.json").write_text(json.dumps({"item_ids": items, "cosine": rng.normal(size=10).tolist()}))
         if name != "sft":
             history = [{"step": s, "loss": 0.69 - 0.01 * s} for s in (1, 2, 3)]
@@ -350,7 +351,11 @@ def test_report_for_an_ablation_table(tmp_path):
     rows = [line for line in results["table"].splitlines() if line.startswith("| ") and "model" not in line]
     assert [r.split("|")[1].strip() for r in rows] == [label for _, label in models]
     assert "| AUC |" in results["table"] and "HR@5" not in results["table"]  # only the metrics present
-    assert list(json.loads((tmp_path / "report" / "results.json").read_text())["models"]) == [n for n, _ in models]
+    saved = json.loads((tmp_path / "report" / "results.json").read_text())
+    assert list(saved["models"]) == [n for n, _ in models]
+    # the per-row ranks travel with the report, in the order of the test rows, for pairing runs later
+    assert saved["per_row_ranks"]["wo_sam"] == [1, 1, 3, 3, 3, 3, 3, 3, 3, 3]
+    assert set(saved["per_row_ranks"]) == {n for n, _ in models} and saved["test_rows"][:2] == ["u0:5", "u1:5"]
     assert set(results["plots"]) == {"paired_differences", "training_dynamics", "title_image_similarity"}
     assert all(Path(p).stat().st_size > 10_000 for p in results["plots"].values())
     assert "> **toy numbers**" in (tmp_path / "report" / "results.md").read_text()

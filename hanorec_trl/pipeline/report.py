@@ -152,6 +152,17 @@ def paired_differences(per_row_ranks: dict[str, list[float | None]], models: Seq
     return out
 
 
+def run_differences(ranks: dict[str, list[float | None]], models: Sequence[tuple[str, str]],
+                    ks: Sequence[int]) -> tuple[list[dict[str, Any]], dict[str, str]]:
+    """The paired differences of a report (:func:`paired_differences` of its trained models, against popularity
+    when it has per-row ranks) and the labels of its seed-pooled variants."""
+    trained = [(name, label) for name, label in models if not name.startswith("baseline-")]
+    bar = BAR if BAR in ranks else None
+    labels = {base: label for base, (label, _) in seed_groups(trained).items()}
+    differences = paired_differences(ranks, trained, ks, bar=bar) if ks and len(ranks) > 1 else []
+    return differences, labels
+
+
 def differences_table(differences: Sequence[dict[str, Any]], labels: dict[str, str]) -> str:
     """Markdown: one row per (model, reference, metric) with the difference and its 95% interval (and the
     difference seed by seed when a variant was trained under several DPO seeds)."""
@@ -320,7 +331,11 @@ def plot_similarity(before: np.ndarray, after: dict[str, np.ndarray], labels: di
 def write_report(run_root: Path, models: Sequence[tuple[str, str]], *, beta0: float, header: dict[str, Any],
                  disclaimer: str | None) -> dict[str, Any]:
     """Collect ``eval/<name>/metrics.json`` of every (name, label) and the DPO log histories; write
-    ``report/results.{md,json}`` and the plots. Returns the results dict (with the Markdown table under "table")."""
+    ``report/results.{md,json}`` and the plots. Returns the results dict (with the Markdown table under "table").
+
+    ``results.json`` keeps, besides the metrics, each model's rank of the target on every test row
+    (``per_row_ranks``, in the order of ``test_rows``, the test sequence ids), so that runs sharing the SFT model
+    and the test rows can be paired later (:func:`merge_reports`)."""
     folder = run_root / "report"
     folder.mkdir(parents=True, exist_ok=True)
     evaluations = {name: read_json(run_root / "eval" / name / "metrics.json") for name, _ in models}
@@ -332,10 +347,10 @@ def write_report(run_root: Path, models: Sequence[tuple[str, str]], *, beta0: fl
     positions = position_table([(label, metrics[name]) for name, label in models])
     ranks = {name: e["per_row"]["ranking"]["ranks"] for name, e in evaluations.items()
              if "ranking" in e.get("per_row", {})}
-    trained = [(name, label) for name, label in models if not name.startswith("baseline-")]
-    bar = BAR if BAR in ranks else None
-    labels.update({base: label for base, (label, _) in seed_groups(trained).items()})
-    differences = paired_differences(ranks, trained, ks, bar=bar) if ks and len(ranks) > 1 else []
+    test_rows = next((e["per_row"]["ranking"]["sequence_ids"] for e in evaluations.values()
+                      if "sequence_ids" in e.get("per_row", {}).get("ranking", {})), None)
+    differences, group_labels = run_differences(ranks, models, ks)
+    labels.update(group_labels)
     differences_md = differences_table(differences, labels) if differences else None
 
     plots: dict[str, str] = {}
@@ -368,7 +383,8 @@ def write_report(run_root: Path, models: Sequence[tuple[str, str]], *, beta0: fl
                "models": {name: {"label": labels[name], **metrics[name],
                                  "intervals": {k: list(v) for k, v in intervals[labels[name]].items()}}
                           for name, _ in models},
-               "paired_differences": differences, "title_image_similarity": similarity_summary, "plots": plots}
+               "paired_differences": differences, "title_image_similarity": similarity_summary, "plots": plots,
+               "test_rows": test_rows, "per_row_ranks": ranks}
     write_json_atomic(folder / "results.json", results, sort_keys=False)  # models in table order
     lines = [f"# Results: {header.get('run_dir', '')}", ""]
     if disclaimer:
@@ -393,5 +409,78 @@ def write_report(run_root: Path, models: Sequence[tuple[str, str]], *, beta0: fl
     return {**results, "table": table, "differences_table": differences_md, "position_table": positions}
 
 
-__all__ = ["differences_table", "metric_intervals", "paired_differences", "plot_differences", "plot_learning_curve",
-           "plot_similarity", "plot_training_dynamics", "position_table", "results_table", "seed_groups", "write_report"]
+class ReportMergeError(ValueError):
+    """Reports that cannot be paired: no per-row ranks, other test rows, or one model name for two trainings."""
+
+
+def merge_reports(reports: Sequence[tuple[str, dict[str, Any]]]) -> dict[str, Any]:
+    """One report from the ``results.json`` of several runs on the same test rows from the same SFT model, e.g. the
+    variants of one condition trained in separate runs (``--run.reuse_from``): the union of their models and
+    per-row ranks, and the paired differences recomputed over all of them (:func:`run_differences`), so a
+    variant of one run is compared with plain DPO of another.
+
+    ``reports``: ``(source, results)`` pairs, ``source`` naming the file in errors. A model in several reports
+    (SFT, the baselines, a training both ran) must have the same rank on every row in each; otherwise the runs
+    are not on the same rows or not from the same model, and :class:`ReportMergeError` names the model and rows."""
+    if not reports:
+        raise ReportMergeError("no reports to merge")
+    models: dict[str, dict[str, Any]] = {}
+    ranks: dict[str, list[float | None]] = {}
+    owner: dict[str, str] = {}
+    test_rows, rows_source = None, None
+    for source, results in reports:
+        if "models" not in results:
+            raise ReportMergeError(f"{source}: not a pipeline report (no 'models')")
+        if not results.get("per_row_ranks"):
+            raise ReportMergeError(f"{source}: has no per_row_ranks (a report of an earlier version); rerun the run "
+                                   "with --run.resume to rewrite its report")
+        if results.get("test_rows") is not None:
+            if test_rows is not None and results["test_rows"] != test_rows:
+                raise ReportMergeError(f"{source}: other test rows than {rows_source} (test_rows differ)")
+            test_rows, rows_source = results["test_rows"], source
+        for name, values in results["per_row_ranks"].items():
+            if name in ranks:
+                if len(values) != len(ranks[name]):
+                    raise ReportMergeError(f"{source}: {name} has {len(values)} test rows, {len(ranks[name])} in "
+                                           f"{owner[name]}")
+                differ = sum(a != b for a, b in zip(values, ranks[name]))
+                if differ:
+                    raise ReportMergeError(
+                        f"{source}: {name} ranks the target differently on {differ} of {len(values)} test rows than "
+                        f"in {owner[name]}: not the same model (or not the same rows)")
+            else:
+                ranks[name], owner[name] = list(values), source
+        for name, model in results["models"].items():
+            models.setdefault(name, model)
+    lengths = {len(v) for v in ranks.values()}
+    if len(lengths) > 1:
+        raise ReportMergeError(f"the reports' models were scored on different numbers of test rows: {sorted(lengths)}")
+    pairs = [(name, model["label"]) for name, model in models.items()]
+    ks = sorted({int(m.split("@")[1]) for model in models.values() for m in model if m.startswith("ndcg@")})
+    differences, group_labels = run_differences(ranks, pairs, ks)
+    first = reports[0][1]
+    return {"dataset": first.get("dataset"), "model": first.get("model"), "test_sequences": first.get("test_sequences"),
+            "merged_from": [source for source, _ in reports], "disclaimer": first.get("disclaimer"),
+            "models": models, "paired_differences": differences, "group_labels": group_labels,
+            "test_rows": test_rows, "per_row_ranks": ranks}
+
+
+def merged_markdown(merged: dict[str, Any]) -> str:
+    """The Markdown of a merged report: the results table (with intervals) and the paired differences."""
+    models = merged["models"]
+    table = results_table([(m["label"], m) for m in models.values()],
+                          {m["label"]: m.get("intervals", {}) for m in models.values()})
+    labels = {name: m["label"] for name, m in models.items()} | merged["group_labels"]
+    lines = [f"# Merged report: {', '.join(merged['merged_from'])}", "",
+             f"Dataset: {merged['dataset']}; model: {merged['model']}; every row is scored on the same "
+             f"{len(next(iter(merged['per_row_ranks'].values())))} test rows (95% percentile-bootstrap intervals).",
+             "", table, ""]
+    if merged["paired_differences"]:
+        lines += ["Paired differences on the same test rows (95% percentile bootstrap over rows):", "",
+                  differences_table(merged["paired_differences"], labels), ""]
+    return "\n".join(lines)
+
+
+__all__ = ["ReportMergeError", "differences_table", "merge_reports", "merged_markdown", "metric_intervals",
+           "paired_differences", "plot_differences", "plot_learning_curve", "plot_similarity", "plot_training_dynamics",
+           "position_table", "results_table", "run_differences", "seed_groups", "write_report"]
