@@ -22,7 +22,7 @@ import json
 import sys
 from pathlib import Path
 
-from hanorec_trl.pipeline.report import differences_table, plot_differences, seed_groups
+from hanorec_trl.pipeline.report import ReportError, differences_table, plot_differences, read_report, seed_groups
 
 
 def condition_entries(label: str, results: dict, reference: str) -> tuple[list[dict], dict[str, str]]:
@@ -54,18 +54,13 @@ def main(argv: list[str] | None = None) -> int:
 
     entries, labels = [], {}
     for label, path in args.condition:
-        file = Path(path)
-        if not file.is_file():
-            parser.error(f"--condition {label!r}: {file} does not exist")
         try:
-            results = json.loads(file.read_text())
-        except json.JSONDecodeError as err:
-            parser.error(f"--condition {label!r}: {file} is not JSON ({err})")
-        if "models" not in results:
-            parser.error(f"--condition {label!r}: {file} is not a pipeline report (no 'models')")
+            results = read_report(path)
+        except ReportError as err:
+            parser.error(f"--condition {label!r}: {err}")
         found, names = condition_entries(label, results, args.reference)
         if not found:
-            print(f"note: {file} has no paired differences against {args.reference!r}: condition {label!r} left "
+            print(f"note: {path} has no paired differences against {args.reference!r}: condition {label!r} left "
                   "out", file=sys.stderr)
         entries += found
         labels.update(names)

@@ -16,7 +16,7 @@ import argparse
 import json
 from pathlib import Path
 
-from hanorec_trl.pipeline.report import ReportMergeError, merge_reports, merged_markdown
+from hanorec_trl.pipeline.report import ReportError, merge_reports, merged_markdown, read_report
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -29,18 +29,9 @@ def main(argv: list[str] | None = None) -> int:
     for existing in (out.with_suffix(".json"), out.with_suffix(".md")):
         if existing.exists():
             parser.error(f"{existing} exists; choose another --out (nothing is overwritten)")
-    reports = []
-    for path in args.results:
-        file = Path(path)
-        if not file.is_file():
-            parser.error(f"{file} does not exist")
-        try:
-            reports.append((str(file), json.loads(file.read_text())))
-        except json.JSONDecodeError as err:
-            parser.error(f"{file} is not JSON ({err})")
     try:
-        merged = merge_reports(reports)
-    except ReportMergeError as err:
+        merged = merge_reports([(path, read_report(path)) for path in args.results])
+    except ReportError as err:
         parser.error(str(err))
     out.parent.mkdir(parents=True, exist_ok=True)
     markdown = merged_markdown(merged)

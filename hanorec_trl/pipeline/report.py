@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Sequence
 from pathlib import Path
@@ -23,6 +24,11 @@ METRIC_COLUMNS = ("hr@1", "hr@3", "ndcg@3", "hr@5", "ndcg@5", "hr@10", "ndcg@10"
 HEADERS = {"auc": "AUC", "binary_auc": "binary AUC", "position_top_first": "top = first listed",
            "position_spearman": "Spearman(score, slot)"}
 BAR = "baseline-popularity"  # under uniform negatives the bar to beat (docs/evaluation.md)
+
+
+def ranking_cutoffs(metric_dicts: Sequence[dict[str, Any]]) -> list[int]:
+    """The K of every ``ndcg@K`` among the metrics of the given models, ascending."""
+    return sorted({int(m.split("@")[1]) for metrics in metric_dicts for m in metrics if m.startswith("ndcg@")})
 
 
 def _header(metric: str) -> str:
@@ -341,7 +347,7 @@ def write_report(run_root: Path, models: Sequence[tuple[str, str]], *, beta0: fl
     evaluations = {name: read_json(run_root / "eval" / name / "metrics.json") for name, _ in models}
     metrics = {name: evaluation["metrics"] for name, evaluation in evaluations.items()}
     labels = dict(models)
-    ks = sorted({int(m.split("@")[1]) for values in metrics.values() for m in values if m.startswith("ndcg@")})
+    ks = ranking_cutoffs(list(metrics.values()))
     intervals = {labels[name]: metric_intervals(e, ks) for name, e in evaluations.items()}
     table = results_table([(label, metrics[name]) for name, label in models], intervals)
     positions = position_table([(label, metrics[name]) for name, label in models])
@@ -409,8 +415,31 @@ def write_report(run_root: Path, models: Sequence[tuple[str, str]], *, beta0: fl
     return {**results, "table": table, "differences_table": differences_md, "position_table": positions}
 
 
-class ReportMergeError(ValueError):
+class ReportError(ValueError):
+    """A file or dict that is not a pipeline report (``report/results.json``)."""
+
+
+class ReportMergeError(ReportError):
     """Reports that cannot be paired: no per-row ranks, other test rows, or one model name for two trainings."""
+
+
+def check_report(source: str, results: Any) -> None:
+    """Raise :class:`ReportError` unless ``results`` (read from ``source``) is a pipeline report."""
+    if not isinstance(results, dict) or "models" not in results:
+        raise ReportError(f"{source} is not a pipeline report (no 'models')")
+
+
+def read_report(path: str | Path) -> dict[str, Any]:
+    """A run's ``report/results.json``, or :class:`ReportError` saying why the file is not one."""
+    file = Path(path)
+    if not file.is_file():
+        raise ReportError(f"{file} does not exist")
+    try:
+        results = read_json(file)
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ReportError(f"{file} is not JSON ({err})") from err
+    check_report(str(file), results)
+    return results
 
 
 def merge_reports(reports: Sequence[tuple[str, dict[str, Any]]]) -> dict[str, Any]:
@@ -429,8 +458,7 @@ def merge_reports(reports: Sequence[tuple[str, dict[str, Any]]]) -> dict[str, An
     owner: dict[str, str] = {}
     test_rows, rows_source = None, None
     for source, results in reports:
-        if "models" not in results:
-            raise ReportMergeError(f"{source}: not a pipeline report (no 'models')")
+        check_report(source, results)
         if not results.get("per_row_ranks"):
             raise ReportMergeError(f"{source}: has no per_row_ranks (a report of an earlier version); rerun the run "
                                    "with --run.resume to rewrite its report")
@@ -456,7 +484,7 @@ def merge_reports(reports: Sequence[tuple[str, dict[str, Any]]]) -> dict[str, An
     if len(lengths) > 1:
         raise ReportMergeError(f"the reports' models were scored on different numbers of test rows: {sorted(lengths)}")
     pairs = [(name, model["label"]) for name, model in models.items()]
-    ks = sorted({int(m.split("@")[1]) for model in models.values() for m in model if m.startswith("ndcg@")})
+    ks = ranking_cutoffs(list(models.values()))
     differences, group_labels = run_differences(ranks, pairs, ks)
     first = reports[0][1]
     return {"dataset": first.get("dataset"), "model": first.get("model"), "test_sequences": first.get("test_sequences"),
@@ -481,6 +509,7 @@ def merged_markdown(merged: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-__all__ = ["ReportMergeError", "differences_table", "merge_reports", "merged_markdown", "metric_intervals",
-           "paired_differences", "plot_differences", "plot_learning_curve", "plot_similarity", "plot_training_dynamics",
-           "position_table", "results_table", "run_differences", "seed_groups", "write_report"]
+__all__ = ["ReportError", "ReportMergeError", "check_report", "differences_table", "merge_reports", "merged_markdown",
+           "metric_intervals", "paired_differences", "plot_differences", "plot_learning_curve", "plot_similarity",
+           "plot_training_dynamics", "position_table", "ranking_cutoffs", "read_report", "results_table",
+           "run_differences", "seed_groups", "write_report"]
