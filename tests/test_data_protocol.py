@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import warnings
 from collections import Counter
@@ -21,6 +22,7 @@ from hanorec_trl.data import (
     load_split,
     write_synthetic_movielens,
 )
+from hanorec_trl.data.protocol import leave_last_out_windows
 
 
 @pytest.fixture(scope="module")
@@ -220,3 +222,106 @@ def test_bad_settings_are_refused(data):
         ProtocolConfig(min_interactions=3)
     with pytest.raises(ValueError, match="items they never interacted with"):
         build_split(data, ProtocolConfig(num_candidates=data.num_items))
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# Leave-last-out: every user tested on their most recent window
+# ------------------------------------------------------------------------------------------------------------------
+
+
+def _covered(example):
+    """The (user, position) interactions a window shows: its history and its target."""
+    end = int(example.sequence_id.rsplit(":", 1)[1])
+    return {(example.user, pos) for pos in range(end - len(example.history), end + 1)}
+
+
+def _leaks(split):
+    """The definition of "no test target in any training window" the protocol guarantees, checked literally:
+    no training or validation window shows (as its target or in its history) the interaction that is a test target,
+    and no training window shows a validation target. Returns the offending (window, target) pairs."""
+    test_targets = {(ex.user, int(ex.sequence_id.rsplit(":", 1)[1])): ex.sequence_id for ex in split.test}
+    validation_targets = {(ex.user, int(ex.sequence_id.rsplit(":", 1)[1])): ex.sequence_id for ex in split.validation}
+    leaks = []
+    for part, targets in ((split.train, {**test_targets, **validation_targets}), (split.validation, test_targets)):
+        for ex in part:
+            leaks += [(ex.sequence_id, targets[p]) for p in _covered(ex) if p in targets]
+    return leaks
+
+
+LLO = dict(split_by="leave_last_out", sliding_windows=True)
+
+
+def test_leave_last_out_tests_every_user_on_the_most_recent_window(data):
+    cfg = ProtocolConfig(**LLO)
+    split = build_split(data, cfg)
+    sequences = data.user_sequences()
+    kept = [u for u, s in sequences.items() if len(s) >= cfg.min_interactions]
+    assert sorted(ex.user for ex in split.test) == sorted(kept)  # every kept user once
+    for ex in split.test:
+        assert list(ex.history) + [ex.target] == sequences[ex.user][-6:]
+    for ex in split.validation:
+        assert list(ex.history) + [ex.target] == sequences[ex.user][-7:-1]
+    assert sorted(ex.user for ex in split.validation) == sorted(u for u in kept if len(sequences[u]) >= 7)
+    # training: every earlier window (stride 1), the most recent ending two items before the user's last
+    expected_train = {f"{u}:{end}" for u in kept for end in range(5, len(sequences[u]) - 2)}
+    assert {ex.sequence_id for ex in split.train} == expected_train
+    assert _leaks(split) == []
+    # the data have no repeated (user, item): a test target is not even an item of the user's training windows
+    items_of = {}
+    for ex in split.train + split.validation:
+        items_of.setdefault(ex.user, set()).update((*ex.history, ex.target))
+    assert all(ex.target not in items_of.get(ex.user, set()) for ex in split.test)
+    _check_examples(split, data, cfg)
+
+
+def test_the_leak_check_catches_a_window_reaching_a_test_target(data):
+    """The check above is not vacuous: the 8:1:1 split of sliding windows by sequence (the paper's, which the docs
+    warn about) puts test targets into training histories, and a training window ending at the validation target
+    (the off-by-one a leave-last-out bug would make) is caught too."""
+    paper_windows = build_split(data, ProtocolConfig(sliding_windows=True, evaluation_windows="all"))
+    assert _leaks(paper_windows)
+    split = build_split(data, ProtocolConfig(**LLO))
+    validation = split.validation[0]
+    end = int(validation.sequence_id.rsplit(":", 1)[1])
+    shifted = dataclasses.replace(validation, sequence_id=f"{validation.user}:{end}")
+    split.train.append(shifted)
+    assert _leaks(split) == [(shifted.sequence_id, validation.sequence_id)]
+
+
+def test_leave_last_out_window_counts_and_limits(data):
+    sequences = data.user_sequences()
+    kept = [s for s in sequences.values() if len(s) >= 6]
+    one = build_split(data, ProtocolConfig(split_by="leave_last_out"))  # no sliding windows: one training window
+    assert one.counts() == {"train": sum(len(s) >= 8 for s in kept), "validation": sum(len(s) >= 7 for s in kept),
+                            "test": len(kept)}
+    assert all(int(ex.sequence_id.split(":")[1]) == len(sequences[ex.user]) - 3 for ex in one.train)
+    capped = build_split(data, ProtocolConfig(**LLO, max_windows_per_user=2))  # the cap counts training windows
+    per_user = Counter(ex.user for ex in capped.train)
+    assert max(per_user.values()) == 2 and len(capped.test) == len(kept)
+    assert all(int(ex.sequence_id.split(":")[1]) >= len(sequences[ex.user]) - 4 for ex in capped.train)
+    strided = build_split(data, ProtocolConfig(**LLO, window_stride=3))
+    assert all((len(sequences[ex.user]) - 3 - int(ex.sequence_id.split(":")[1])) % 3 == 0 for ex in strided.train)
+    assert _leaks(capped) == _leaks(strided) == _leaks(one) == []
+    assert leave_last_out_windows(8, ProtocolConfig(**LLO)) == [(5, 0), (6, 1), (7, 2)]
+    assert leave_last_out_windows(6, ProtocolConfig(**LLO)) == [(5, 2)]
+
+
+def test_leave_last_out_freezes_and_refuses_settings_that_do_not_apply(tmp_path, data):
+    split = build_split(data, ProtocolConfig(**LLO, max_windows_per_user=3))
+    loaded = load_split(freeze_split(split, tmp_path / "llo"), data)
+    assert loaded.config == split.config and loaded.test == split.test and loaded.train == split.train
+    with pytest.raises(ValueError, match="split_ratios.*does not apply to split_by='leave_last_out'"):
+        ProtocolConfig(split_by="leave_last_out", split_ratios=(0.6, 0.2, 0.2))
+    with pytest.raises(ValueError, match="evaluation_windows='all' does not apply"):
+        ProtocolConfig(**LLO, evaluation_windows="all")
+    with pytest.raises(ValueError, match="split_by must be one of"):
+        ProtocolConfig(split_by="last")
+
+
+def test_real_movielens_leave_last_out():
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        real = load_movielens_1m(shared_path("data", "ml-1m"), images=False)
+    split = build_split(real, ProtocolConfig(**LLO, max_windows_per_user=4))
+    assert split.counts() == {"train": 4 * 2999, "validation": 2999, "test": 2999}
+    assert _leaks(split) == []

@@ -6,13 +6,16 @@ import numpy as np
 import pytest
 
 from hanorec_trl.evaluation.metrics import (
+    _bootstrap_means,
     auc_score,
     binary_auc,
     hit_rate_at_k,
+    mean_interval,
     ndcg_at_k,
     ndcg_gains,
     paired_bootstrap,
     ranking_metrics,
+    rows_for_power,
     target_rank,
 )
 
@@ -148,3 +151,59 @@ def test_paired_bootstrap_refuses_unpaired_input():
     with pytest.raises(ValueError, match="confidence"):
         paired_bootstrap([1.0], [0.0], confidence=1.0)
 
+
+
+def test_user_bootstrap_resamples_users_with_all_their_rows():
+    rng = np.random.default_rng(0)
+    # one row per user: exactly the row bootstrap (same draws), whatever the user ids are
+    hits = (rng.random(300) < 0.4).astype(float)
+    ids = [f"u{k}" for k in rng.permutation(300)]
+    assert mean_interval(hits, users=ids) == mean_interval(hits)
+    assert paired_bootstrap(hits, hits[::-1], users=ids) == paired_bootstrap(hits, hits[::-1])
+    # 40 users x 5 rows each, users interleaved: the bootstrap of the 40 per-user means, draw for draw
+    per_user = rng.random(40)
+    values = np.repeat(per_user, 5) + rng.normal(0, 0.01, 200)
+    users = np.repeat(np.arange(40), 5)
+    order = rng.permutation(200)
+    first_seen = list(dict.fromkeys(users[order].tolist()))  # users are drawn in order of first appearance
+    means = values.reshape(40, 5).mean(axis=1)[first_seen]
+    np.testing.assert_allclose(mean_interval(values[order], users=users[order]), mean_interval(means), rtol=1e-12)
+    # rows of a user identical: the user interval is as wide as 40 values', the row interval ~sqrt(5) narrower
+    low_u, high_u = mean_interval(values, users=users)
+    low_r, high_r = mean_interval(values)
+    assert (high_u - low_u) > 1.8 * (high_r - low_r)
+    paired_u = paired_bootstrap(values, np.zeros(200), users=users)
+    assert paired_u["high"] - paired_u["low"] == pytest.approx(high_u - low_u)
+
+
+def test_user_bootstrap_mean_is_over_the_rows_drawn():
+    # user a: three rows of 1; user b: one row of 0. Draws {a, a}: 1, {a, b}: 3/4 (rows, not users' means), {b, b}: 0
+    means = _bootstrap_means(np.array([1.0, 0.0, 1.0, 1.0]), ["a", "b", "a", "a"], 2000, 0)
+    assert set(np.unique(means).tolist()) == {0.0, 0.75, 1.0}
+    assert np.mean(means == 0.75) == pytest.approx(0.5, abs=0.05)
+    with pytest.raises(ValueError, match="one user id per row"):
+        mean_interval([1.0, 0.0], users=["a"])
+
+
+def test_rows_for_power_formula_and_simulated_power():
+    differences = np.array([1.0, -1.0] * 50)  # sd = sqrt(100 / 99)
+    z = 1.959964 + 0.841621  # z_{0.975} + z_{0.8}
+    assert rows_for_power(differences, 0.1) == math.ceil((z * math.sqrt(100 / 99) / 0.1) ** 2) == 793
+    assert rows_for_power(differences, -0.1) == 793
+    # the issue's HR@1 case: per-row SD 0.26 -> about 5,300 rows for 0.01
+    hr_like = np.r_[np.ones(36), -np.ones(36), np.zeros(1000 - 72)]
+    sd = hr_like.std(ddof=1)
+    assert rows_for_power(hr_like, 0.01) == math.ceil((z * sd / 0.01) ** 2)
+    # at that many rows a two-sided z-test at 0.05 rejects a true difference of 0.1 about 80% of the time
+    n = rows_for_power(differences, 0.1)
+    rng = np.random.default_rng(0)
+    draws = rng.normal(0.1, 1.0, size=(4000, n))
+    z_stats = draws.mean(axis=1) / (draws.std(axis=1, ddof=1) / math.sqrt(n))
+    assert np.mean(np.abs(z_stats) > 1.96) == pytest.approx(0.8, abs=0.025)
+    assert rows_for_power(differences, 0.1, power=0.5) < n < rows_for_power(differences, 0.1, alpha=0.01)
+    with pytest.raises(ValueError, match="non-zero"):
+        rows_for_power(differences, 0.0)
+    with pytest.raises(ValueError, match="at least 2"):
+        rows_for_power([0.5], 0.1)
+    with pytest.raises(ValueError, match="power and alpha"):
+        rows_for_power(differences, 0.1, power=1.0)

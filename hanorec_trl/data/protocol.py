@@ -4,7 +4,10 @@
 * A sequence is the ``sequence_length`` (6) most recent interactions: ``sequence_length - 1`` history items, then the
   target. ``sliding_windows=True`` takes every window instead (most recent first, up to ``max_windows_per_user``).
 * Sequences are split 8:1:1 (``split_ratios``) by a seeded permutation (``split_by="user"`` keeps all the windows of
-  a user in one split).
+  a user in one split). ``split_by="leave_last_out"`` instead tests every kept user on their most recent window,
+  validates on the window before it, and trains on the windows before that (:func:`leave_last_out_windows`): no
+  training or validation window of a user reaches that user's test target, and no training window reaches the
+  validation target.
 * Ranking candidates: the target plus ``num_candidates - 1`` (9) items the user never interacted with, sampled
   uniformly from the item table, in a seeded random order that is stored (``target_index``).
 * One AUC example per sequence (paper Fig. 6a): the history as watched items, ``auc_num_unwatched`` items the user
@@ -40,10 +43,13 @@ __all__ = [
     "SplitMismatchError",
     "build_split",
     "freeze_split",
+    "leave_last_out_windows",
     "load_split",
 ]
 
 SPLIT_NAMES = ("train", "validation", "test")
+SPLIT_BY = ("sequence", "user", "leave_last_out")
+DEFAULT_SPLIT_RATIOS = (0.8, 0.1, 0.1)
 MANIFEST = "manifest.json"
 FORMAT = "hanorec_trl.frozen_split/1"
 
@@ -74,12 +80,15 @@ class ProtocolConfig:
                   "and test parts (one evaluation row per user, as without sliding windows); 'all' keeps every "
                   "window there too."},
     )
-    split_ratios: tuple[float, float, float] = field(
-        default=(0.8, 0.1, 0.1), metadata={"help": "Train/validation/test fractions of the sequences."}
+    split_ratios: list[float] = field(
+        default_factory=lambda: list(DEFAULT_SPLIT_RATIOS),
+        metadata={"help": "Train/validation/test fractions of the sequences (or users)."},
     )
     split_by: str = field(
         default="sequence",
-        metadata={"help": "'sequence' (paper) or 'user' (all windows of a user in one split; no leakage)."},
+        metadata={"help": "'sequence' (paper, 8:1:1 of the sequences), 'user' (8:1:1 of the users: all windows of a "
+                  "user in one part) or 'leave_last_out' (every user tested on their most recent window, validated "
+                  "on the one before, trained on the earlier ones; split_ratios does not apply)."},
     )
     num_candidates: int = field(
         default=10, metadata={"help": "Ranking candidates per sequence: the target + num_candidates - 1 negatives."}
@@ -101,8 +110,19 @@ class ProtocolConfig:
             raise ValueError(f"split_ratios must be three non-negative fractions summing to 1, got {self.split_ratios}")
         if self.evaluation_windows not in ("last", "all"):
             raise ValueError(f"evaluation_windows must be 'last' or 'all', got {self.evaluation_windows!r}")
-        if self.split_by not in ("sequence", "user"):
-            raise ValueError(f"split_by must be 'sequence' or 'user', got {self.split_by!r}")
+        if self.split_by not in SPLIT_BY:
+            raise ValueError(f"split_by must be one of {SPLIT_BY}, got {self.split_by!r}")
+        if self.split_by == "leave_last_out":
+            if self.split_ratios != DEFAULT_SPLIT_RATIOS:
+                raise ValueError(
+                    f"split_ratios={self.split_ratios} does not apply to split_by='leave_last_out' (every user has "
+                    "one test window, one validation window and the rest in training); leave it at its default"
+                )
+            if self.evaluation_windows != "last":
+                raise ValueError(
+                    "evaluation_windows='all' does not apply to split_by='leave_last_out': it evaluates exactly one "
+                    "window per user (the most recent for test, the one before it for validation)"
+                )
         if self.num_candidates < 2:
             raise ValueError("num_candidates must be at least 2 (the target and one negative)")
         if self.auc_num_unwatched < 0 or self.window_stride < 1:
@@ -177,6 +197,26 @@ def _windows(sequence: list[str], cfg: ProtocolConfig) -> list[int]:
     return sorted(ends)
 
 
+def leave_last_out_windows(sequence_length: int, cfg: ProtocolConfig) -> list[tuple[int, int]]:
+    """``(end, part)`` of the windows of one user's ``sequence_length``-item sequence under leave-last-out, oldest
+    first (``end`` = the target's position; ``part`` 0 = train, 1 = validation, 2 = test).
+
+    The test window ends at the last item (``n - 1``), the validation window at ``n - 2``, the training windows at
+    ``n - 3`` and earlier (every ``window_stride``-th end with ``sliding_windows``, at most ``max_windows_per_user``
+    of them, most recent first; otherwise only ``n - 3``). A window needs ``cfg.sequence_length`` items, so a user
+    with fewer than ``sequence_length + 2`` items has no training window (and no validation window below
+    ``sequence_length + 1``). Every training and validation window ends before the test target's position, and every
+    training window before the validation target's.
+    """
+    last, first_end = sequence_length - 1, cfg.sequence_length - 1
+    windows = [(end, part) for end, part in ((last, 2), (last - 1, 1)) if end >= first_end]
+    train_ends = list(range(last - 2, first_end - 1, -cfg.window_stride)) if cfg.sliding_windows else [last - 2]
+    train_ends = [end for end in train_ends if end >= first_end]
+    if cfg.max_windows_per_user is not None:
+        train_ends = train_ends[: cfg.max_windows_per_user]
+    return sorted(windows + [(end, 0) for end in train_ends])
+
+
 def _sample_unseen(rng: np.random.Generator, pool: np.ndarray, exclude: frozenset[str], count: int) -> list[str]:
     """``count`` distinct items of ``pool`` that are not in ``exclude``, uniformly (rejection sampling; the caller
     checks that enough exist)."""
@@ -211,18 +251,26 @@ def build_split(data: RecData, config: ProtocolConfig | None = None) -> RecSplit
     sequences = data.user_sequences()
     kept_users = [u for u, seq in sequences.items() if len(seq) >= cfg.min_interactions]
     raw: list[tuple[str, str, list[str], str]] = []  # (sequence id, user, history, target)
+    fixed_parts: list[int] = []  # leave-last-out: the part of each window
     for user in kept_users:
         seq = sequences[user]
-        for end in _windows(seq, cfg):
+        if cfg.split_by == "leave_last_out":
+            ends_and_parts = leave_last_out_windows(len(seq), cfg)
+        else:
+            ends_and_parts = [(end, -1) for end in _windows(seq, cfg)]
+        for end, part in ends_and_parts:
             start = end - cfg.sequence_length + 1
             raw.append((f"{user}:{end}", user, seq[start:end], seq[end]))
+            fixed_parts.append(part)
     if not raw:
         raise ValueError(
             f"{data.name}: no user has at least {cfg.min_interactions} interactions; nothing to build a split from"
         )
 
-    # split: a seeded permutation of the sequences (or of the users)
-    if cfg.split_by == "user":
+    # split: by position in the user's sequence (leave-last-out), or a seeded permutation of the sequences / users
+    if cfg.split_by == "leave_last_out":
+        assignment = fixed_parts
+    elif cfg.split_by == "user":
         user_order = [kept_users[k] for k in split_rng.permutation(len(kept_users))]
         sizes = _split_sizes(len(user_order), cfg.split_ratios)
         part_of_user: dict[str, int] = {}

@@ -16,11 +16,15 @@ Conventions (also in ``docs/evaluation.md``):
   Labels that are all positive or all negative make AUC undefined: a ``ValueError`` says so.
 * The binary AUC of hard predictions (the released code's convention) equals balanced accuracy:
   ``(TPR + TNR) / 2``.
+* Intervals are percentile bootstraps over rows, or over users (``users=``: a user's rows are correlated, so they
+  are resampled together); :func:`rows_for_power` gives the rows a paired difference needs for 80% power.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Sequence
+from statistics import NormalDist
 
 import numpy as np
 
@@ -154,14 +158,49 @@ def binary_auc(labels: Sequence[int], predictions: Sequence[int]) -> float:
     return auc_score(labels, preds.astype(np.float64))
 
 
-def paired_bootstrap(values: Sequence[float], baseline: Sequence[float], *, num_resamples: int = 10_000,
-                     confidence: float = 0.95, seed: int = 0) -> dict[str, float]:
-    """The mean per-row difference ``values - baseline`` of two models on the same test rows, with a paired
-    percentile-bootstrap confidence interval (rows resampled with replacement, both models together).
+def _bootstrap_means(values: np.ndarray, users: Sequence | None, num_resamples: int, seed: int) -> np.ndarray:
+    """The mean of ``values`` in each of ``num_resamples`` percentile-bootstrap resamples.
 
-    Returns ``{"difference", "low", "high", "p_not_better"}``; ``p_not_better`` is the fraction of resamples whose
-    difference is <= 0 (a one-sided bootstrap p-value for "values is better"). Two models evaluated on different rows
-    cannot be paired: unequal lengths are an error.
+    Without ``users``: rows are drawn with replacement. With ``users`` (one id per row): users are drawn with
+    replacement, each drawn user bringing all of their rows, and a resample's mean is the sum over the rows it holds
+    divided by their number (users in order of first appearance, so one row per user draws exactly what the row
+    bootstrap draws). Resamples are drawn in chunks of about 2M indices; the draws are those of one big call.
+    """
+    if users is None:
+        sums, counts = values, None
+    else:
+        ids = np.asarray(users)
+        if ids.shape != values.shape:
+            raise ValueError(f"users must give one user id per row: {ids.shape[0] if ids.ndim else 0} ids for "
+                             f"{values.size} rows")
+        _, first, group = np.unique(ids, return_index=True, return_inverse=True)
+        order = np.argsort(np.argsort(first, kind="stable"), kind="stable")  # group -> rank of first appearance
+        group = order[group.ravel()]
+        sums = np.bincount(group, weights=values, minlength=first.size)
+        counts = np.bincount(group, minlength=first.size)
+    n = sums.size
+    rng = np.random.default_rng(seed)
+    means = np.empty(num_resamples, dtype=np.float64)
+    chunk = max(1, 2_000_000 // n)
+    for start in range(0, num_resamples, chunk):
+        drawn = rng.integers(0, n, size=(min(chunk, num_resamples - start), n))
+        if counts is None:
+            means[start : start + len(drawn)] = sums[drawn].mean(axis=1)
+        else:
+            means[start : start + len(drawn)] = sums[drawn].sum(axis=1) / counts[drawn].sum(axis=1)
+    return means
+
+
+def paired_bootstrap(values: Sequence[float], baseline: Sequence[float], *, users: Sequence | None = None,
+                     num_resamples: int = 10_000, confidence: float = 0.95, seed: int = 0) -> dict[str, float]:
+    """The mean per-row difference ``values - baseline`` of two models on the same test rows, with a paired
+    percentile-bootstrap confidence interval (both models resampled together).
+
+    ``users=None`` resamples rows; ``users`` (the user id of each row) resamples users, each with all of their rows:
+    the interval to use when a user has several rows, whose differences are correlated (with one row per user both
+    give the same interval). Returns ``{"difference", "low", "high", "p_not_better"}``; ``p_not_better`` is the
+    fraction of resamples whose difference is <= 0 (a one-sided bootstrap p-value for "values is better"). Two
+    models evaluated on different rows cannot be paired: unequal lengths are an error.
     """
     a = np.asarray(values, dtype=np.float64)
     b = np.asarray(baseline, dtype=np.float64)
@@ -172,8 +211,7 @@ def paired_bootstrap(values: Sequence[float], baseline: Sequence[float], *, num_
         raise ValueError("paired_bootstrap: per-row values must be finite")
     _check_interval_settings(confidence, num_resamples)
     diff = a - b
-    rows = np.random.default_rng(seed).integers(0, diff.size, size=(num_resamples, diff.size))
-    means = diff[rows].mean(axis=1)
+    means = _bootstrap_means(diff, users, num_resamples, seed)
     tail = (1.0 - confidence) / 2.0
     low, high = np.quantile(means, [tail, 1.0 - tail])
     return {"difference": float(diff.mean()), "low": float(low), "high": float(high),
@@ -185,17 +223,38 @@ def _check_interval_settings(confidence: float, num_resamples: int) -> None:
         raise ValueError(f"confidence must lie in (0, 1) and num_resamples >= 1, got {confidence}, {num_resamples}")
 
 
-def mean_interval(values: Sequence[float], *, num_resamples: int = 10_000, confidence: float = 0.95,
-                  seed: int = 0) -> tuple[float, float]:
-    """The percentile-bootstrap interval of the mean of per-row values (e.g. HR@K hits or NDCG@K gains)."""
+def mean_interval(values: Sequence[float], *, users: Sequence | None = None, num_resamples: int = 10_000,
+                  confidence: float = 0.95, seed: int = 0) -> tuple[float, float]:
+    """The percentile-bootstrap interval of the mean of per-row values (e.g. HR@K hits or NDCG@K gains); with
+    ``users`` (one id per row) users are resampled instead of rows, as in :func:`paired_bootstrap`."""
     a = np.asarray(values, dtype=np.float64)
     if a.ndim != 1 or a.size == 0 or not np.all(np.isfinite(a)):
         raise ValueError(f"mean_interval needs a non-empty 1-D array of finite values, got shape {a.shape}")
     _check_interval_settings(confidence, num_resamples)
-    rows = np.random.default_rng(seed).integers(0, a.size, size=(num_resamples, a.size))
     tail = (1.0 - confidence) / 2.0
-    low, high = np.quantile(a[rows].mean(axis=1), [tail, 1.0 - tail])
+    low, high = np.quantile(_bootstrap_means(a, users, num_resamples, seed), [tail, 1.0 - tail])
     return float(low), float(high)
+
+
+def rows_for_power(differences: Sequence[float], difference: float, *, power: float = 0.8,
+                   alpha: float = 0.05) -> int:
+    """The number of test rows a paired comparison needs to detect a mean difference of ``difference`` with
+    probability ``power`` in a two-sided test at level ``alpha`` (defaults: 80% power, alpha 0.05):
+    ``n = ((z_{1-alpha/2} + z_{power}) * sd / difference)^2``, rounded up, with ``sd`` the sample standard deviation
+    of the paired per-row ``differences`` (e.g. ``hits_a - hits_b``). Normal approximation; the rows are taken as
+    independent (one row per user, as both protocols' test parts are). Report it beside each difference, e.g. at
+    the observed difference and at the resolution a claim needs (0.01)."""
+    d = np.asarray(differences, dtype=np.float64)
+    if d.ndim != 1 or d.size < 2 or not np.all(np.isfinite(d)):
+        raise ValueError(f"rows_for_power needs at least 2 finite paired per-row differences, got shape {d.shape}")
+    if not (isinstance(difference, (int, float, np.floating)) and math.isfinite(difference) and difference != 0):
+        raise ValueError(f"rows_for_power: the difference to detect must be a finite non-zero number, got "
+                         f"{difference!r}")
+    if not (0 < power < 1 and 0 < alpha < 1):
+        raise ValueError(f"rows_for_power: power and alpha must lie in (0, 1), got {power}, {alpha}")
+    normal = NormalDist()
+    z = normal.inv_cdf(1 - alpha / 2) + normal.inv_cdf(power)
+    return max(1, math.ceil((z * float(d.std(ddof=1)) / abs(float(difference))) ** 2))
 
 
 def auc_interval(labels: Sequence[int], scores: Sequence[float], *, num_resamples: int = 2_000,
