@@ -10,19 +10,31 @@ example.
 
 from __future__ import annotations
 
+import itertools
 import json
-import math
 from collections.abc import Iterator
-from datetime import datetime
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
-from .reading import _clean_titles, _csv_rows, _find_images, _read_text_lines, _resolve_unknown_items
+from .reading import (
+    _check_unique,
+    _clean_titles,
+    _csv_rows,
+    _find_images,
+    _read_text,
+    _repeated_header,
+    _resolve_unknown_items,
+    _scalar_text,
+    _split_lines,
+)
 from .recdata import DataFormatError, RecData
+from .times import parse_times
 
 __all__ = ["TABLE_SUFFIXES", "load_interactions"]
 
 TABLE_SUFFIXES = (".csv", ".tsv", ".txt", ".parquet", ".jsonl", ".ndjson")
+Rows = Iterator[tuple[str, dict[str, Any]]]  # (location 'file:line' or 'table row N', row)
 
 
 def _suffix(path: Path) -> str:
@@ -36,71 +48,128 @@ def _suffix(path: Path) -> str:
                      "in .gz)")
 
 
-def _text_rows(path: Path, sep: str | None, encoding: str | None) -> tuple[list[str], Iterator[tuple[int, list[str]]]]:
-    """Header and (line number, fields) of a delimited text file; quoted fields may span lines."""
-    lines, _ = _read_text_lines(path, encoding)
+def _text_table(path: Path, sep: str | None, encoding: str) -> tuple[list[str], Rows]:
+    """Header and rows of a delimited text file; quoted fields may span lines."""
     delimiter = sep if sep is not None else ("," if _suffix(path) == ".csv" else "\t")
-    rows = iter(_csv_rows(path, delimiter=delimiter, text="\n".join(lines) + "\n"))
+    rows = iter(_csv_rows(path, delimiter=delimiter, text=_read_text(path, encoding)))
     first = next(rows, None)
     if first is None:
         raise DataFormatError(f"{path}:1: the file is empty (a header line naming the columns comes first)")
-    return [h.strip() for h in first[1]], rows
+    header = [h.strip() for h in first[1]]
+    _check_columns(header, f"{path}:1")
+
+    def records() -> Rows:
+        for lineno, row in rows:
+            if not row or (len(row) == 1 and not row[0].strip()):
+                continue
+            if len(row) != len(header):
+                raise DataFormatError(f"{path}:{lineno}: expected {len(header)} fields ({', '.join(header)}), "
+                                      f"got {len(row)}: {row!r}")
+            yield f"{path}:{lineno}", dict(zip(header, row, strict=True))
+
+    return header, records()
 
 
-def _records(table: Any, what: str, sep: str | None, encoding: str | None
-             ) -> tuple[str, list[str], Iterator[tuple[str, dict[str, Any]]]]:
-    """(source name, columns, (location 'file:line' or 'table row N', row dict) ...) of a path, DataFrame or Dataset."""
+class _RepeatedKeys(ValueError):
+    pass
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    keys = [key for key, _ in pairs]
+    repeated = sorted({key for key in keys if keys.count(key) > 1})
+    if repeated:
+        raise _RepeatedKeys(", ".join(map(repr, repeated)))
+    return dict(pairs)
+
+
+def _json_lines_table(path: Path, encoding: str) -> tuple[list[str], Rows]:
+    """Columns (the first object's keys) and rows of a JSON Lines file. Numbers with a fraction or an exponent are
+    read exactly (``Decimal``, never a float); a key twice in one object is refused."""
+    lines = _split_lines(_read_text(path, encoding))
+
+    def records() -> Rows:
+        for lineno, line in enumerate(lines, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line, parse_float=Decimal, object_pairs_hook=_unique_keys)
+            except json.JSONDecodeError as err:
+                raise DataFormatError(f"{path}:{lineno}: not a JSON object ({err.msg})") from None
+            except _RepeatedKeys as err:
+                raise DataFormatError(f"{path}:{lineno}: key(s) {err} appear more than once in the object") from None
+            if not isinstance(row, dict):
+                raise DataFormatError(f"{path}:{lineno}: expected a JSON object, got {type(row).__name__}")
+            yield f"{path}:{lineno}", row
+
+    rows = records()
+    first = next(rows, None)
+    if first is None:
+        return [], iter(())
+    return list(first[1]), itertools.chain([first], rows)
+
+
+def _parquet_table(path: Path) -> tuple[list[str], Rows]:
+    import pyarrow.parquet as pq
+
+    try:
+        _check_columns(pq.read_schema(path).names, str(path))  # to_pylist would keep the last of two equal names
+        frame = pq.read_table(path)
+    except DataFormatError:
+        raise
+    except Exception as err:  # noqa: BLE001 - any reader error is a bad file
+        raise DataFormatError(f"{path}: cannot read the Parquet file ({err})") from err
+    columns = frame.column_names
+    # Parquet has no lines: row N counts from 1 like a text file's data lines (header = line 1)
+    return columns, ((f"{path}:row {k + 1}", row) for k, row in enumerate(frame.to_pylist()))
+
+
+def _check_columns(columns: list[str], where: str) -> None:
+    """Refuse a table whose header names a column twice (every reader would keep one of them, silently)."""
+    repeated = sorted({name for name in columns if columns.count(name) > 1})
+    if repeated:
+        raise DataFormatError(f"{where}: column(s) {', '.join(map(repr, repeated))} appear more than once in the "
+                              f"header ({', '.join(columns)}); rename one")
+
+
+def _refuse_repeated_header(columns: list[str], rows: Rows) -> Rows:
+    """The rows, refusing one whose every cell is its column's name: the header again (two exports joined), which
+    would otherwise become an item named like the item column."""
+    for where, row in rows:
+        if columns and all(isinstance(row.get(c), str) and row[c].strip() == c for c in columns):
+            raise _repeated_header(where)
+        yield where, row
+
+
+def _records(table: Any, what: str, sep: str | None, encoding: str) -> tuple[str, list[str], Rows]:
+    """(source name, columns, rows) of a path, DataFrame or Dataset: every table goes through the same column and
+    header checks."""
     if isinstance(table, (str, Path)):
         path = Path(table)
         if not path.is_file():
             raise FileNotFoundError(f"{what} table {path} does not exist")
         suffix = _suffix(path)
         if suffix == ".parquet":
-            import pyarrow.parquet as pq
+            columns, rows = _parquet_table(path)
+        elif suffix in (".jsonl", ".ndjson"):
+            columns, rows = _json_lines_table(path, encoding)
+        else:
+            columns, rows = _text_table(path, sep, encoding)
+        source = str(path)
+    else:
+        source, columns, rows = _memory_table(table, what)
+    return source, columns, _refuse_repeated_header(columns, rows)
 
-            try:
-                frame = pq.read_table(path)
-            except Exception as err:  # noqa: BLE001 - any reader error is a bad file
-                raise DataFormatError(f"{path}: cannot read the Parquet file ({err})") from err
-            columns = frame.column_names
-            # Parquet has no lines: row N counts from 1 like a text file's data lines (header = line 1)
-            return str(path), columns, ((f"{path}:row {k + 1}", row) for k, row in enumerate(frame.to_pylist()))
-        if suffix in (".jsonl", ".ndjson"):
-            lines, _ = _read_text_lines(path, encoding)
 
-            def json_rows() -> Iterator[tuple[str, dict[str, Any]]]:
-                for lineno, line in enumerate(lines, 1):
-                    if not line.strip():
-                        continue
-                    try:
-                        row = json.loads(line)
-                    except json.JSONDecodeError as err:
-                        raise DataFormatError(f"{path}:{lineno}: not a JSON object ({err.msg})") from None
-                    if not isinstance(row, dict):
-                        raise DataFormatError(f"{path}:{lineno}: expected a JSON object, got {type(row).__name__}")
-                    yield f"{path}:{lineno}", row
-
-            first = next((json.loads(line) for line in lines if line.strip()), {}) if lines else {}
-            return str(path), list(first) if isinstance(first, dict) else [], json_rows()
-        header, rows = _text_rows(path, sep, encoding)
-
-        def text_rows() -> Iterator[tuple[str, dict[str, Any]]]:
-            for lineno, row in rows:
-                if not row or (len(row) == 1 and not row[0].strip()):
-                    continue
-                if len(row) != len(header):
-                    raise DataFormatError(f"{path}:{lineno}: expected {len(header)} fields ({', '.join(header)}), "
-                                          f"got {len(row)}: {row!r}")
-                yield f"{path}:{lineno}", dict(zip(header, row, strict=True))
-
-        return str(path), header, text_rows()
+def _memory_table(table: Any, what: str) -> tuple[str, list[str], Rows]:
     try:
         import pandas as pd
     except ImportError:  # pragma: no cover
         pd = None
     if pd is not None and isinstance(table, pd.DataFrame):
         name = f"{what} DataFrame"
-        return name, [str(c) for c in table.columns], (
+        columns = [str(c) for c in table.columns]
+        _check_columns(columns, name)
+        return name, columns, (
             (f"{name} row {k}", {str(c): v for c, v in row.items()})
             for k, row in enumerate(table.to_dict(orient="records")))
     from datasets import Dataset
@@ -110,35 +179,6 @@ def _records(table: Any, what: str, sep: str | None, encoding: str | None
         return name, list(table.column_names), ((f"{name} row {k}", row) for k, row in enumerate(table))
     raise TypeError(f"{what}: expected a file path, a pandas DataFrame or a datasets.Dataset, got "
                     f"{type(table).__name__}")
-
-
-def _text(value: Any) -> str:
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return ""
-    if isinstance(value, float) and value.is_integer():
-        return str(int(value))  # ids read as floats by pandas (a column with gaps)
-    return str(value).strip()
-
-
-def _time(value: Any, where: str, column: str) -> int:
-    """A timestamp as an integer: numbers as they are, ISO dates as Unix seconds."""
-    if isinstance(value, bool):
-        raise DataFormatError(f"{where}: {column} must be a number or a date, got {value!r}")
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
-        if not math.isfinite(value):
-            raise DataFormatError(f"{where}: {column} must be a finite number, got {value!r}")
-        return int(value)
-    if hasattr(value, "timestamp"):  # datetime, pandas Timestamp
-        return int(value.timestamp())
-    text = _text(value)
-    try:
-        return int(float(text))
-    except ValueError:
-        pass
-    try:
-        return int(datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp())
-    except ValueError:
-        raise DataFormatError(f"{where}: {column} must be a number or an ISO date, got {text!r}") from None
 
 
 def _need(columns: list[str], wanted: dict[str, str | None], source: str) -> None:
@@ -154,13 +194,15 @@ def load_interactions(
     user_col: str = "user_id",
     item_col: str = "item_id",
     time_col: str | None = None,
+    time_unit: str | None = None,
+    time_zone: str = "UTC",
     title_col: str = "title",
     items_item_col: str | None = None,
     image_dir: str | Path | None = None,
     image_pattern: str = "{item_id}.jpg",
     images: bool = True,
     sep: str | None = None,
-    encoding: str | None = None,
+    encoding: str = "utf-8",
     strict_images: bool = False,
     drop_unknown_items: bool = False,
     placeholder_size: tuple[int, int] = (56, 56),
@@ -176,30 +218,37 @@ def load_interactions(
         user_col / item_col: the user and item columns of ``interactions``.
         time_col: the time column (numbers, or ISO dates such as ``2024-05-01T12:00:00``); ``None``: the rows are in
             time order per user (the order of the table).
+        time_unit: the column's one scale: ``"s"`` / ``"ms"`` / ``"us"`` / ``"ns"`` (Unix times), ``"number"``
+            (numbers that only order the rows), ``"iso"`` (dates); ``None`` reads it off the values and refuses a
+            column that mixes scales (:mod:`.times`). Times are kept exactly (fractions too, never truncated).
+        time_zone: the zone of dates written without an offset (default ``"UTC"``, never the machine's zone).
         title_col: the title column of ``items``; ``items_item_col``: its item column (default: ``item_col``).
         image_dir / image_pattern: item images ``image_dir / image_pattern`` with ``{item_id}`` replaced (vision
             models); no ``image_dir``: every item gets the placeholder image.
         images: ``False`` loads titles only (text LLMs): no image lookups.
         sep: field separator of text tables (default: ``,`` for ``.csv``, tab for ``.tsv``/``.txt``).
-        encoding: text encoding of text tables; ``None`` detects it (UTF-8, else Windows-1252 / ISO-8859-1).
+        encoding: text encoding of text tables (default UTF-8; nothing is guessed): the first byte that does not
+            decode is refused naming the file and the line.
         strict_images / drop_unknown_items / placeholder_size: as in the built-in loaders.
         name: the dataset's name (default: the interaction file's folder, or ``custom``).
 
-    Returns the :class:`RecData` the built-in loaders return. A bad row raises :class:`DataFormatError` naming the
-    file and the line (``file:line``; in-memory tables: the table and the row number).
+    Returns the :class:`RecData` the built-in loaders return (``sources["time_unit"]``: the time column's scale).
+    A bad row raises :class:`DataFormatError` naming the file and the line (``file:line``; in-memory tables: the
+    table and the row number): ids and titles that are booleans, lists or objects, a column named twice, the header
+    repeated inside a table, an item id twice in the item table (both rows named), a bad time.
     """
     item_key = items_item_col or item_col
     item_source, item_columns, item_rows = _records(items, "items", sep, encoding)
     _need(item_columns, {"items_item_col": item_key, "title_col": title_col}, item_source)
     item_ids: list[str] = []
     titles: dict[str, str] = {}
+    first_seen: dict[str, str] = {}
     for where, row in item_rows:
-        item_id = _text(row.get(item_key))
+        item_id = _scalar_text(row.get(item_key), where, f"column {item_key!r}")
         if not item_id:
             raise DataFormatError(f"{where}: empty item id (column {item_key!r})")
-        if item_id in titles:
-            raise DataFormatError(f"{where}: item id {item_id!r} appears twice in the item table")
-        title = _text(row.get(title_col))
+        _check_unique(item_id, first_seen, where)
+        title = _scalar_text(row.get(title_col), where, f"column {title_col!r}")
         if not title:
             raise DataFormatError(f"{where}: empty title for item {item_id!r} (column {title_col!r})")
         item_ids.append(item_id)
@@ -214,21 +263,22 @@ def load_interactions(
     _need(columns, {"user_col": user_col, "item_col": item_col, "time_col": time_col}, source)
     users: list[str] = []
     seen_items: list[str] = []
-    timestamps: list[int] = []
+    raw_times: list[tuple[str, Any]] = []
     for where, row in rows:
-        user, item = _text(row.get(user_col)), _text(row.get(item_col))
+        user = _scalar_text(row.get(user_col), where, f"column {user_col!r}")
+        item = _scalar_text(row.get(item_col), where, f"column {item_col!r}")
         if not user or not item:
             raise DataFormatError(f"{where}: empty user or item id ({user_col}={user!r}, {item_col}={item!r})")
         if time_col is not None:
-            raw = row.get(time_col)
-            if raw is None or _text(raw) == "":
-                raise DataFormatError(f"{where}: empty {time_col}")
-            timestamps.append(_time(raw, where, time_col))
+            raw_times.append((where, row.get(time_col)))
         users.append(user)
         seen_items.append(item)
     if not users:
         raise DataFormatError(f"{source}: the interaction table has no rows")
-    stamps = timestamps if time_col is not None else None
+    sources = {"interactions": source, "items": item_source}
+    stamps = None
+    if time_col is not None:
+        stamps, sources["time_unit"] = parse_times(raw_times, time_col, time_unit, time_zone)
     users, seen_items, stamps = _resolve_unknown_items(dataset_name, users, seen_items, stamps, titles,
                                                        drop_unknown_items, source)
     image_paths = None
@@ -238,6 +288,5 @@ def load_interactions(
             {item: None for item in item_ids}
     return RecData(
         name=dataset_name, users=users, items=seen_items, timestamps=stamps, item_ids=item_ids, titles=titles,
-        image_paths=image_paths, strict_images=strict_images, placeholder_size=placeholder_size,
-        sources={"interactions": source, "items": item_source},
+        image_paths=image_paths, strict_images=strict_images, placeholder_size=placeholder_size, sources=sources,
     )

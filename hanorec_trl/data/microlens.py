@@ -14,9 +14,11 @@ from .reading import (
     _default_dir,
     _is_header,
     _read_lines,
+    _repeated_header,
     _resolve_unknown_items,
 )
 from .recdata import DataFormatError, RecData
+from .times import Time, parse_times
 
 __all__ = ["load_microlens"]
 
@@ -24,49 +26,52 @@ __all__ = ["load_microlens"]
 def _parse_microlens_titles(path: Path) -> tuple[list[str], dict[str, str]]:
     item_ids: list[str] = []
     titles: dict[str, str] = {}
+    first_seen: dict[str, str] = {}
     for lineno, row in _csv_rows(path):
-        if lineno == 1 and _is_header(row, ("item", "title")):
-            continue
+        if _is_header(row, ("item", "title")):
+            if lineno == 1:
+                continue
+            raise _repeated_header(f"{path}:{lineno}")
         if not row:
             continue
         if len(row) != 2:
             raise DataFormatError(f"{path}:{lineno}: expected 2 fields 'item,title', got {len(row)}: {row!r}")
         item, title = row[0].strip(), row[1].strip()
-        _check_unique(item, titles, path, lineno)
+        _check_unique(item, first_seen, f"{path}:{lineno}")
         item_ids.append(item)
         titles[item] = title  # MicroLens has a few empty titles; they are kept (the cover still carries content)
     return item_ids, _clean_titles(path.parent.name or "microlens", titles, path)
 
 
-def _parse_microlens_pairs_csv(path: Path) -> tuple[list[str], list[str], list[int]]:
+def _parse_microlens_pairs_csv(path: Path) -> tuple[list[str], list[str], list[Time]]:
+    """``user,item,timestamp`` rows; the timestamps are read by the one time parser (:func:`~.times.parse_times`:
+    one scale for the column, exact, never truncated)."""
     users: list[str] = []
     items: list[str] = []
-    timestamps: list[int] = []
+    stamps: list[tuple[str, str]] = []
     for lineno, row in _csv_rows(path):
-        if lineno == 1 and _is_header(row, ("user", "item")):
-            continue
+        if _is_header(row, ("user", "item")):
+            if lineno == 1:
+                continue
+            raise _repeated_header(f"{path}:{lineno}")
         if not row:
             continue
         if len(row) != 3:
             raise DataFormatError(f"{path}:{lineno}: expected 3 fields 'user,item,timestamp', got {row!r}")
         user, item, ts = (c.strip() for c in row)
-        try:
-            stamp = int(float(ts)) if "." in ts or "e" in ts.lower() else int(ts)
-        except ValueError:
-            raise DataFormatError(f"{path}:{lineno}: timestamp must be a number, got {ts!r}") from None
         if not user or not item:
             raise DataFormatError(f"{path}:{lineno}: empty user or item id in {row!r}")
         users.append(user)
         items.append(item)
-        timestamps.append(stamp)
-    return users, items, timestamps
+        stamps.append((f"{path}:{lineno}", ts))
+    return users, items, parse_times(stamps, "timestamp")[0]
 
 
 def _parse_microlens_pairs_tsv(path: Path) -> tuple[list[str], list[str]]:
     """``user<TAB>item item item ...`` per line, items in chronological order (no timestamps)."""
     users: list[str] = []
     items: list[str] = []
-    for lineno, line in enumerate(_read_lines(path, "utf-8"), 1):
+    for lineno, line in enumerate(_read_lines(path), 1):
         if not line.strip():
             continue
         parts = line.split("\t")
@@ -116,7 +121,7 @@ def load_microlens(
         if not path.is_file():
             raise FileNotFoundError(f"MicroLens file {path} does not exist")
     item_ids, titles = _parse_microlens_titles(titles_path)
-    timestamps: list[int] | None
+    timestamps: list[Time] | None
     if pairs_path.suffix == ".tsv":
         users, items = _parse_microlens_pairs_tsv(pairs_path)
         timestamps = None

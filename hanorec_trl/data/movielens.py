@@ -6,14 +6,50 @@ The same format is what :func:`~hanorec_trl.data.synthetic.write_synthetic_movie
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
 
-from .reading import _check_unique, _clean_titles, _dataset, _read_lines, _resolve_unknown_items
+from .reading import (
+    _check_unique,
+    _clean_titles,
+    _dataset,
+    _decode,
+    _read_bytes,
+    _read_lines,
+    _resolve_unknown_items,
+    _split_lines,
+)
 from .recdata import DataFormatError, RecData, _first
 
-__all__ = ["load_movielens_1m", "read_movielens_movies"]
+__all__ = ["RELEASE_ENCODINGS", "load_movielens_1m", "read_movielens_movies"]
+
+# movies.dat of the original release is ISO-8859-1 (Windows-1252 has the same letters and a few more); copies
+# re-distributed as UTF-8 are common. encoding=None reads UTF-8, else these, in order (latin-1 decodes any byte).
+RELEASE_ENCODINGS = ("cp1252", "latin-1")
+_UTF8_SEQUENCE = re.compile(rb"[\xc2-\xdf][\x80-\xbf]|[\xe0-\xef][\x80-\xbf]{2}|[\xf0-\xf4][\x80-\xbf]{3}")
+
+
+def _movies_lines(path: Path, encoding: str | None) -> list[str]:
+    """The lines of ``movies.dat``: in ``encoding``, or (``None``) UTF-8 when the whole file is UTF-8, else the
+    original release's encoding. A file holding UTF-8 text AND bytes that are not UTF-8 is refused (decoding it as
+    Windows-1252 would garble every UTF-8 title), naming the first line that does not decode."""
+    raw = _read_bytes(path)
+    if encoding is not None:
+        return _split_lines(_decode(raw, path, encoding))
+    try:
+        return _split_lines(_decode(raw, path, "utf-8"))
+    except DataFormatError as err:
+        if _UTF8_SEQUENCE.search(raw):
+            raise DataFormatError(f"{err}; the rest of the file is UTF-8 text, so it is not the original release "
+                                  "(ISO-8859-1): mixed encodings are not guessed") from None
+    for candidate in RELEASE_ENCODINGS:
+        try:
+            return _split_lines(raw.decode(candidate))
+        except UnicodeDecodeError:
+            continue
+    raise AssertionError("latin-1 decodes every byte")  # pragma: no cover
 
 
 def _find_ratings_file(data_dir: Path) -> Path:
@@ -34,7 +70,7 @@ def _parse_ml_ratings(path: Path, min_rating: float | None) -> tuple[list[str], 
     users: list[str] = []
     items: list[str] = []
     timestamps: list[int] = []
-    for lineno, line in enumerate(_read_lines(path, None), 1):
+    for lineno, line in enumerate(_read_lines(path), 1):
         parts = line.split("::")
         if len(parts) != 4:
             if not line.strip():
@@ -66,20 +102,22 @@ def read_movielens_movies(
 ) -> tuple[list[str], dict[str, str], dict[str, tuple[str, ...]]]:
     """A MovieLens-1M ``movies.dat`` (``MovieID::Title (Year)::Genres``; ``.gz`` too) -> ids in file order, titles
     and genres by id. ``encoding=None``: UTF-8 when the file decodes as UTF-8, else Windows-1252 / ISO-8859-1 (the
-    original release). Malformed lines raise :class:`DataFormatError` naming file and line; control characters in
-    titles are removed with one :class:`ControlCharacterWarning`."""
+    original release; a file mixing UTF-8 with other bytes is refused). Malformed lines raise
+    :class:`DataFormatError` naming file and line; control characters in titles are removed with one
+    :class:`ControlCharacterWarning`."""
     path = Path(path)
     item_ids: list[str] = []
     titles: dict[str, str] = {}
     genres: dict[str, tuple[str, ...]] = {}
-    for lineno, line in enumerate(_read_lines(path, encoding), 1):
+    first_seen: dict[str, str] = {}
+    for lineno, line in enumerate(_movies_lines(path, encoding), 1):
         parts = line.split("::")
         if len(parts) != 3:
             if not line.strip():
                 continue
             raise DataFormatError(f"{path}:{lineno}: expected 'MovieID::Title (Year)::Genres', got {line!r}")
         item, title, genre = (p.strip() for p in parts)
-        _check_unique(item, titles, path, lineno)
+        _check_unique(item, first_seen, f"{path}:{lineno}")
         if not title:
             raise DataFormatError(f"{path}:{lineno}: empty title for movie {item!r}")
         item_ids.append(item)
@@ -121,8 +159,8 @@ def load_movielens_1m(
         drop_unknown_items: drop (with a warning) ratings of movies missing from ``movies.dat`` instead of raising.
         placeholder_size: size of the grey placeholder image.
         encoding: text encoding of ``movies.dat``; None detects it (UTF-8 if the file decodes as UTF-8, else
-            Windows-1252 / ISO-8859-1, the original release's). An explicit encoding is checked: the lines that do
-            not decode are named.
+            Windows-1252 / ISO-8859-1, the original release's; a file that mixes UTF-8 text with other bytes is
+            refused). An explicit encoding is checked: the lines that do not decode are named.
     """
     data_dir = Path(data_dir)
     if not data_dir.is_dir():

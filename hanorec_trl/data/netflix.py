@@ -13,7 +13,17 @@ from typing import Any
 
 import numpy as np
 
-from .reading import _check_unique, _clean_titles, _csv_rows, _dataset, _default_dir, _resolve_unknown_items
+from .reading import (
+    _check_unique,
+    _clean_titles,
+    _csv_rows,
+    _dataset,
+    _default_dir,
+    _read_text,
+    _repeated_header,
+    _resolve_unknown_items,
+    _scalar_text,
+)
 from .recdata import DataFormatError, RecData
 
 __all__ = ["load_netflix_llmrec"]
@@ -81,10 +91,11 @@ def _load_csr_pairs(path: Path) -> tuple[list[str], list[str]]:
 
 def _load_json_pairs(path: Path) -> tuple[list[str], list[str]]:
     """LLMRec's ``train/val/test.json``: ``{"user": [item, ...]}``, items in file order."""
+    text = _read_text(path)
     try:
-        mapping = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise DataFormatError(f"{path}: cannot read the JSON interaction file ({err})") from err
+        mapping = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise DataFormatError(f"{path}:{err.lineno}: cannot read the JSON interaction file ({err.msg})") from None
     if not isinstance(mapping, dict):
         raise DataFormatError(f"{path}: expected a JSON object {{user: [items]}}, got {type(mapping).__name__}")
     users: list[str] = []
@@ -93,8 +104,8 @@ def _load_json_pairs(path: Path) -> tuple[list[str], list[str]]:
         if not isinstance(user_items, list):
             raise DataFormatError(f"{path}: user {user!r}: expected a list of item ids, got {user_items!r}")
         for item in user_items:
-            users.append(str(user))
-            items.append(str(item))
+            users.append(user)
+            items.append(_scalar_text(item, f"{path}", f"an item of user {user!r}"))
     return users, items
 
 
@@ -113,8 +124,12 @@ def _parse_item_attributes(
     path: Path, layout: Sequence[str] | None, title_with_year: bool
 ) -> tuple[list[str], dict[str, str], dict[str, tuple[str, ...]], tuple[str, ...]]:
     rows = list(_csv_rows(path))
+    header = None
     if rows and rows[0][1] and rows[0][1][0].strip().lower() in ("id", "item", "item_id", "movieid"):
-        rows = rows[1:]  # header row
+        header, rows = rows[0][1], rows[1:]
+    for lineno, row in rows:
+        if row == header:
+            raise _repeated_header(f"{path}:{lineno}")
     if layout is None:
         layout = _detect_attribute_layout(path, rows)
     layout = tuple(layout)
@@ -123,13 +138,14 @@ def _parse_item_attributes(
     item_ids: list[str] = []
     titles: dict[str, str] = {}
     genres: dict[str, tuple[str, ...]] = {}
+    first_seen: dict[str, str] = {}
     for lineno, row in rows:
         if not row:
             continue
         if len(row) < len(layout):
             raise DataFormatError(f"{path}:{lineno}: expected {len(layout)} fields {','.join(layout)}, got {row!r}")
         item = row[0].strip()
-        _check_unique(item, titles, path, lineno)
+        _check_unique(item, first_seen, f"{path}:{lineno}")
         if layout[1] == "year":
             year = row[1].strip()
             if not _YEAR.match(year):

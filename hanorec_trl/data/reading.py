@@ -5,21 +5,28 @@
   ``drop_unknown_items=True`` they are dropped instead, with one warning naming the count and the first ids.
 * A missing image file gives the placeholder and one :class:`~.recdata.MissingImageWarning` per dataset (an error
   with ``strict_images``).
-* Text: ``encoding=None`` reads UTF-8 when the bytes decode as UTF-8, else Windows-1252 / ISO-8859-1; an explicit
-  encoding that does not fit is refused with the lines that do not decode. Control characters (NUL, ESC, ...) in
-  titles are removed, with ONE :class:`~.recdata.ControlCharacterWarning` per file naming the items.
+* Text: one decoding rule (:func:`_decode`): UTF-8 unless the caller names another encoding, never a fallback; the
+  first byte that does not decode is refused naming the file, the line and the column (MovieLens' own release
+  encoding is the one exception, in :mod:`.movielens`). Control characters (NUL, ESC, ...) in titles are removed,
+  with ONE :class:`~.recdata.ControlCharacterWarning` per file naming the items.
+* Item tables: an empty or repeated item id is refused naming both lines (:func:`_check_unique`).
 """
 
 from __future__ import annotations
 
+import codecs
 import csv
 import gzip
 import io
+import numbers
 import re
 import warnings
 from collections.abc import Iterable, Sequence
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from .recdata import (
     _FIRST_IDS,
@@ -31,6 +38,7 @@ from .recdata import (
     _first,
     _natural_key,
 )
+from .times import Time
 
 # C0 controls but tab/LF/CR, DEL and the C1 block: never part of a title (tab/LF/CR become spaces)
 _CONTROL = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
@@ -53,73 +61,107 @@ def _clean_titles(name: str, titles: dict[str, str], source: Path | str) -> dict
     return cleaned
 
 
-AUTO_ENCODINGS = ("utf-8", "cp1252", "latin-1")  # tried in order by encoding=None (latin-1 decodes any byte)
-
-
-def _decode(raw: bytes, path: Path, encoding: str | None) -> tuple[str, str]:
-    """``raw`` as text and the encoding used: ``encoding``, or the first of :data:`AUTO_ENCODINGS` that decodes it.
-    An explicit encoding that does not fit is refused with the lines that do not decode."""
+def _decode(raw: bytes, path: Path, encoding: str) -> str:
+    """``raw`` decoded with ``encoding`` (a UTF-8 byte-order mark is dropped), with no fallback: the first byte that
+    does not decode is refused naming the file, its line and its column, with every line that does not decode."""
     if encoding is None:
-        for candidate in AUTO_ENCODINGS:
-            try:
-                text = raw.decode(candidate)
-            except UnicodeDecodeError:
-                continue
-            return (text[1:] if text.startswith("\ufeff") else text), candidate
+        raise ValueError("encoding=None: name the file's text encoding ('utf-8', the default, 'cp1252', "
+                         "'latin-1', ...); it is not guessed")
     try:
-        return raw.decode(encoding), encoding
+        name = codecs.lookup(encoding).name
     except LookupError:
         raise ValueError(f"unknown text encoding {encoding!r}") from None
+    try:
+        text = raw.decode(name)
     except UnicodeDecodeError as err:
+        line = raw.count(b"\n", 0, err.start) + 1
+        column = err.start - raw.rfind(b"\n", 0, err.start)
         bad = []
-        for lineno, line in enumerate(raw.split(b"\n"), 1):
+        for lineno, chunk in enumerate(raw.split(b"\n"), 1):
             try:
-                line.decode(encoding)
+                chunk.decode(name)
             except UnicodeDecodeError:
                 bad.append(lineno)
         shown = ", ".join(map(str, bad[:_FIRST_IDS])) + (", ..." if len(bad) > _FIRST_IDS else "")
         raise DataFormatError(
-            f"{path}: {len(bad)} line(s) are not valid {encoding} text (lines {shown}; first: {err.reason}); pass "
-            "the file's encoding (encoding='latin-1', 'utf-8'...) or encoding=None to detect it"
-        ) from err
+            f"{path}:{line}: {len(bad)} line(s) are not valid {encoding} text (lines {shown}; first: byte "
+            f"0x{raw[err.start]:02x} at byte {column} of line {line}, {err.reason}); pass the file's encoding "
+            "(encoding='cp1252', 'latin-1', ...)"
+        ) from None
+    return text[1:] if name == "utf-8" and text.startswith("\ufeff") else text
 
 
-def _read_lines(path: Path, encoding: str | None) -> list[str]:
-    """The lines of a text file (``.gz`` is decompressed), without line terminators (LF or CRLF); ``encoding=None``
-    detects it (see :func:`_decode`)."""
-    return _read_text_lines(path, encoding)[0]
-
-
-def _read_text_lines(path: Path, encoding: str | None) -> tuple[list[str], str]:
+def _read_bytes(path: Path) -> bytes:
+    """The bytes of a file (``.gz`` is decompressed); an unreadable file is a :class:`DataFormatError`."""
     opener = gzip.open if path.name.endswith(".gz") else open
     try:
         with opener(path, "rb") as f:
-            raw = f.read()
+            return f.read()
     except (OSError, EOFError) as err:
         raise DataFormatError(f"{path}: cannot read the file ({err})") from err
-    text, used = _decode(raw, path, encoding)
+
+
+def _split_lines(text: str) -> list[str]:
+    """The lines of a text, without line terminators (LF or CRLF)."""
     lines = text.split("\n")
     if lines and lines[-1] == "":
         lines.pop()
-    return [line[:-1] if line.endswith("\r") else line for line in lines], used
+    return [line[:-1] if line.endswith("\r") else line for line in lines]
 
 
-def _check_unique(item_id: str, seen: dict[str, Any], path: Path, lineno: int) -> None:
+def _read_text(path: Path, encoding: str = "utf-8") -> str:
+    """A text file (``.gz`` is decompressed) decoded by the one rule of :func:`_decode`."""
+    return _decode(_read_bytes(path), path, encoding)
+
+
+def _read_lines(path: Path, encoding: str = "utf-8") -> list[str]:
+    """The lines of a text file (``.gz`` is decompressed), without line terminators (LF or CRLF)."""
+    return _split_lines(_read_text(path, encoding))
+
+
+def _scalar_text(value: Any, where: str, what: str) -> str:
+    """A cell holding an id or a title, as text: a string (stripped), an integer, a finite number (a whole one as an
+    integer: pandas reads an integer column with gaps as floats, 2.0 -> '2'); missing (``None``, NaN) -> ``''``.
+    Booleans, lists, objects and other types are refused naming ``where`` and ``what`` (the column)."""
+    if value is None:
+        return ""
+    if isinstance(value, str):
+        return value.strip()
+    if isinstance(value, (bool, np.bool_)):
+        raise DataFormatError(f"{where}: {what} is a boolean ({value!r}), not an id or a text")
+    if isinstance(value, numbers.Integral):
+        return str(int(value))
+    if isinstance(value, (numbers.Real, Decimal)):
+        if value != value:
+            return ""
+        if not (Decimal(value) if isinstance(value, Decimal) else Decimal(float(value))).is_finite():
+            raise DataFormatError(f"{where}: {what} is {value!r}, not an id or a text")
+        if value == int(value):
+            return str(int(value))
+        return str(value) if isinstance(value, Decimal) else float.__repr__(float(value))
+    raise DataFormatError(f"{where}: {what} is a {type(value).__name__} ({value!r:.60}), not an id or a text")
+
+
+def _check_unique(item_id: str, first_seen: dict[str, str], where: str) -> None:
+    """Refuse an empty or repeated item id of an item table, naming both rows (``where``: ``file:line``); record
+    ``where`` as the id's row."""
     if not item_id:
-        raise DataFormatError(f"{path}:{lineno}: empty item id")
-    if item_id in seen:
-        raise DataFormatError(f"{path}:{lineno}: item id {item_id!r} appears twice in the item table")
+        raise DataFormatError(f"{where}: empty item id")
+    if item_id in first_seen:
+        raise DataFormatError(f"{where}: item id {item_id!r} appears twice in the item table (first at "
+                              f"{first_seen[item_id]})")
+    first_seen[item_id] = where
 
 
 def _resolve_unknown_items(
     name: str,
     users: list[str],
     items: list[str],
-    timestamps: list[int] | None,
+    timestamps: list[Time] | None,
     titles: dict[str, str],
     drop: bool,
     source: str,
-) -> tuple[list[str], list[str], list[int] | None]:
+) -> tuple[list[str], list[str], list[Time] | None]:
     unknown = sorted({i for i in set(items) if i not in titles}, key=_natural_key)
     if not unknown:
         return users, items, timestamps
@@ -196,10 +238,7 @@ def _csv_rows(path: Path, *, delimiter: str = ",", text: str | None = None) -> I
     """(line number, fields) for each row of a delimited text file with LF or CRLF endings (quoted fields may span
     lines). ``text``: the file's content already decoded; by default the file is read as UTF-8."""
     if text is None:
-        try:
-            text = path.read_bytes().decode("utf-8-sig")
-        except UnicodeDecodeError as err:
-            raise DataFormatError(f"{path}: not valid UTF-8 text ({err.reason} at byte {err.start})") from err
+        text = _read_text(path)
     reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter, strict=True)
     line = 1
     try:
@@ -214,11 +253,17 @@ def _is_header(row: list[str], names: Sequence[str]) -> bool:
     return [c.strip().lower() for c in row[: len(names)]] == list(names)
 
 
+def _repeated_header(where: str) -> DataFormatError:
+    """The error for a data row that repeats the header (``where``: ``file:line``), e.g. two exports joined."""
+    return DataFormatError(f"{where}: the header row appears again inside the table (two files joined?); remove "
+                           "it: it is not data")
+
+
 def _dataset(
     name: str,
     users: list[str],
     items: list[str],
-    timestamps: list[int] | None,
+    timestamps: list[Time] | None,
     item_ids: list[str],
     titles: dict[str, str],
     genres: dict[str, tuple[str, ...]],

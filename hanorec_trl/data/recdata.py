@@ -17,6 +17,7 @@ import hashlib
 import warnings
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -67,14 +68,15 @@ def _natural_key(value: str) -> tuple[int, int | str]:
 class RecData:
     """A recommendation dataset in memory: interactions, item table, item images.
 
-    ``users[k]``, ``items[k]`` and ``timestamps[k]`` describe interaction ``k`` (file order). Treat an instance as
+    ``users[k]``, ``items[k]`` and ``timestamps[k]`` describe interaction ``k`` (file order); a timestamp is exact, in
+    its column's unit: an ``int``, or a ``Decimal`` when it has a fraction (:mod:`.times`). Treat an instance as
     read-only: the fingerprint and the per-user sequences are computed once and cached.
     """
 
     name: str
     users: list[str]
     items: list[str]
-    timestamps: list[int] | None
+    timestamps: list[int | Decimal] | None
     item_ids: list[str]
     titles: dict[str, str]
     genres: dict[str, tuple[str, ...]] = field(default_factory=dict)
