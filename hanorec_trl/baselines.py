@@ -6,9 +6,14 @@ beat, not random** (``docs/evaluation.md``). Every baseline here scores the stor
 :class:`~hanorec_trl.data.SequenceExample` (ranking: HR@K, NDCG@K with pessimistic ties) and the AUC example's item
 (rank AUC over the AUC rows), exactly like :func:`~hanorec_trl.evaluation.evaluate_recommender` scores a model.
 
-What a baseline may learn from (:class:`TrainingInteractions`): every interaction of the dataset except, for each
-validation and test example, its target and everything the same user did after it. That is what a recommender
-deployed at the test moment would have seen of those users (the histories shown in the prompts are included).
+What a baseline learns from is a :class:`~hanorec_trl.data.interactions.TrainingInteractions`, of two kinds, so a
+report can show both fits side by side (the data gap between the baselines and the LLM):
+
+* full data (``TrainingInteractions.from_split(data, split)``): every interaction of the dataset except, for each
+  validation and test example, its target and everything the same user did after it -- what a recommender deployed
+  at the test moment would have seen of those users (the histories shown in the prompts are included);
+* data-matched (``TrainingInteractions.from_examples(sft_windows, data.item_ids)``): only the LLM's training
+  windows, each window's history then its target.
 
 * ``random`` -- the expected metrics of a uniformly random ranking (exact, no sampling): HR@K = K/n.
 * ``position`` -- ranks the candidates in the stored list order (what an LLM that favours the first-listed item
@@ -19,7 +24,8 @@ deployed at the test moment would have seen of those users (the histories shown 
 * ``item_knn`` -- the summed cosine similarity (over users) between the candidate and each history item;
   popularity breaks ties.
 * ``sasrec`` -- a compact self-attentive sequential recommender trained on the same interactions
-  (:mod:`hanorec_trl.sasrec`; not in the default list: it trains for about two minutes on ML-1M).
+  (:mod:`hanorec_trl.sasrec`; not in the default list: it trains for about two minutes on ML-1M's full data, seconds
+  on its data-matched windows).
 
 Each fitted baseline's ``score(history, candidates)`` returns one float per candidate (higher = better).
 """
@@ -29,25 +35,27 @@ from __future__ import annotations
 import math
 from collections import Counter, defaultdict
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from .data.protocol import RecSplit, SequenceExample
-from .data.recdata import RecData
+from .data.interactions import DATA_MATCHED, FULL_DATA, TrainingInteractions
+from .data.protocol import SequenceExample
 from .evaluation.metrics import DEFAULT_KS, auc_score, ranking_metrics, target_rank
 from .sasrec import SASRec
 
 __all__ = [
     "BASELINES",
+    "DATA_MATCHED",
     "DEFAULT_BASELINES",
+    "FULL_DATA",
     "ItemKNN",
     "LastItemMarkov",
     "ListPosition",
     "Popularity",
     "SASRec",
     "TrainingInteractions",
+    "baseline_label",
     "evaluate_baseline",
     "expected_random_metrics",
     "fit_baseline",
@@ -55,49 +63,6 @@ __all__ = [
 
 # Popularity breaks the ties of the co-occurrence baselines without ever outweighing one co-occurrence.
 _TIE_BREAK = 1e-6
-
-
-def _example_end(example: SequenceExample) -> int:
-    """The target's position in its user's sequence (sequence ids are ``<user>:<target position>``)."""
-    try:
-        return int(example.sequence_id.rsplit(":", 1)[1])
-    except (IndexError, ValueError):
-        raise ValueError(
-            f"sequence_id {example.sequence_id!r} is not '<user>:<target position>' (build the split with "
-            "hanorec_trl.data.build_split)"
-        ) from None
-
-
-@dataclass
-class TrainingInteractions:
-    """Per user, the time-ordered items a baseline may learn from (see the module doc)."""
-
-    sequences: dict[str, list[str]]
-    item_ids: list[str]
-
-    @classmethod
-    def from_split(cls, data: RecData, split: RecSplit) -> TrainingInteractions:
-        """Every interaction of ``data`` except each validation/test target and what its user did afterwards."""
-        full = data.user_sequences()
-        cut: dict[str, int] = {}
-        for example in (*split.validation, *split.test):
-            end = _example_end(example)
-            sequence = full.get(example.user)
-            if sequence is None or end >= len(sequence) or sequence[end] != example.target:
-                raise ValueError(
-                    f"example {example.sequence_id}: its target {example.target!r} is not item {end} of user "
-                    f"{example.user!r} in {data.name}; the split was built from other data"
-                )
-            cut[example.user] = min(cut.get(example.user, end), end)
-        sequences = {user: list(seq[: cut.get(user, len(seq))]) for user, seq in full.items()}
-        return cls(sequences=sequences, item_ids=list(data.item_ids))
-
-    def counts(self) -> Counter:
-        return Counter(item for seq in self.sequences.values() for item in seq)
-
-    @property
-    def num_interactions(self) -> int:
-        return sum(len(seq) for seq in self.sequences.values())
 
 
 class ListPosition:
@@ -179,11 +144,23 @@ DEFAULT_BASELINES = ("random", "position", "popularity", "markov", "item_knn")
 LABELS = {"random": "random (expected)", **{name: cls.label for name, cls in BASELINES.items()}}
 
 
-def fit_baseline(name: str, training: TrainingInteractions):
-    """A fitted baseline by name (``position``, ``popularity``, ``markov``, ``item_knn``, ``sasrec``)."""
+def fit_baseline(name: str, training: TrainingInteractions, **options):
+    """A fitted baseline by name (``position``, ``popularity``, ``markov``, ``item_knn``, ``sasrec``), fitted on
+    ``training`` (full data or data-matched). ``options`` go to the baseline's constructor (only SASRec has any:
+    ``epochs``, ``hidden``, ``seed``, ``progress``, ...; :class:`~hanorec_trl.sasrec.SASRec`)."""
     if name not in BASELINES:
         raise ValueError(f"unknown baseline {name!r}; choose from {', '.join(('random', *BASELINES))}")
-    return BASELINES[name]().fit(training)
+    if not isinstance(training, TrainingInteractions):
+        raise TypeError(f"fit_baseline({name!r}): training must be a TrainingInteractions (from_split for the full "
+                        f"data, from_examples for data-matched), got {type(training).__name__}")
+    if options and name != "sasrec":
+        raise TypeError(f"baseline {name!r} takes no options, got {sorted(options)}")
+    return BASELINES[name](**options).fit(training)
+
+
+def baseline_label(name: str, training: TrainingInteractions) -> str:
+    """The baseline's label with its training data, e.g. ``"item-kNN (data-matched)"``."""
+    return f"{LABELS[name]} ({training.source})"
 
 
 def _ks(examples: Sequence[SequenceExample], ks: Sequence[int] | None) -> tuple[int, ...]:

@@ -9,10 +9,11 @@ embeddings, ``num_blocks`` pre-LayerNorm causal self-attention blocks (multi-hea
 feed-forward, residuals, dropout) and a final LayerNorm. The representation at the last history position scores a
 candidate as ``<h, e_candidate> + b_candidate``.
 
-Training (what it learns from is :class:`~hanorec_trl.baselines.TrainingInteractions`, i.e. nothing at or after an
-evaluated target): next-item prediction on every position of each user's time-ordered sequence. A user's sequence is
-cut into consecutive windows of at most ``max_len`` (input, next item) pairs; the window boundaries move by a seeded
-random offset every epoch, so each pair is predicted once per epoch with a context of 1 to ``max_len`` items. The
+Training (on a :class:`~hanorec_trl.data.interactions.TrainingInteractions`: the full data, i.e. nothing at or after
+an evaluated target, or the data-matched LLM training windows): next-item prediction on every position of each
+time-ordered sequence (a user's, or one training window's). A sequence is cut into consecutive windows of at most
+``max_len`` (input, next item) pairs; the window boundaries move by a seeded random offset every epoch, so each pair
+is predicted once per epoch with a context of 1 to ``max_len`` items. The
 context always starts at position 0 of the window (right padding), so a short test history (the protocol's 5 items)
 is seen exactly like the first positions of a training window. Loss: **sampled softmax cross-entropy** at every
 position: the next item against ``num_negatives`` (default 256) catalogue items drawn uniformly for each batch and
@@ -41,7 +42,7 @@ from torch import nn
 from torch.nn import functional as F
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .baselines import TrainingInteractions
+    from .data.interactions import TrainingInteractions
 
 __all__ = ["SASRec"]
 
@@ -95,7 +96,7 @@ class _SASRecNet(nn.Module):
 
 
 class SASRec:
-    """Self-attentive sequential recommender, fitted on :class:`~hanorec_trl.baselines.TrainingInteractions`.
+    """Self-attentive sequential recommender, fitted on a :class:`~hanorec_trl.data.interactions.TrainingInteractions`.
 
     Hyper-parameters (defaults fit real ML-1M, 487k interactions, in about two minutes on one CPU thread):
     ``hidden`` (embedding size), ``num_blocks``, ``num_heads``, ``max_len`` (longest context), ``dropout``,
@@ -239,6 +240,19 @@ class SASRec:
                 self._cache.clear()
                 return self._hidden(history)
         return self._cache[key]
+
+    def item_embeddings(self, item_ids: Sequence[str]) -> np.ndarray:
+        """The learned item embedding rows (input = output table) of ``item_ids``, float32 ``[n, hidden]``: the
+        collaborative item vectors :class:`~hanorec_trl.encoders.CollaborativeItemEncoder` can take lambda from."""
+        if self.net is None:
+            raise RuntimeError("SASRec.item_embeddings: call fit(training) first")
+        unknown = [item for item in item_ids if item not in self.index]
+        if unknown:
+            raise KeyError(f"SASRec.item_embeddings: {len(unknown)} items were not in the training catalogue, e.g. "
+                           f"{unknown[:5]}")
+        rows = torch.tensor([self.index[item] for item in item_ids], dtype=torch.long)
+        with torch.no_grad():
+            return self.net.items.weight[rows.to(self.net.bias.device)].float().cpu().numpy()
 
     def score(self, history: Sequence[str], candidates: Sequence[str]) -> np.ndarray:
         """``<h, e_c> + b_c`` for each candidate, ``h`` = the representation after the history's last item (its

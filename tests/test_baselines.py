@@ -8,11 +8,14 @@ import numpy as np
 import pytest
 
 from hanorec_trl.baselines import (
+    DATA_MATCHED,
+    FULL_DATA,
     ItemKNN,
     LastItemMarkov,
     ListPosition,
     Popularity,
     TrainingInteractions,
+    baseline_label,
     evaluate_baseline,
     expected_random_metrics,
     fit_baseline,
@@ -112,3 +115,49 @@ def test_expected_random_metrics_are_exact():
     # the same expectation by brute force over every ranking of the 4 candidates
     ranks = np.arange(1, 5)
     assert np.mean(ranks <= 2) == pytest.approx(result["per_row"]["expected_hits"]["2"][0])
+
+
+def test_data_matched_training_holds_only_the_windows(world):
+    data, split = world
+    # two overlapping training windows of user a (1 2 3, then 2 3 4) and one of b; users' other items are not in any
+    windows = [_example("a", 2, ["1", "2"], "3", ["3", "7", "8"]), _example("a", 3, ["2", "3"], "4", ["4", "7", "8"]),
+               _example("b", 3, ["2", "3"], "5", ["5", "7", "8"])]
+    matched = TrainingInteractions.from_examples(windows, data.item_ids)
+    assert matched.sequences == {"a:2": ["1", "2", "3"], "a:3": ["2", "3", "4"], "b:3": ["2", "3", "5"]}
+    assert matched.source == DATA_MATCHED and TrainingInteractions.from_split(data, split).source == FULL_DATA
+    assert matched.summary() == {"source": DATA_MATCHED, "sequences": 3, "interactions": 9}
+    # popularity counts mentions in the windows: 2 and 3 three times, 1 once (twice in the full data), 9 never
+    popularity = fit_baseline("popularity", matched)
+    assert popularity.score([], ["2", "3", "1", "4", "5", "9"]).tolist() == [3, 3, 1, 1, 1, 0]
+    # Markov: transitions inside windows only (3 -> 4 once, 3 -> 5 once, 2 -> 3 three times; never 3 -> 2)
+    markov = fit_baseline("markov", matched)
+    assert dict(markov.transitions["2"]) == {"3": 3} and dict(markov.transitions["3"]) == {"4": 1, "5": 1}
+    # item-kNN: each window is a "user": windows of 1 = {a:2}, of 3 = all three -> cos(1, 3) = 1/sqrt(3)
+    knn = fit_baseline("item_knn", matched)
+    assert math.isclose(knn._cosine("1", "3"), 1 / math.sqrt(3))
+    assert baseline_label("item_knn", matched) == "item-kNN (data-matched)"
+    result = evaluate_baseline(popularity, split.test)
+    assert result["per_row"]["ranking"]["ranks"] == [3]  # 4 (once), 9 (never), 6 (never): the target ties last
+
+
+def test_data_matched_refuses_bad_windows(world):
+    data, _ = world
+    window = _example("a", 3, ["2", "3"], "4", ["4", "7", "8"])
+    with pytest.raises(ValueError, match="no examples"):
+        TrainingInteractions.from_examples([], data.item_ids)
+    with pytest.raises(ValueError, match="occurs twice"):
+        TrainingInteractions.from_examples([window, window], data.item_ids)
+    with pytest.raises(ValueError, match=r"a:3: items \['4'\] are not in the item catalogue"):
+        TrainingInteractions.from_examples([window], ["2", "3"])
+
+
+def test_fit_baseline_options_and_training_type(world):
+    data, split = world
+    training = TrainingInteractions.from_split(data, split)
+    with pytest.raises(TypeError, match="takes no options"):
+        fit_baseline("popularity", training, epochs=3)
+    with pytest.raises(TypeError, match="must be a TrainingInteractions"):
+        fit_baseline("popularity", split.train)
+    sasrec = fit_baseline("sasrec", training, epochs=1, hidden=8, max_len=4, progress=False)
+    assert sasrec.epochs == 1 and len(sasrec.loss_history) == 1
+    assert len(evaluate_baseline(sasrec, split.test)["per_row"]["ranking"]["ranks"]) == 1

@@ -102,3 +102,29 @@ def test_registered_as_a_baseline():
     field = EvalArguments.__dataclass_fields__["baselines"]
     assert "sasrec" in field.metadata["choices"]
     assert "sasrec" not in field.default_factory()
+
+
+def test_data_matched_fit_learns_only_the_windows():
+    """The users' full sequences follow i -> i+1; the LLM's training windows (data-matched) follow i -> i+2. A fit on
+    the windows must rank i+2 first; a fit that silently used every interaction would rank i+1 first."""
+    full = _world()
+    windows = [SequenceExample(sequence_id=f"w{n}:5", user=f"w{n}", history=tuple(_item(s + 2 * t) for t in range(5)),
+                               target=_item(s + 10), candidates=(_item(s + 10), _item(s + 1)), target_index=0,
+                               auc_unwatched=(), auc_item=_item(s + 10), auc_label=1)
+               for n, s in enumerate(list(range(NUM_ITEMS)) * 4)]
+    matched = TrainingInteractions.from_examples(windows, full.item_ids)
+    assert matched.num_interactions == 6 * len(windows)
+    by_windows = SASRec(**{**SMALL, "epochs": 20}).fit(matched)
+    by_users = SASRec(**SMALL).fit(full)
+    history = tuple(_item(3 + 2 * t) for t in range(5))  # 3 5 7 9 11: next by the windows' rule 13, by the users' 12
+    assert int(np.argmax(by_windows.score(history, [_item(13), _item(12)]))) == 0
+    history = tuple(_item(3 + t) for t in range(5))  # 3 4 5 6 7: the users' rule says 8
+    assert int(np.argmax(by_users.score(history, [_item(8), _item(9)]))) == 0
+
+
+def test_item_embeddings_are_the_learned_table(fitted):
+    rows = fitted.item_embeddings(["i3", "i0"])
+    assert rows.shape == (2, SMALL["hidden"]) and rows.dtype == np.float32
+    np.testing.assert_array_equal(rows[0], fitted.net.items.weight[fitted.index["i3"]].detach().numpy())
+    with pytest.raises(KeyError, match="not in the training catalogue"):
+        fitted.item_embeddings(["nope"])
