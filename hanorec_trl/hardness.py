@@ -48,6 +48,8 @@ __all__ = [
     "HardnessIndexConfig",
     "HardnessScores",
     "add_hardness_column",
+    "lambda_ceiling",
+    "lambda_spread",
     "lambdas_from_deltas",
     "topk_profiles",
 ]
@@ -456,6 +458,15 @@ class HardnessIndex:
         with _faiss_threads(self.config.num_threads):
             _, scores = self._anchor_top_k(anchors, k)
         profiles = topk_profiles(scores, temperature)
+        if k > 1 and len(anchors) > 1 and (profiles == profiles[0]).all():
+            shape = "one-hot" if profiles[0, 0] == 1.0 else ("uniform" if profiles[0, 0] == 1.0 / k else "equal")
+            raise ValueError(
+                f"temperature={temperature!r} makes the Top-K profile Z = softmax(c / temperature) (Eq. 5) {shape} "
+                f"and identical for all {len(anchors)} items (Top-K cosines between {float(scores.min()):.4f} and "
+                f"{float(scores.max()):.4f}), so Delta = 0 and lambda = 1 for every sample: the hardness would change "
+                "nothing. Choose a temperature near the spread of the cosines (the paper: 1.0; 0.05-0.1 spreads "
+                "lambda more)"
+            )
         z_w = profiles[np.searchsorted(anchors, chosen_rows)]
         z_l = profiles[np.searchsorted(anchors, rejected_rows)]
         return np.linalg.norm(z_w - z_l, axis=1)  # Eq. 6, rank-aligned
@@ -538,6 +549,38 @@ def topk_profiles(scores, temperature: float = 1.0) -> np.ndarray:
     np.exp(profiles, out=profiles)
     profiles /= profiles.sum(axis=-1, keepdims=True)
     return profiles
+
+
+def lambda_ceiling(k: int | None = None) -> float:
+    """The largest possible ``lambda_max / lambda_min`` over any set of samples, for any embedding.
+
+    Delta (Eq. 6) is the L2 distance of two probability vectors, so ``0 <= Delta <= sqrt(2)``, and lambda
+    ``= sigmoid(Delta) / sigmoid(mean Delta)`` gives ``lambda_max / lambda_min <= sigmoid(sqrt 2) / sigmoid(0) =
+    1.609`` (``k=None``). The Top-K profiles are sorted (rank-aligned), which tightens it: the sorted distributions
+    over K ranks are the convex hull of ``(1/j, ..., 1/j, 0, ...)`` (j = 1..K), the distance is largest between the
+    one-hot and the uniform profile, ``sqrt(1 - 1/K)``, so with ``k`` the ceiling is ``sigmoid(sqrt(1 - 1/K)) /
+    sigmoid(0)`` (1.442 for K = 10). ``docs/hardness.md`` derives both."""
+    if k is None:
+        bound = math.sqrt(2.0)
+    elif _is_int(k) and k >= 1:
+        bound = math.sqrt(1.0 - 1.0 / k)
+    else:
+        raise ValueError(f"k must be None or a positive integer, got {k!r}")
+    return float(sigmoid(bound) / sigmoid(0.0))
+
+
+def lambda_spread(lambdas) -> dict[str, float]:
+    """How far lambda spreads: ``min``, ``p1``, ``p5``, ``p25``, ``median``, ``p75``, ``p95``, ``p99``, ``max``,
+    ``mean``, ``std`` and ``max_over_min`` (compare it with :func:`lambda_ceiling`), plus ``count``."""
+    values = np.asarray(lambdas, dtype=np.float64).ravel()
+    if values.size == 0 or not np.isfinite(values).all() or (values <= 0).any():
+        raise ValueError(f"lambda_spread needs a non-empty array of finite positive lambdas, got {values.size} values")
+    names = ("min", "p1", "p5", "p25", "median", "p75", "p95", "p99", "max")
+    quantiles = np.quantile(values, (0.0, 0.01, 0.05, 0.25, 0.5, 0.75, 0.95, 0.99, 1.0))
+    spread = {name: float(q) for name, q in zip(names, quantiles)}
+    spread.update(mean=float(values.mean()), std=float(values.std()), max_over_min=float(values.max() / values.min()),
+                  count=int(values.size))
+    return spread
 
 
 def lambdas_from_deltas(deltas, delta_mean: float | None = None) -> tuple[np.ndarray, float]:
@@ -685,9 +728,9 @@ def _index_and_rows(source, item_rows, item_ids, titles, images, index_options, 
     from .encoders import ItemEmbeddings, ItemEncoder, encode_items
 
     if isinstance(source, ItemEncoder):
-        if item_ids is None or titles is None:
+        if item_ids is None or (titles is None and not source.encodes_item_ids):
             raise ValueError("with an item encoder, add_hardness_column needs the item table: item_ids= and titles= "
-                             "(and images= for image embeddings)")
+                             "(and images= for image embeddings; item_ids= alone for an encoder keyed by item id)")
         source = encode_items(source, item_ids, titles, images, **encode_options)
     if isinstance(source, ItemEmbeddings):
         text, image = source.text, source.image

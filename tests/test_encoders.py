@@ -6,6 +6,7 @@ import torch
 from conftest import solid_image
 
 from hanorec_trl.encoders import (
+    CollaborativeItemEncoder,
     QwenVLItemEncoder,
     TextItemEncoder,
     encode_items,
@@ -203,3 +204,58 @@ def test_add_hardness_column_from_an_encoder(vl_encoder, tmp_path):
         bad = Dataset.from_dict({"chosen_item": ["9"], "rejected_item": ["0"]})
         add_hardness_column(bad, vl_encoder, item_ids=IDS, titles=TITLES, images=_images(), k=3, cache_dir=tmp_path,
                             progress=False)
+
+
+class _CF:
+    """A stand-in for hanorec_trl.item_tokens.cf.CFEmbeddings: a table and an item id -> row map."""
+
+    def __init__(self, table, rows, source="test"):
+        self.table, self.rows, self.source = np.asarray(table, dtype=np.float32), rows, source
+
+
+def _cf():
+    rng = np.random.default_rng(0)
+    return _CF(rng.normal(size=(5, 4)), {item: r for r, item in enumerate(IDS[:5])})  # item "5" has no CF vector
+
+
+def test_collaborative_encoder_embeds_by_id_with_cold_items(tmp_path, caplog):
+    cf = _cf()
+    encoder = CollaborativeItemEncoder(cf)
+    emb = encode_items(encoder, IDS, cache_dir=tmp_path, progress=False)  # no titles needed
+    np.testing.assert_array_equal(emb.text[:5], cf.table)
+    assert not emb.image.any() and emb.image.shape == emb.text.shape == (6, 4)
+    unit = cf.table / np.linalg.norm(cf.table, axis=1, keepdims=True)
+    mean = unit.mean(axis=0)
+    np.testing.assert_allclose(emb.text[5], mean / np.linalg.norm(mean), rtol=1e-6)
+    assert encoder.cold_item_ids == ["5"] and "1 of 6 items have no CF vector" in caplog.text
+    # titles and images are not read (and do not change the fingerprint); a changed table does
+    again = encode_items(encoder, IDS, ["t"] * 6, [None] * 6, cache_dir=tmp_path, progress=False)
+    assert again.from_cache and again.fingerprint == emb.fingerprint
+    changed = _CF(cf.table + 1.0, cf.rows)
+    assert encode_items(CollaborativeItemEncoder(changed), IDS, cache_dir=tmp_path, progress=False).fingerprint \
+        != emb.fingerprint
+    with pytest.raises(ValueError, match=r"1 items have no CF vector .*\['5'\]"):
+        encode_items(CollaborativeItemEncoder(cf, cold_items="error"), IDS, use_cache=False, progress=False)
+    with pytest.raises(TypeError, match=r"\.table .*\.rows"):
+        CollaborativeItemEncoder(np.zeros((3, 2)))
+    with pytest.raises(ValueError, match="cold_items must be one of"):
+        CollaborativeItemEncoder(cf, cold_items="zero")
+    with pytest.raises(TypeError, match="by id"):
+        encoder.encode_titles(["Heat"])
+    with pytest.raises(ValueError, match="pass titles="):
+        encode_items(TextItemEncoder.__new__(TextItemEncoder), IDS, use_cache=False)
+
+
+def test_lambda_from_the_collaborative_space(tmp_path):
+    from datasets import Dataset
+
+    from hanorec_trl.hardness import HardnessIndex, add_hardness_column
+
+    cf = _cf()
+    ds = Dataset.from_dict({"chosen_item": ["0", "1", "2"], "rejected_item": ["3", "4", "5"]})
+    out, delta_mean = add_hardness_column(ds, CollaborativeItemEncoder(cf), item_ids=IDS, k=3, cache_dir=tmp_path,
+                                          progress=False)
+    emb = encode_items(CollaborativeItemEncoder(cf), IDS, use_cache=False, progress=False)
+    by_hand, by_hand_mean = add_hardness_column(ds, HardnessIndex(emb.text), emb.item_rows, k=3)
+    np.testing.assert_allclose(out["hano_lambda"], by_hand["hano_lambda"], rtol=1e-6)
+    assert delta_mean == pytest.approx(by_hand_mean)

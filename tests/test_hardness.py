@@ -1,13 +1,21 @@
 """HardnessIndex / add_hardness_column (paper Eq. 4-6; docs/design.md) against an independent brute-force NumPy
 implementation, approximate indices against the exact one, and every bad input."""
 
+import re
 import warnings
 
 import numpy as np
 import pytest
 from datasets import Dataset
 
-from hanorec_trl.hardness import HardnessIndex, HardnessIndexConfig, add_hardness_column, lambdas_from_deltas
+from hanorec_trl.hardness import (
+    HardnessIndex,
+    HardnessIndexConfig,
+    add_hardness_column,
+    lambda_ceiling,
+    lambda_spread,
+    lambdas_from_deltas,
+)
 
 # ---------------------------------------------------------------------- the reference, written from docs/design.md
 
@@ -461,3 +469,52 @@ def test_add_hardness_column_integer_ids_rows_and_embeddings():
         add_hardness_column(Dataset.from_dict({"chosen_item": [40], "rejected_item": [1]}), index)
     with pytest.raises(TypeError, match="takes a HardnessIndex, item embeddings"):
         add_hardness_column(strings, "not an index", by_string)
+
+
+# ---------------------------------------------------------------------- degenerate temperatures, the ceiling, spread
+
+
+@pytest.mark.parametrize("temperature, shape", [(1e-30, "one-hot"), (1e30, "uniform")])
+def test_a_temperature_that_makes_every_lambda_one_is_refused(temperature, shape):
+    text, image = catalogue()
+    index = HardnessIndex(text, image)
+    chosen, rejected = random_pairs(40, 50)
+    message = re.escape(f"temperature={temperature!r} makes") + rf".* {shape} .* lambda = 1 for every"
+    with pytest.raises(ValueError, match=message):
+        index.score(chosen, rejected, k=5, temperature=temperature)
+    ds = Dataset.from_dict({"chosen_item": [c[0] for c in chosen], "rejected_item": [r[0] for r in rejected]})
+    with pytest.raises(ValueError, match="temperature="):
+        add_hardness_column(ds, index, None, k=5, temperature=temperature)
+    # a small temperature that still separates the profiles is fine, and spreads lambda
+    assert np.ptp(index.score(chosen, rejected, k=5, temperature=0.02).lambdas) > 0
+
+
+def test_lambda_ceiling_and_a_catalogue_that_reaches_it():
+    assert lambda_ceiling() == pytest.approx(1.0 / (1.0 + np.exp(-np.sqrt(2.0))) / 0.5) == pytest.approx(1.6089, 1e-4)
+    assert lambda_ceiling(10) == pytest.approx(1.4417, abs=1e-4) and lambda_ceiling(1) == 1.0
+    with pytest.raises(ValueError, match="positive integer"):
+        lambda_ceiling(0)
+    # anchor 0 has one exact duplicate (item 1) and K - 1 orthogonal items: at a small tau its profile is one-hot;
+    # anchor 12 is orthogonal to everything: its profile is uniform. Their Delta reaches sqrt(1 - 1/K).
+    k, dim = 5, 16
+    text = np.eye(dim, dtype=np.float32)[:13]
+    text[1] = text[0]
+    index = HardnessIndex(text)
+    scores = index.score([0, 0, 2], [12, 0, 3], k=k, temperature=1e-3)
+    assert scores.deltas[0] == pytest.approx(np.sqrt(1 - 1 / k), abs=1e-6) and scores.deltas[1] == 0.0
+    assert scores.lambdas.max() / scores.lambdas.min() <= lambda_ceiling(k) + 1e-6
+    np.testing.assert_allclose(scores.lambdas.max() / scores.lambdas.min(), lambda_ceiling(k), rtol=1e-6)
+    # random catalogues, any temperature: never above the ceiling
+    rng = np.random.default_rng(0)
+    for tau in (1.0, 0.1, 0.01):
+        lam = HardnessIndex(rng.normal(size=(60, 4))).score(*random_pairs(60, 200), k=10, temperature=tau).lambdas
+        assert lam.max() / lam.min() <= lambda_ceiling(10)
+
+
+def test_lambda_spread():
+    spread = lambda_spread(np.linspace(0.9, 1.1, 101))
+    assert spread["min"] == pytest.approx(0.9) and spread["max"] == pytest.approx(1.1)
+    assert spread["median"] == pytest.approx(1.0) and spread["p5"] == pytest.approx(0.91)
+    assert spread["max_over_min"] == pytest.approx(1.1 / 0.9) and spread["count"] == 101
+    with pytest.raises(ValueError, match="positive lambdas"):
+        lambda_spread([1.0, float("nan")])
