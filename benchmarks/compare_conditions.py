@@ -12,7 +12,10 @@ difference with the 95% paired-bootstrap interval over rows; dots: seed by seed)
         --out benchmarks/results/ml1m_smollm2_conditions
 
 Only numbers the runs measured are shown; a run without the reference (or without per-row ranks) contributes
-nothing, and the script says so.
+nothing, and the script says so. The suffixes are appended to ``--out`` as given (``--out ctau0.1`` writes
+``ctau0.1.md``, ...), and an existing file is never overwritten (the script names it and stops: a run's own
+``report/results.json`` can never be replaced). Two conditions with the same label, or one report under two
+labels, are refused naming them.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ import json
 import sys
 from pathlib import Path
 
+from hanorec_trl.files import appended, check_new, new_files
 from hanorec_trl.pipeline.report import ReportError, differences_table, plot_differences, read_report, seed_groups
 
 
@@ -43,15 +47,38 @@ def condition_entries(label: str, results: dict, reference: str) -> tuple[list[d
     return entries, names
 
 
+def refuse_repeated_conditions(parser: argparse.ArgumentParser, conditions: list[list[str]]) -> None:
+    """Two conditions with one label (their rows could not be told apart), or one report under two labels (the
+    same numbers shown as two conditions): refused, naming them."""
+    by_label: dict[str, str] = {}
+    by_file: dict[Path, str] = {}
+    for label, path in conditions:
+        if label in by_label:
+            parser.error(f"--condition {label!r} is given twice ({by_label[label]} and {path}); give each condition "
+                         "its own label")
+        file = Path(path).resolve()
+        if file in by_file:
+            parser.error(f"{path} is given twice (as --condition {by_file[file]!r} and {label!r}); each report is one "
+                         "condition")
+        by_label[label], by_file[file] = path, label
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--condition", nargs=2, action="append", metavar=("LABEL", "RESULTS_JSON"), required=True,
                         help="a condition's label and the results.json of its run (repeat for each condition)")
     parser.add_argument("--reference", default="dpo", help="the model every variant is compared with (its name in "
                         "the run: 'dpo' pools dpo-seed<N>, 'sft')")
-    parser.add_argument("--out", required=True, help="output prefix: <out>.md, <out>.png, <out>.json")
+    parser.add_argument("--out", required=True, help="output prefix: <out>.md, <out>.png, <out>.json (appended to the "
+                        "name as given; none may exist)")
     args = parser.parse_args(argv)
 
+    outputs = [appended(args.out, suffix) for suffix in (".md", ".png", ".json")]
+    try:
+        check_new(outputs)
+    except FileExistsError as err:
+        parser.error(str(err))
+    refuse_repeated_conditions(parser, args.condition)
     entries, labels = [], {}
     for label, path in args.condition:
         try:
@@ -67,17 +94,19 @@ def main(argv: list[str] | None = None) -> int:
     if not entries:
         parser.error(f"no run has paired differences against {args.reference!r}")
 
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
     table = differences_table(entries, labels)
-    out.with_suffix(".md").write_text(table + "\n")
-    plot_differences(entries, labels, out.with_suffix(".png"), colour_by="condition")
-    out.with_suffix(".json").write_text(json.dumps(
-        {"reference": args.reference, "conditions": [{"label": label, "results": path}
-                                                     for label, path in args.condition],
-         "differences": entries}, indent=1) + "\n")
+    try:
+        with new_files(outputs) as (markdown_file, plot_file, json_file):
+            markdown_file.write_text(table + "\n", encoding="utf-8")
+            plot_differences(entries, labels, plot_file, colour_by="condition")
+            json_file.write_text(json.dumps(
+                {"reference": args.reference, "conditions": [{"label": label, "results": path}
+                                                             for label, path in args.condition],
+                 "differences": entries}, indent=1) + "\n", encoding="utf-8")
+    except FileExistsError as err:
+        parser.error(str(err))
     print(table)
-    print(f"\nwrote {out.with_suffix('.md')}, {out.with_suffix('.png')}, {out.with_suffix('.json')}")
+    print(f"\nwrote {', '.join(map(str, outputs))}")
     return 0
 
 

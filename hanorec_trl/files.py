@@ -3,6 +3,10 @@
 Every file or folder the library produces (item embeddings, vision features, evaluation results, trainer state, the
 frozen split, converted tokenizers and models) is written under a temporary name beside its target and moved onto
 it with ``os.replace`` only once complete, so an interrupted run leaves the old content or none, never a torso.
+
+Files a user names for a script's output (:func:`new_files`, :func:`appended`) are never overwritten: the name is
+taken as given (a suffix is appended, never substituted: ``tau0.1`` -> ``tau0.1.json``) and an existing file is
+refused with its name.
 """
 
 from __future__ import annotations
@@ -11,10 +15,10 @@ import contextlib
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
-__all__ = ["atomic_file", "atomic_folder", "cache_dir", "save_pretrained_atomic"]
+__all__ = ["appended", "atomic_file", "atomic_folder", "cache_dir", "check_new", "new_files", "save_pretrained_atomic"]
 
 
 def cache_dir() -> Path:
@@ -73,3 +77,63 @@ def save_pretrained_atomic(objects, target: str | os.PathLike) -> None:
     with atomic_folder(target, replace=False) as tmp:
         for obj in objects:
             obj.save_pretrained(tmp)
+
+
+def appended(prefix: str | os.PathLike, suffix: str) -> Path:
+    """``prefix`` with ``suffix`` appended to its name as given: ``tau0.1`` + ``.json`` -> ``tau0.1.json`` (never
+    ``Path.with_suffix``, which would give ``tau0.json`` and make ``tau0.1`` and ``tau0.05`` the same file)."""
+    return Path(os.fspath(prefix) + suffix)
+
+
+def check_new(paths: Sequence[str | os.PathLike]) -> list[Path]:
+    """``paths`` as :class:`Path`; :class:`FileExistsError` names those that exist already (links included)."""
+    targets = [Path(p) for p in paths]
+    existing = [str(p) for p in targets if os.path.lexists(p)]
+    if existing:
+        raise FileExistsError(f"{', '.join(existing)} already exist{'s' if len(existing) == 1 else ''}; nothing is "
+                              "overwritten: choose another output name or remove the file first")
+    return targets
+
+
+def _claim(tmp: Path, target: Path) -> None:
+    """Give ``tmp``'s content the name ``target``, which must not exist (also when another process creates it
+    meanwhile): a hard link fails on an existing name, where ``os.replace`` would overwrite it."""
+    try:
+        os.link(tmp, target)
+    except FileExistsError:
+        raise
+    except OSError:  # a file system without hard links: claim the name exclusively, then move the content onto it
+        os.close(os.open(target, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+        os.replace(tmp, target)
+
+
+@contextlib.contextmanager
+def new_files(paths: Sequence[str | os.PathLike]) -> Iterator[list[Path]]:
+    """Temporary files (beside each of ``paths``, with the same suffix, so writers that go by it still work) to
+    fill; when the block ends each becomes its path. ``paths`` must not exist (:func:`check_new`): nothing is ever
+    overwritten, and when one name is taken meanwhile the files this call created are removed again. The block
+    raising leaves nothing behind."""
+    targets = check_new(paths)
+    if len(set(targets)) != len(targets):
+        raise ValueError(f"the same output file twice: {', '.join(map(str, targets))}")
+    temps: list[Path] = []
+    try:
+        for target in targets:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=f".tmp{target.suffix}", dir=target.parent)
+            os.close(fd)
+            temps.append(Path(tmp))
+        yield temps
+        claimed: list[Path] = []
+        for tmp, target in zip(temps, targets, strict=True):
+            try:
+                _claim(tmp, target)
+            except FileExistsError:
+                for done in claimed:
+                    done.unlink()
+                raise FileExistsError(f"{target} was created meanwhile by someone else; nothing is overwritten (and "
+                                      "this call's other outputs were removed)") from None
+            claimed.append(target)
+    finally:
+        for tmp in temps:
+            tmp.unlink(missing_ok=True)

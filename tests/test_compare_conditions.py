@@ -48,9 +48,10 @@ def test_conditions_are_tabulated_and_plotted_against_the_reference(script, tmp_
     saved = json.loads(out.with_suffix(".json").read_text())
     assert [d["condition"] for d in saved["differences"]] == ["tau 1", "tau 0.1"]
     assert out.with_suffix(".png").stat().st_size > 0
-    # against SFT instead
-    assert script.main(["--condition", "tau 1", str(first), "--reference", "sft", "--out", str(out)]) == 0
-    assert "| SFT | HR@1 | 30 | +0.5000" in out.with_suffix(".md").read_text()
+    # against SFT instead (another --out: the first outputs are never overwritten)
+    against_sft = tmp_path / "out" / "against_sft"
+    assert script.main(["--condition", "tau 1", str(first), "--reference", "sft", "--out", str(against_sft)]) == 0
+    assert "| SFT | HR@1 | 30 | +0.5000" in against_sft.with_suffix(".md").read_text()
 
 
 def test_a_missing_or_foreign_report_is_named(script, tmp_path, capsys):

@@ -49,6 +49,9 @@ def test_movielens_real_subset_counts():
     assert data.title("73") == "Misérables, Les (1995)"
     assert data.genres["1"] == ("Animation", "Children's", "Comedy")
     assert data.item_rows[data.item_ids[10]] == 10
+    # the same items, interactions and order as before issue 28's reading rules (fingerprint measured then)
+    assert data.fingerprint() == "ac2b6f8defe365796082c5323a74f84a76f9a47417fd6ec7385fa62e987c9a65"
+    assert all(type(t) is int for t in data.timestamps)
     stamps = {(u, i): t for u, i, t in zip(data.users, data.items, data.timestamps) if u == "1"}
     seq = data.user_sequences()["1"]
     assert [stamps[("1", i)] for i in seq] == sorted(stamps[("1", i)] for i in seq)

@@ -71,7 +71,7 @@ def test_the_script_writes_a_report_compare_conditions_reads_and_never_overwrite
     assert "w/o SAM (1 seed)" in out.with_suffix(".md").read_text()
     with pytest.raises(SystemExit):
         script.main([str(a), str(b), "--out", str(out)])
-    assert "merged.json exists" in capsys.readouterr().err
+    assert f"{out}.json, {out}.md already exist; nothing is overwritten" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         script.main([str(a), str(tmp_path / "none.json"), "--out", str(tmp_path / "x")])
     assert "none.json does not exist" in capsys.readouterr().err

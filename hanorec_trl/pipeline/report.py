@@ -450,9 +450,14 @@ def merge_reports(reports: Sequence[tuple[str, dict[str, Any]]]) -> dict[str, An
 
     ``reports``: ``(source, results)`` pairs, ``source`` naming the file in errors. A model in several reports
     (SFT, the baselines, a training both ran) must have the same rank on every row in each; otherwise the runs
-    are not on the same rows or not from the same model, and :class:`ReportMergeError` names the model and rows."""
+    are not on the same rows or not from the same model, and :class:`ReportMergeError` names the model and rows. A
+    source given twice, or a report that adds no model to the ones before it (a copy), is refused naming it."""
     if not reports:
         raise ReportMergeError("no reports to merge")
+    sources = [source for source, _ in reports]
+    repeated = sorted({source for source in sources if sources.count(source) > 1})
+    if repeated:
+        raise ReportMergeError(f"{', '.join(repeated)}: given more than once; each report is merged once")
     models: dict[str, dict[str, Any]] = {}
     ranks: dict[str, list[float | None]] = {}
     owner: dict[str, str] = {}
@@ -466,6 +471,7 @@ def merge_reports(reports: Sequence[tuple[str, dict[str, Any]]]) -> dict[str, An
             if test_rows is not None and results["test_rows"] != test_rows:
                 raise ReportMergeError(f"{source}: other test rows than {rows_source} (test_rows differ)")
             test_rows, rows_source = results["test_rows"], source
+        adds_nothing = bool(ranks) and all(name in ranks for name in results["per_row_ranks"])
         for name, values in results["per_row_ranks"].items():
             if name in ranks:
                 if len(values) != len(ranks[name]):
@@ -478,6 +484,10 @@ def merge_reports(reports: Sequence[tuple[str, dict[str, Any]]]) -> dict[str, An
                         f"in {owner[name]}: not the same model (or not the same rows)")
             else:
                 ranks[name], owner[name] = list(values), source
+        if adds_nothing:
+            earlier = sorted({owner[name] for name in results["per_row_ranks"]})
+            raise ReportMergeError(f"{source}: adds no model to {', '.join(earlier)} (every model in it is there "
+                                   "already, with the same ranks): the same report twice?")
         for name, model in results["models"].items():
             models.setdefault(name, model)
     lengths = {len(v) for v in ranks.values()}
