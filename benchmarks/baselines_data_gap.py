@@ -18,13 +18,14 @@ import argparse
 import json
 import sys
 import time
-import warnings
 from pathlib import Path
 
 import numpy as np
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
+
+from ml1m_split import add_split_arguments, load_data_and_split  # noqa: E402
 
 METRICS = ("hr@1", "ndcg@10")
 
@@ -38,29 +39,15 @@ def _per_row(ranks: np.ndarray, metric: str) -> np.ndarray:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data-dir", type=Path, default=HERE.parent.parent / "shared" / "data" / "ml-1m")
-    parser.add_argument("--split-by", default="leave_last_out", choices=["sequence", "user", "leave_last_out"])
-    parser.add_argument("--windows-per-user", type=int, default=4,
-                        help="sliding windows, at most this many per training user (0: the most recent only)")
+    add_split_arguments(parser, split_by="leave_last_out", windows_per_user=4)
     parser.add_argument("--rows", type=int, default=None, help="score the first N test rows (default: all)")
     parser.add_argument("--baselines", default="popularity,markov,item_knn,sasrec")
-    parser.add_argument("--seed", type=int, default=0, help="split seed")
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
-    if not args.data_dir.exists():
-        sys.exit(f"{args.data_dir} does not exist: pass --data-dir with MovieLens-1M (ratings + movies.dat)")
-
     from hanorec_trl.baselines import TrainingInteractions, baseline_label, evaluate_baseline, fit_baseline
-    from hanorec_trl.data import ProtocolConfig, build_split, load_movielens_1m
     from hanorec_trl.evaluation.metrics import mean_interval, paired_bootstrap, rows_for_power
 
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        data = load_movielens_1m(args.data_dir, images=False)
-    sliding = args.windows_per_user > 0
-    split = build_split(data, ProtocolConfig(split_by=args.split_by, sliding_windows=sliding,
-                                             max_windows_per_user=args.windows_per_user if sliding else None,
-                                             seed=args.seed))
+    data, split = load_data_and_split(args)
     test = split.test[: args.rows] if args.rows else split.test
     users = [ex.user for ex in test]
     trainings = [TrainingInteractions.from_split(data, split), TrainingInteractions.from_examples(split.train,
