@@ -26,7 +26,7 @@ import sys
 from pathlib import Path
 
 from hanorec_trl.files import appended, check_new, new_files
-from hanorec_trl.pipeline.report import ReportError, differences_table, plot_differences, read_report, seed_groups
+from hanorec_trl.scripts.report import ReportError, differences_table, plot_differences, read_results, seed_groups
 
 
 def condition_entries(label: str, results: dict, reference: str) -> tuple[list[dict], dict[str, str]]:
@@ -82,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
     entries, labels = [], {}
     for label, path in args.condition:
         try:
-            results = read_report(path)
+            results = read_results(path)
         except ReportError as err:
             parser.error(f"--condition {label!r}: {err}")
         found, names = condition_entries(label, results, args.reference)

@@ -1,14 +1,16 @@
-"""SFT -> HaNoRec preference optimization -> evaluation on MicroLens (needs the dataset files: --data.data_dir).
+"""SFT -> hardness -> HaNo DPO -> evaluation -> report on MicroLens: every stage of a recipe folder, in order.
 
-    python examples/train_microlens.py --config examples/recipes/microlens/qwen2.5-vl-3b/hano.yaml \
-        --data.data_dir /data/MicroLens-50k
-    accelerate launch --config_file examples/accelerate_configs/deepspeed_zero2.yaml examples/train_microlens.py \
-        --config examples/recipes/microlens/qwen2.5-vl-3b/hano.yaml --data.data_dir /data/MicroLens-50k
+    accelerate launch examples/train_microlens.py                                      # recipe smollm2
+    accelerate launch examples/train_microlens.py --recipe examples/recipes/microlens/qwen2.5-vl-3b --data_dir /data
 
-Every argument: ``python examples/train_microlens.py --help`` and docs/pipeline.md.
+MicroLens has no synthetic twin: --data_dir names the dataset folder (docs/data.md).
+Each stage also runs alone (python -m hanorec_trl.scripts.<stage> --config <recipe>/<stage>.yaml ...);
+--resume continues a run, --help lists the options, docs/pipeline.md explains the recipe files.
 """
+
+from pathlib import Path
 
 from hanorec_trl.pipeline import main
 
 if __name__ == "__main__":
-    raise SystemExit(main(dataset="microlens"))
+    raise SystemExit(main(default_recipe=Path(__file__).parent / "recipes" / "microlens" / "smollm2"))

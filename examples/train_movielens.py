@@ -1,15 +1,16 @@
-"""SFT -> HaNoRec preference optimization -> evaluation on MovieLens-1M (or its synthetic twin), one command.
+"""SFT -> hardness -> HaNo DPO -> evaluation -> report on MovieLens-1M: every stage of a recipe folder, in order.
 
-    python examples/train_movielens.py                                   # embedded CPU demo, no files needed
-    python examples/train_movielens.py --config examples/recipes/movielens/smollm2/hano.yaml \
-        --data.data_dir ../shared/data/ml-1m                             # real data, real text LLM
-    accelerate launch --config_file examples/accelerate_configs/multi_gpu.yaml examples/train_movielens.py \
-        --config examples/recipes/movielens/qwen2.5-vl-3b/hano.yaml --data.data_dir /data/ml-1m
+    accelerate launch examples/train_movielens.py                                    # recipe tiny
+    accelerate launch examples/train_movielens.py --recipe examples/recipes/movielens/qwen2.5-vl-3b --data_dir ml-1m
 
-Every argument: ``python examples/train_movielens.py --help`` and docs/pipeline.md.
+With no arguments: the embedded demo (synthetic data, a tiny Qwen2.5-VL, about two minutes on a CPU).
+Each stage also runs alone (python -m hanorec_trl.scripts.<stage> --config <recipe>/<stage>.yaml ...);
+--resume continues a run, --help lists the options, docs/pipeline.md explains the recipe files.
 """
+
+from pathlib import Path
 
 from hanorec_trl.pipeline import main
 
 if __name__ == "__main__":
-    raise SystemExit(main(dataset="movielens"))
+    raise SystemExit(main(default_recipe=Path(__file__).parent / "recipes" / "movielens" / "tiny"))

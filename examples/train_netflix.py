@@ -1,14 +1,16 @@
-"""SFT -> HaNoRec preference optimization -> evaluation on Netflix as released by LLMRec (needs --data.data_dir).
+"""SFT -> hardness -> HaNo DPO -> evaluation -> report on Netflix (LLMRec): every stage of a recipe folder, in order.
 
-    python examples/train_netflix.py --config examples/recipes/netflix/qwen2.5-vl-3b/hano.yaml \
-        --data.data_dir /data/netflix
-    accelerate launch --config_file examples/accelerate_configs/multi_gpu.yaml examples/train_netflix.py \
-        --config examples/recipes/netflix/qwen2.5-vl-3b/hano.yaml --data.data_dir /data/netflix
+    accelerate launch examples/train_netflix.py                                      # recipe smollm2
+    accelerate launch examples/train_netflix.py --recipe examples/recipes/netflix/qwen2.5-vl-3b --data_dir /data/netflix
 
-Netflix has no timestamps: a user's sequence is the file order (docs/data.md). Every argument: --help.
+Netflix (the LLMRec release) has no synthetic twin: --data_dir names the dataset folder (docs/data.md).
+Each stage also runs alone (python -m hanorec_trl.scripts.<stage> --config <recipe>/<stage>.yaml ...);
+--resume continues a run, --help lists the options, docs/pipeline.md explains the recipe files.
 """
+
+from pathlib import Path
 
 from hanorec_trl.pipeline import main
 
 if __name__ == "__main__":
-    raise SystemExit(main(dataset="netflix"))
+    raise SystemExit(main(default_recipe=Path(__file__).parent / "recipes" / "netflix" / "smollm2"))

@@ -1,15 +1,20 @@
-"""Helpers around the TRL trainers of the SFT and DPO stages: CPU speed, progress display, checkpoints."""
+"""Training inside a stage folder, as the SFT and DPO stages do: from the last complete checkpoint when an unfinished
+stage continues, a progress bar with the loss (and beta', eta), Ctrl-C finishing the step and saving a checkpoint,
+a non-finite loss stopping training, then the adapter and the log history saved."""
 
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
+import math
+import shutil
 import signal
 import sys
 import threading
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from transformers import PrinterCallback, ProgressCallback, TrainerCallback
 
@@ -18,46 +23,162 @@ logger = logging.getLogger(__name__)
 
 @contextlib.contextmanager
 def compact_lm_head_on_cpu() -> Iterator[bool]:
-    """Let TRL's fused LM head score only the labelled positions on CPU as well.
+    """Let TRL's fused LM head project only the labelled positions on CPU too (exact; tested).
 
-    TRL 1.16's fused LM head (``add_fused_lm_head``, used by ``SFTTrainer`` and by ``DPOTrainer``'s log-probs) projects
-    only the positions whose label is not -100 when Triton is available, and *every* position elsewhere, so that
-    compiled tile shapes stay fixed on devices that compile. A CPU compiles nothing, and there scoring every position
-    of a ~300-token recommendation prompt through Qwen's 151,665-token vocabulary dominates each step (measured on a
-    tiny Qwen2.5-VL, 4 x 320 tokens, 20 labelled per row: 34 s forward + backward, 3.7 s compact). Inside this
-    context CPU tensors take the compact branch; the numbers are the same (the per-token values do not depend on
-    which positions are projected; ``tests/test_pipeline_config.py`` checks loss and gradients). Other devices keep
-    TRL's choice. Yields whether the switch could be installed (False, with a log line, if TRL's internals moved).
+    TRL 1.16 scores every position through the full vocabulary where Triton is unavailable, so that compiled tile
+    shapes stay fixed; a CPU compiles nothing, and with Qwen's 151,665-token vocabulary that dominates a step (tiny
+    Qwen2.5-VL, 4 x 320 tokens: 34 s forward + backward, 3.7 s compact). Yields whether the switch was installed.
     """
-    try:
-        import trl.trainer.utils as trl_utils
-    except ImportError:  # pragma: no cover
-        yield False
-        return
+    import trl.trainer.utils as trl_utils
+
     original = getattr(trl_utils, "_use_triton", None)
     if original is None:
         logger.info("TRL's fused LM head has no _use_triton switch in this version: CPU steps score every position")
         yield False
         return
-
-    def use_compact(device) -> bool:
-        return getattr(device, "type", None) == "cpu" or original(device)
-
-    trl_utils._use_triton = use_compact
+    trl_utils._use_triton = lambda device: getattr(device, "type", None) == "cpu" or original(device)
     try:
         yield True
     finally:
         trl_utils._use_triton = original
 
 
+class StageProgress(ProgressCallback):
+    """transformers' progress bar with the latest loss, beta', eta and reward accuracy as its postfix."""
+
+    SHOWN = {"loss": "loss", "hano/beta_mean": "beta", "hano/eta": "eta", "rewards/accuracies": "acc"}
+
+    def __init__(self, description: str):
+        super().__init__()
+        self.description = description
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        super().on_train_begin(args, state, control, **kwargs)
+        if self.training_bar is not None:
+            self.training_bar.set_description(self.description)
+            self.training_bar.update(state.global_step)  # a continued stage starts at its checkpoint
+            self.current_step = state.global_step
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        shown = {short: f"{logs[key]:.4g}" for key, short in self.SHOWN.items()
+                 if isinstance((logs or {}).get(key), float)}
+        if self.training_bar is not None and shown:
+            self.training_bar.set_postfix(shown, refresh=False)
+
+
+class StopOnNonFinite(TrainerCallback):
+    """Stops a trainer other than ``HaNoDPOTrainer`` (which checks every step itself) when a logged loss or gradient
+    norm is not finite, before that step's checkpoint is written."""
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        from ..trainer import NonFiniteTrainingError
+
+        for key in ("grad_norm", "loss"):
+            value = (logs or {}).get(key)
+            if isinstance(value, (int, float)) and not math.isfinite(value):
+                raise NonFiniteTrainingError(
+                    f"training stopped at step {state.global_step}: the {key.replace('_', ' ')} is {value} (not "
+                    f"finite). Usual causes: a learning rate too large, fp16 overflow. The checkpoints before it (in "
+                    f"{args.output_dir}) are intact.")
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+    """Ctrl-C stopped a training stage after saving a checkpoint."""
+
+
+class _StopAtStepEnd(TrainerCallback):
+    def __init__(self):
+        self.requested = False
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if self.requested:
+            control.should_save = control.should_training_stop = True
+        return control
+
+
+@contextlib.contextmanager
+def stop_at_step_end_on_interrupt(trainer) -> Iterator[_StopAtStepEnd]:
+    """The first Ctrl-C lets the optimizer step finish, saves a checkpoint and stops; a second stops at once. Only
+    in one process on the main thread (under ``accelerate launch`` the processes get the signal at different points
+    of a step: Ctrl-C stops at once there)."""
+    callback = _StopAtStepEnd()
+    if threading.current_thread() is not threading.main_thread() or trainer.accelerator.num_processes > 1:
+        yield callback
+        return
+
+    def handler(signum, frame):
+        if callback.requested:
+            raise KeyboardInterrupt
+        callback.requested = True
+        print("\nCtrl-C: finishing this step, then saving a checkpoint and stopping (Ctrl-C again stops at once)",
+              file=sys.stderr, flush=True)
+
+    trainer.add_callback(callback)
+    previous = signal.signal(signal.SIGINT, handler)
+    try:
+        yield callback
+    finally:
+        signal.signal(signal.SIGINT, previous)
+        trainer.remove_callback(callback)
+
+
+def resume_point(trainer, folder: Path) -> str | None:
+    """The newest complete checkpoint in ``folder``; newer incomplete ones (a save cut by a kill) are deleted
+    (the trainer wrote them), so that training continues from the previous complete one."""
+    from ..checkpoints import last_complete_checkpoint
+    from .running import process_state, say
+
+    need_state = bool(getattr(trainer.args, "use_responsiveness", False))  # HaNoDPOTrainer's eta state
+    found, incomplete = last_complete_checkpoint(folder, hano_state=need_state)
+    for path, why in incomplete:
+        say(f"        {path} is incomplete ({why}): continuing from {found or 'the start'}")
+    state = process_state()
+    state.wait_for_everyone()
+    if state.is_main_process:
+        for path, _ in incomplete:
+            shutil.rmtree(path)
+    state.wait_for_everyone()
+    return found
+
+
+def _restore_final(trainer, checkpoint: Path) -> None:
+    """Load the adapter of a checkpoint at ``max_steps`` (transformers would train one step past it on resume)."""
+    from peft import set_peft_model_state_dict
+    from safetensors.torch import load_file
+
+    set_peft_model_state_dict(trainer.model, load_file(str(checkpoint / "adapter_model.safetensors")))
+    trainer.state = type(trainer.state).load_from_json(str(checkpoint / "trainer_state.json"))
+
+
+def train_in_stage(trainer, folder: Path, description: str, stats: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Train into ``folder/trainer`` (continuing its last complete checkpoint), then save ``folder/adapter`` and
+    ``folder/log_history.json``; a first Ctrl-C saves a checkpoint and raises :class:`TrainingInterrupted`."""
+    trainer.remove_callback(ProgressCallback)
+    trainer.remove_callback(PrinterCallback)
+    trainer.add_callback(StageProgress(description))
+    trainer.add_callback(StopOnNonFinite())
+    checkpoint = resume_point(trainer, folder / "trainer")
+    state = json.loads((Path(checkpoint) / "trainer_state.json").read_text()) if checkpoint else {}
+    train_loss = None
+    if checkpoint and state.get("max_steps", 0) > 0 and state.get("global_step", 0) >= state["max_steps"]:
+        _restore_final(trainer, Path(checkpoint))
+    else:
+        with compact_lm_head_on_cpu(), stop_at_step_end_on_interrupt(trainer) as interrupt:
+            train_loss = trainer.train(resume_from_checkpoint=checkpoint).training_loss
+        if interrupt.requested:
+            raise TrainingInterrupted(f"{description} stopped at step {trainer.state.global_step} (Ctrl-C); a "
+                                      f"checkpoint was saved in {folder / 'trainer'}")
+    trainer.save_model(str(folder / "adapter"))
+    if trainer.accelerator.is_main_process:
+        (folder / "log_history.json").write_text(json.dumps(trainer.state.log_history, indent=1) + "\n")
+    return {"steps": trainer.state.global_step, "train_loss": train_loss, "resumed_from": checkpoint,
+            "train_rows": len(trainer.train_dataset), **(stats or {})}
+
+
 @contextlib.contextmanager
 def without_zero3_init() -> Iterator[None]:
-    """Load whole (unsharded) models inside, even after a DeepSpeed ZeRO-3 training stage.
-
-    A ZeRO-3 ``TrainingArguments`` registers a global DeepSpeed config with transformers, after which
-    ``from_pretrained`` partitions weights with collective calls; the main-process-only stages (item encoding,
-    evaluation) must load the whole model instead, or they would wait forever for the other processes.
-    """
+    """Load whole models inside, even after a DeepSpeed ZeRO-3 training registered its config with transformers
+    (the main-process stages would otherwise wait forever for the other processes)."""
     try:
         import transformers.integrations.deepspeed as hf_deepspeed
     except ImportError:  # pragma: no cover
@@ -71,122 +192,36 @@ def without_zero3_init() -> Iterator[None]:
         hf_deepspeed._hf_deepspeed_config_weak_ref = saved
 
 
-class StageProgressCallback(ProgressCallback):
-    """transformers' progress bar with the latest loss (and HaNoRec's beta'/eta) as its postfix, instead of one
-    printed dict per logging step."""
-
-    SHOWN = {"loss": "loss", "hano/beta_mean": "beta", "hano/eta": "eta", "rewards/accuracies": "acc"}
-
-    def __init__(self, description: str):
-        super().__init__()
-        self.description = description
-
-    def on_train_begin(self, args, state, control, **kwargs):
-        super().on_train_begin(args, state, control, **kwargs)
-        if self.training_bar is not None:
-            self.training_bar.set_description(self.description)
-            self.training_bar.update(state.global_step)  # resumed runs start at their checkpoint
-            self.current_step = state.global_step
-
-    def on_log(self, args, state, control, logs=None, **kwargs):
-        if self.training_bar is None or not logs:
-            return
-        shown = {short: f"{logs[key]:.4g}" for key, short in self.SHOWN.items() if isinstance(logs.get(key), float)}
-        if shown:
-            self.training_bar.set_postfix(shown, refresh=False)
+__all__ = ["StageProgress", "StopOnNonFinite", "TrainingInterrupted", "compact_lm_head_on_cpu", "resume_point",
+           "stop_at_step_end_on_interrupt", "train_in_stage", "without_zero3_init"]
 
 
-def use_stage_progress(trainer, description: str) -> None:
-    """Replace the trainer's progress bar (or its log printer) with :class:`StageProgressCallback`."""
-    trainer.remove_callback(ProgressCallback)
-    trainer.remove_callback(PrinterCallback)
-    trainer.add_callback(StageProgressCallback(description))
+def shortest_row(dataset, processing_class) -> tuple[int, int]:
+    """(row, length) of the dataset's shortest prompt + completion (each image counted as one token: a lower bound
+    of what the processor makes of it)."""
+    tokenizer = getattr(processing_class, "tokenizer", processing_class)
+    answer = "completion" if "completion" in dataset.column_names else "chosen"
+    shortest = (-1, 1 << 62)
+    for row, (prompt, completion) in enumerate(zip(dataset["prompt"], dataset[answer])):
+        if isinstance(prompt, str):
+            length = len(tokenizer(prompt + completion)["input_ids"])
+        else:
+            length = len(tokenizer.apply_chat_template(prompt + completion, tokenize=True))
+        if length < shortest[1]:
+            shortest = (row, length)
+    if answer == "chosen":
+        rejected = shortest_row(dataset.rename_column("rejected", "completion").remove_columns("chosen"),
+                                processing_class)
+        shortest = min(shortest, rejected, key=lambda pair: pair[1])
+    return shortest
 
 
-def last_checkpoint(folder: Path, *, hano_state: bool = False) -> tuple[str | None, list[tuple[str, str]]]:
-    """The newest *complete* ``checkpoint-N`` folder in a trainer output folder (or None), and the newer incomplete
-    ones, as ``(path, why)``: a save interrupted by a kill (no ``trainer_state.json``, a truncated adapter, no
-    ``hano_state.json`` when ``hano_state``) is skipped for the previous complete one."""
-    from ..checkpoints import last_complete_checkpoint
-
-    return last_complete_checkpoint(folder, hano_state=hano_state)
-
-
-class StopOnNonFinite(TrainerCallback):
-    """Stops training with :class:`~hanorec_trl.trainer.NonFiniteTrainingError` naming the step when a logged gradient
-    norm or loss is NaN or inf (for trainers other than ``HaNoDPOTrainer``, which checks every step before the
-    optimizer applies it). Runs before that step's checkpoint is written."""
-
-    def on_log(self, args, state, control, logs=None, **kwargs):
-        import math
-
-        from ..trainer import NonFiniteTrainingError
-
-        for key in ("grad_norm", "loss"):
-            value = (logs or {}).get(key)
-            if isinstance(value, (int, float)) and not math.isfinite(value):
-                raise NonFiniteTrainingError(
-                    f"training stopped at step {state.global_step}: the {key.replace('_', ' ')} is {value} (not "
-                    "finite). Usual causes: a learning rate too large, fp16 overflow. The checkpoint of this step "
-                    f"was not written; those before it (in {args.output_dir}) are intact."
-                )
-
-
-class TrainingInterrupted(KeyboardInterrupt):
-    """Ctrl-C stopped a training stage; ``checkpoint`` is the checkpoint saved at the step it stopped (or None)."""
-
-    def __init__(self, message: str, checkpoint: str | None = None):
-        super().__init__(message)
-        self.checkpoint = checkpoint
-
-
-@dataclass
-class InterruptRequest:
-    requested: bool = False
-    step: int | None = None
-
-
-class _StopAtStepEnd(TrainerCallback):
-    def __init__(self, request: InterruptRequest):
-        self.request = request
-
-    def on_step_end(self, args, state, control, **kwargs):
-        if self.request.requested:
-            self.request.step = state.global_step
-            control.should_save = True
-            control.should_training_stop = True
-        return control
-
-
-@contextlib.contextmanager
-def stop_at_step_end_on_interrupt(trainer) -> Iterator[InterruptRequest]:
-    """Inside: the first Ctrl-C (SIGINT) lets the current optimizer step finish, saves a checkpoint and stops
-    training (``request.requested`` is then True); a second Ctrl-C stops at once (``KeyboardInterrupt``).
-
-    Only in a single process and the main thread (under ``accelerate launch`` every process receives the signal at
-    its own point of the step, so a coordinated checkpoint cannot be promised: Ctrl-C stops at once there).
-    """
-    request = InterruptRequest()
-    if threading.current_thread() is not threading.main_thread() or trainer.accelerator.num_processes > 1:
-        yield request
+def check_max_length(dataset, processing_class, max_length: int | None, field: str) -> None:
+    """Refuse a ``max_length`` below the shortest prompt + completion: every row would be truncated or dropped."""
+    if max_length is None:
         return
-
-    def handler(signum, frame):
-        if request.requested:
-            raise KeyboardInterrupt
-        request.requested = True
-        print("\nCtrl-C: finishing this step, then saving a checkpoint and stopping (Ctrl-C again stops at once, "
-              "without a checkpoint)", file=sys.stderr, flush=True)
-
-    callback = _StopAtStepEnd(request)
-    trainer.add_callback(callback)
-    previous = signal.signal(signal.SIGINT, handler)
-    try:
-        yield request
-    finally:
-        signal.signal(signal.SIGINT, previous)
-        trainer.remove_callback(callback)
-
-
-__all__ = ["StageProgressCallback", "StopOnNonFinite", "TrainingInterrupted", "compact_lm_head_on_cpu",
-           "last_checkpoint", "stop_at_step_end_on_interrupt", "use_stage_progress", "without_zero3_init"]
+    row, length = shortest_row(dataset, processing_class)
+    if max_length < length:
+        raise ValueError(f"{field} {max_length} is shorter than every row of the dataset (the shortest, row {row}, "
+                         f"has at least {length} tokens): training would see no complete example. Raise it, or set "
+                         "it to None")

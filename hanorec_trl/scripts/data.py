@@ -1,0 +1,298 @@
+"""Stage 1, data: the dataset, the paper's protocol split (Sec. 4.1), and the SFT / DPO / evaluation datasets.
+
+```bash
+python -m hanorec_trl.scripts.data --config examples/recipes/movielens/smollm2/data.yaml \
+    --data_dir ../shared/data/ml-1m --output_dir runs/ml1m/data
+```
+
+Writes, into ``output_dir`` (atomically; ``docs/pipeline.md``): ``dataset.json`` (the interactions and the item table
+as loaded), ``split/`` (the frozen split, JSONL + manifest), and ``datasets.load_from_disk`` folders ``sft/``,
+``dpo/`` (pairs with ``chosen_item`` / ``rejected_item``), ``eval_ranking/``, ``eval_auc/`` (the test rows) and
+``curve_ranking/`` (validation rows of the SFT learning curve). Without ``data_dir`` the MovieLens format is generated
+(synthetic posters that carry the genre, deterministic) into the library's cache folder, and read from there.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..data import PromptTemplates, ProtocolConfig, RecData, RecSplit
+from ..pipeline.parsing import parse_stage_args
+from ..pipeline.running import run_stage, say, script_main
+from ..pipeline.stage import Stage, content_hash, describe, read_json, stage_key, write_json
+
+DATASETS = ("movielens", "microlens", "netflix", "custom")
+OUTPUTS = ("dataset.json", "split", "sft", "dpo", "eval_ranking", "eval_auc", "curve_ranking")
+
+
+@dataclass
+class DataArguments:
+    """Where the data comes from and which datasets the stage writes."""
+
+    output_dir: str | None = field(default=None, metadata={"help": "The stage folder to write (must be new)."})
+    dataset: str = field(default="movielens", metadata={
+        "help": "'movielens' (MovieLens-1M), 'microlens', 'netflix' (LLMRec release) or 'custom' (any interaction "
+        "and item table: interactions / items / *_col; docs/data.md).", "choices": list(DATASETS)})
+    data_dir: str | None = field(default=None, metadata={
+        "help": "Folder with the dataset files; dataset custom: where relative table paths are read. None "
+        "(movielens only): generate the synthetic MovieLens-format dataset."})
+    synthetic_num_users: int = field(default=80, metadata={"help": "Synthetic data: number of users."})
+    synthetic_num_items: int = field(default=400, metadata={"help": "Synthetic data: number of items."})
+    max_users: int | None = field(default=None, metadata={"help": "Keep a seeded sample of this many users."})
+    interactions: str | None = field(default=None, metadata={"help": "custom: the interaction table file."})
+    items: str | None = field(default=None, metadata={"help": "custom: the item table file."})
+    user_col: str = field(default="user_id", metadata={"help": "custom: the user column."})
+    item_col: str = field(default="item_id", metadata={"help": "custom: the item column of the interactions."})
+    time_col: str | None = field(default=None, metadata={"help": "custom: the time column (None: file order)."})
+    time_unit: str | None = field(default=None, metadata={
+        "help": "custom: the time column's scale: s, ms, us, ns, number, iso (None: read off the column)."})
+    time_zone: str = field(default="UTC", metadata={"help": "custom: the zone of dates without an offset."})
+    encoding: str = field(default="utf-8", metadata={"help": "custom: the text encoding of CSV/TSV/JSON Lines."})
+    title_col: str = field(default="title", metadata={"help": "custom: the title column of the items."})
+    items_item_col: str | None = field(default=None, metadata={"help": "custom: the item column of the items."})
+    sep: str | None = field(default=None, metadata={"help": "custom: the field separator of CSV/TSV files."})
+    image_dir: str | None = field(default=None, metadata={"help": "custom: the folder of item images."})
+    image_pattern: str = field(default="{item_id}.jpg", metadata={"help": "custom: an item's image file."})
+    images: bool = field(default=True, metadata={
+        "help": "Put the posters into the prompts (a vision-language model); false: titles only (a text LLM)."})
+    sft_task: str = field(default="both", metadata={
+        "help": "SFT prompts: 'ranking' (Fig. 6b), 'next_item' (history only), 'auc' (Fig. 6a), several joined by "
+        "'+', or 'both' (= ranking+auc)."})
+    dpo_task: str = field(default="both", metadata={"help": "DPO pairs (App. C.2): the task names of sft_task."})
+    rejected: str = field(default="random", metadata={
+        "help": "Rejected items of ranking / next-item pairs: 'random' (num_rejected negatives, seeded) or 'all'. "
+        "The hardness stage can replace them by the hardest ones (its hard_negatives).",
+        "choices": ["random", "all"]})
+    num_rejected: int = field(default=1, metadata={"help": "Rejected negatives per ranking / next-item example."})
+    system_prompt: str | None = field(default=None, metadata={
+        "help": "A system message before every prompt; None: none (the chat template may add its own), '': empty."})
+    max_train_sequences: int | None = field(default=None, metadata={"help": "Use the first N training sequences."})
+    max_test_sequences: int | None = field(default=None, metadata={"help": "Evaluate the first N test sequences."})
+    max_dpo_pairs: int | None = field(default=None, metadata={"help": "A seeded sample of N DPO pairs (all: None)."})
+    eval_prompt: str = field(default="auto", metadata={
+        "help": "Ranking prompt of the evaluation: 'list', 'next_item', or 'auto' (next_item when sft_task has it).",
+        "choices": ["auto", "list", "next_item"]})
+    score_permutations: int | None = field(default=None, metadata={
+        "help": "'list' prompt: candidate orders per test row (None: every cyclic shift, exactly position-free)."})
+    curve_examples: int = field(default=100, metadata={"help": "Validation rows kept for the SFT learning curve."})
+
+    def __post_init__(self) -> None:
+        from ..data.builders import parse_tasks
+
+        if not self.output_dir:
+            raise ValueError("the data stage needs --output_dir (the folder it writes)")
+        for name in ("sft_task", "dpo_task"):
+            try:
+                parse_tasks(getattr(self, name))
+            except ValueError as err:
+                raise ValueError(f"{name}: {err}") from None
+        small = {"synthetic_num_users": 1, "synthetic_num_items": 2, "num_rejected": 1, "curve_examples": 0,
+                 "max_users": 1, "max_train_sequences": 1, "max_test_sequences": 1, "max_dpo_pairs": 1,
+                 "score_permutations": 1}
+        for name, least in small.items():
+            value = getattr(self, name)
+            if value is not None and value < least:
+                raise ValueError(f"{name} must be at least {least}, got {value}")
+        if self.dataset == "custom" and not (self.interactions and self.items):
+            raise ValueError("dataset custom needs interactions and items (the two table files; docs/data.md)")
+        if self.dataset not in ("movielens", "custom") and self.data_dir is None:
+            raise ValueError(f"dataset {self.dataset} needs data_dir (only movielens has a synthetic default)")
+
+    @property
+    def synthetic(self) -> bool:
+        return self.data_dir is None and self.dataset == "movielens"
+
+    @property
+    def templates(self) -> PromptTemplates:
+        return PromptTemplates(system=self.system_prompt)
+
+    def ranking_prompt(self) -> str:
+        from ..data.builders import parse_tasks
+
+        if self.eval_prompt != "auto":
+            return self.eval_prompt
+        return "next_item" if "next_item" in parse_tasks(self.sft_task) else "list"
+
+
+def load_source(args: DataArguments, location: Path, seed: int) -> RecData:
+    """The dataset files (errors name file and line), users subsampled when asked."""
+    from ..data import load_interactions, load_microlens, load_movielens_1m, load_netflix_llmrec
+
+    if args.dataset == "custom":
+        def where(path: str | None) -> Path | None:
+            return None if path is None else location / path
+
+        data = load_interactions(where(args.interactions), where(args.items), user_col=args.user_col,
+                                 item_col=args.item_col, time_col=args.time_col, time_unit=args.time_unit,
+                                 time_zone=args.time_zone, encoding=args.encoding, title_col=args.title_col,
+                                 items_item_col=args.items_item_col, sep=args.sep,
+                                 image_dir=where(args.image_dir) if args.images else None,
+                                 image_pattern=args.image_pattern, images=args.images)
+    else:
+        loader = {"movielens": load_movielens_1m, "microlens": load_microlens, "netflix": load_netflix_llmrec}
+        data = loader[args.dataset](location, images=args.images)
+    return subsample_users(data, args.max_users, seed) if args.max_users else data
+
+
+def subsample_users(data: RecData, num_users: int, seed: int) -> RecData:
+    """``data`` restricted to a seeded random sample of ``num_users`` users (all their interactions)."""
+    users = list(data.user_sequences())
+    if num_users >= len(users):
+        return data
+    kept = {users[k] for k in np.random.default_rng(seed).choice(len(users), size=num_users, replace=False)}
+    rows = [k for k, user in enumerate(data.users) if user in kept]
+    return dataclasses.replace(
+        data, users=[data.users[k] for k in rows], items=[data.items[k] for k in rows],
+        timestamps=None if data.timestamps is None else [data.timestamps[k] for k in rows],
+        sources={**data.sources, "subsample": f"{num_users} of {len(users)} users, seed {seed}"})
+
+
+def data_fingerprint(data: RecData) -> str:
+    """The loaded interactions and item table, and the bytes of every image file: what the stage read."""
+    images = sorted(str(p) for p in (data.image_paths or {}).values() if p is not None)
+    return data.fingerprint() + ("+images:" + content_hash([Path(p) for p in images]) if images else "")
+
+
+def save_recdata(data: RecData, path: Path) -> None:
+    paths = None if data.image_paths is None else {k: None if v is None else str(Path(v).resolve())
+                                                    for k, v in data.image_paths.items()}
+    exact = data.timestamps is not None and any(isinstance(t, Decimal) for t in data.timestamps)
+    times = [str(t) for t in data.timestamps] if exact else data.timestamps  # fractions stay exact (Decimal)
+    write_json(path, {"name": data.name, "users": data.users, "items": data.items, "timestamps": times,
+                      "decimal_timestamps": exact,
+                      "item_ids": data.item_ids, "titles": data.titles,
+                      "genres": {k: list(v) for k, v in data.genres.items()}, "image_paths": paths,
+                      "strict_images": data.strict_images, "placeholder_size": list(data.placeholder_size),
+                      "sources": data.sources})
+
+
+@dataclass
+class Prepared:
+    """What the data stage wrote, as the later stages read it (:func:`load_prepared`)."""
+
+    folder: Path
+    args: DataArguments
+    protocol: ProtocolConfig
+    data: RecData
+    split: RecSplit
+
+    def dataset(self, name: str):
+        from datasets import load_from_disk
+
+        return load_from_disk(str(self.folder / name))
+
+    @property
+    def train_examples(self):
+        return self.split.train[: self.args.max_train_sequences]
+
+    @property
+    def test_examples(self):
+        return self.split.test[: self.args.max_test_sequences]
+
+
+def load_prepared(folder: str | Path) -> Prepared:
+    """The data stage's output folder: its arguments, the dataset and the frozen split (checked against it)."""
+    from ..data import load_split
+
+    folder = Path(folder)
+    record = read_json(folder / "stage.json", "stage record")
+    if record.get("stage") != "data":
+        raise FileNotFoundError(f"{folder} is not the output of the data stage (its stage.json names "
+                                f"{record.get('stage')!r})")
+    config = record["config"]
+
+    def rebuild(cls):
+        prefix = cls.__name__ + "."
+        return cls(**{k[len(prefix):]: v for k, v in config.items() if k.startswith(prefix)})
+
+    args, protocol = rebuild(DataArguments), rebuild(ProtocolConfig)
+    saved = json.loads((folder / "dataset.json").read_text(encoding="utf-8"))
+    if saved.pop("decimal_timestamps"):
+        saved["timestamps"] = [Decimal(t) for t in saved["timestamps"]]
+    saved["genres"] = {k: tuple(v) for k, v in saved["genres"].items()}
+    if saved["image_paths"] is not None:
+        saved["image_paths"] = {k: None if v is None else Path(v) for k, v in saved["image_paths"].items()}
+    saved["placeholder_size"] = tuple(saved["placeholder_size"])
+    data = RecData(**saved)
+    return Prepared(folder, args, protocol, data, load_split(folder / "split", data))
+
+
+def write_datasets(folder: Path, data: RecData, split: RecSplit, args: DataArguments, seed: int) -> dict[str, int]:
+    """The SFT, DPO and evaluation datasets of the split, saved with ``save_to_disk``; returns their row counts."""
+    from ..data import build_auc_eval_dataset, build_dpo_dataset, build_ranking_eval_dataset, build_sft_dataset
+
+    train = split.train[: args.max_train_sequences]
+    test = split.test[: args.max_test_sequences]
+    common = {"with_images": args.images, "templates": args.templates}
+    ranking = {"prompt": args.ranking_prompt(), "permutations": args.score_permutations, "seed": seed}
+    pairs = build_dpo_dataset(train, data, task=args.dpo_task, rejected=args.rejected,
+                              num_rejected=args.num_rejected, seed=seed, **common)
+    if args.max_dpo_pairs is not None and len(pairs) > args.max_dpo_pairs:  # a seeded sample, in the saved order
+        rows = np.sort(np.random.default_rng(seed).choice(len(pairs), size=args.max_dpo_pairs, replace=False))
+        pairs = pairs.select(rows.tolist())
+    built = {
+        "sft": build_sft_dataset(train, data, task=args.sft_task, **common),
+        "dpo": pairs,
+        "eval_ranking": build_ranking_eval_dataset(test, data, **common, **ranking),
+        "eval_auc": build_auc_eval_dataset(test, data, **common),
+    }
+    if args.curve_examples and split.validation:
+        built["curve_ranking"] = build_ranking_eval_dataset(split.validation[: args.curve_examples], data, **common,
+                                                            **ranking)
+    for name, dataset in built.items():
+        dataset.save_to_disk(str(folder / name))
+    return {name: len(dataset) for name, dataset in built.items()}
+
+
+def synthetic_data(args: DataArguments, seed: int) -> Path:
+    """The synthetic MovieLens-format files of these settings, generated once into the library's cache folder
+    (the same settings give byte-identical files)."""
+    from ..data import SyntheticConfig, write_synthetic_movielens
+    from ..files import atomic_folder, cache_dir
+
+    config = SyntheticConfig(num_users=args.synthetic_num_users, num_items=args.synthetic_num_items, seed=seed)
+    folder = cache_dir() / "synthetic" / f"movielens-{stage_key(dataclasses.asdict(config), {})[:12]}"
+    if not (folder / "synthetic_config.json").is_file():
+        with atomic_folder(folder, replace=False) as tmp:
+            write_synthetic_movielens(tmp, config, overwrite=True)
+    return folder
+
+
+def main(args: DataArguments, protocol: ProtocolConfig, *, data: RecData | None = None) -> dict[str, Any]:
+    """Run the data stage into ``args.output_dir``; ``data``: a dataset in memory (e.g. from
+    ``load_interactions`` on DataFrames) instead of files. Returns the stage record."""
+    from ..data import build_split, freeze_split
+
+    if data is None:
+        location = synthetic_data(args, protocol.seed) if args.synthetic else Path(args.data_dir or ".")
+        data = load_source(args, location, protocol.seed)
+    root = Path(args.output_dir).resolve().parent
+    stage = Stage("data", args.output_dir, describe(args, protocol, root=root), {"data": data_fingerprint(data)},
+                  OUTPUTS)
+
+    def work(folder: Path) -> dict[str, Any]:
+        split = build_split(data, protocol)
+        freeze_split(split, folder / "split", overwrite=True)
+        save_recdata(data, folder / "dataset.json")
+        rows = write_datasets(folder, data, split, args, protocol.seed)
+        counts = split.counts()
+        say(f"        {data.name}: {data.num_users} users, {data.num_items} items; sequences train/validation/test "
+            f"= {counts['train']}/{counts['validation']}/{counts['test']}; rows {rows}")
+        return {**data.summary(), "sequences": counts, "rows": rows}
+
+    return run_stage(stage, work)
+
+
+def parse(argv=None) -> tuple:
+    return parse_stage_args((DataArguments, ProtocolConfig), argv)
+
+
+if __name__ == "__main__":
+    raise SystemExit(script_main(parse, main))
