@@ -32,13 +32,18 @@ Tasks (``task=``): ``"ranking"`` (the Fig. 6b prompt listing the candidates), ``
   row per candidate order (cyclic shifts of the stored order, so every candidate sits in every slot equally often);
   rows of one ``sequence_id`` are averaged per candidate by the evaluation (``docs/evaluation.md``).
 * :func:`build_auc_eval_dataset` -- ``prompt``, ``label`` (1 = "Yes"), ``item`` (the target item).
+
+Item tokens (``docs/item_tokens.md``): every builder takes ``item_tokens``, a mapping item id -> item token (e.g. an
+:class:`~hanorec_trl.item_tokens.ItemVocabulary`), used where ``templates`` name items by token
+(:func:`~.prompts.item_templates`: title only, token only or both, in the prompt and in the answers). Without it, and
+with the default templates, the rows are byte-identical to those built before item tokens existed.
 """
 
 from __future__ import annotations
 
 import io
 import zlib
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -97,48 +102,84 @@ def _check_images(data: RecData, with_images: bool) -> None:
         )
 
 
+class _ItemNames:
+    """How the builders name items: titles from ``data``, item tokens from ``item_tokens`` (checked per item)."""
+
+    def __init__(self, data: RecData, item_tokens: Mapping[str, str] | None, templates: PromptTemplates):
+        if templates.uses_item_tokens and item_tokens is None:
+            raise ValueError(
+                "the templates name items by their item token (item_line or answer uses {token}); pass item_tokens= "
+                "(an ItemVocabulary or a mapping item id -> token) to the builder"
+            )
+        self.data, self.item_tokens, self.templates = data, item_tokens, templates
+
+    def titles(self, ids: Sequence[str]) -> list[str]:
+        return [self.data.title(i) for i in ids]
+
+    def token(self, item_id: str) -> str | None:
+        if self.item_tokens is None:
+            return None
+        try:
+            return self.item_tokens[item_id]
+        except KeyError:
+            raise ValueError(
+                f"item {item_id!r} of {self.data.name} has no item token in item_tokens ({len(self.item_tokens)} "
+                "items); build the vocabulary over every item of the dataset (ItemVocabulary(data.item_ids))"
+            ) from None
+
+    def tokens(self, ids: Sequence[str]) -> list[str] | None:
+        return None if self.item_tokens is None else [self.token(i) for i in ids]
+
+    def answer(self, item_id: str) -> str:
+        """The completion text naming ``item_id`` (``PromptTemplates.answer_text``)."""
+        return self.templates.answer_text(self.data.title(item_id), self.token(item_id))
+
+
 def _ranking_messages(
     ex: SequenceExample,
-    data: RecData,
+    names: _ItemNames,
     with_images: bool,
-    templates: PromptTemplates,
     candidates: Sequence[str] | None = None,
 ) -> tuple[list[dict], list[str]]:
     """The ranking prompt (Fig. 6b) listing ``candidates`` (default: the stored order) and the ids of the items whose
     images it shows, in order."""
     candidates = list(ex.candidates if candidates is None else candidates)
     messages, image_ids = ranking_prompt(
-        [data.title(i) for i in ex.history],
-        [data.title(i) for i in candidates],
+        names.titles(ex.history),
+        names.titles(candidates),
         list(ex.history) if with_images else None,
         candidates if with_images else None,
-        templates=templates,
+        templates=names.templates,
+        history_tokens=names.tokens(ex.history),
+        candidate_tokens=names.tokens(candidates),
     )
     return messages, image_ids or []
 
 
-def _next_item_messages(
-    ex: SequenceExample, data: RecData, with_images: bool, templates: PromptTemplates
-) -> tuple[list[dict], list[str]]:
+def _next_item_messages(ex: SequenceExample, names: _ItemNames, with_images: bool) -> tuple[list[dict], list[str]]:
     """The next-item prompt (history only) and the ids of the items whose images it shows, in order."""
     messages, image_ids = next_item_prompt(
-        [data.title(i) for i in ex.history], list(ex.history) if with_images else None, templates=templates
+        names.titles(ex.history),
+        list(ex.history) if with_images else None,
+        templates=names.templates,
+        history_tokens=names.tokens(ex.history),
     )
     return messages, image_ids or []
 
 
-def _auc_messages(
-    ex: SequenceExample, data: RecData, with_images: bool, templates: PromptTemplates
-) -> tuple[list[dict], list[str]]:
+def _auc_messages(ex: SequenceExample, names: _ItemNames, with_images: bool) -> tuple[list[dict], list[str]]:
     """The yes/no prompt (Fig. 6a) and the ids of the items whose images it shows, in order."""
     messages, image_ids = auc_prompt(
-        [data.title(i) for i in ex.history],
-        [data.title(i) for i in ex.auc_unwatched],
-        data.title(ex.auc_item),
+        names.titles(ex.history),
+        names.titles(ex.auc_unwatched),
+        names.data.title(ex.auc_item),
         list(ex.history) if with_images else None,
         list(ex.auc_unwatched) if with_images else None,
         ex.auc_item if with_images else None,
-        templates=templates,
+        templates=names.templates,
+        watched_tokens=names.tokens(ex.history),
+        unwatched_tokens=names.tokens(ex.auc_unwatched),
+        target_token=names.token(ex.auc_item),
     )
     return messages, image_ids or []
 
@@ -214,17 +255,19 @@ def build_sft_dataset(
     task: str = "ranking",
     with_images: bool = True,
     templates: PromptTemplates = DEFAULT_TEMPLATES,
+    item_tokens: Mapping[str, str] | None = None,
 ) -> Dataset:
     """SFT rows (prompt-completion, paper App. C.1) for ``task`` (see the module doc; "both": ranking row, then AUC
     row, per example)."""
+    names = _ItemNames(data, item_tokens, templates)
 
     def rows(ex: SequenceExample, t: str):
         if t in ("ranking", "next_item"):
             make = _ranking_messages if t == "ranking" else _next_item_messages
-            messages, ids = make(ex, data, with_images, templates)
-            answer = templates.answer_text(data.title(ex.target))
+            messages, ids = make(ex, names, with_images)
+            answer = names.answer(ex.target)
         else:
-            messages, ids = _auc_messages(ex, data, with_images, templates)
+            messages, ids = _auc_messages(ex, names, with_images)
             answer = _auc_answer(ex.auc_label)[0]
         return [({"prompt": messages, "completion": assistant_message(answer, with_images)}, ids)]
 
@@ -270,6 +313,7 @@ def build_dpo_dataset(
     similarity: Callable[[str, Sequence[str]], Sequence[float]] | None = None,
     with_images: bool = True,
     templates: PromptTemplates = DEFAULT_TEMPLATES,
+    item_tokens: Mapping[str, str] | None = None,
 ) -> Dataset:
     """DPO rows (paper Sec. 2, App. C.2) with ``chosen_item`` / ``rejected_item`` ids for the hardness weight.
 
@@ -285,22 +329,23 @@ def build_dpo_dataset(
         raise ValueError(f"num_rejected must be at least 1, got {num_rejected}")
     if rejected == "hard" and similarity is None:
         raise ValueError("rejected='hard' needs similarity=f(target_id, negative_ids) -> scores (e.g. item cosines)")
+    names = _ItemNames(data, item_tokens, templates)
 
     def rows(ex: SequenceExample, t: str):
         if t in ("ranking", "next_item"):
             negatives = _rejected_items(ex, rejected, num_rejected, seed, similarity)
             if t == "ranking":
                 shown = example_rng(seed, ex.sequence_id, "list order").permutation(list(ex.candidates)).tolist()
-                messages, ids = _ranking_messages(ex, data, with_images, templates, shown)
+                messages, ids = _ranking_messages(ex, names, with_images, shown)
             else:
-                messages, ids = _next_item_messages(ex, data, with_images, templates)
-            chosen = assistant_message(templates.answer_text(data.title(ex.target)), with_images)
+                messages, ids = _next_item_messages(ex, names, with_images)
+            chosen = assistant_message(names.answer(ex.target), with_images)
             return [
                 (
                     {
                         "prompt": messages,
                         "chosen": chosen,
-                        "rejected": assistant_message(templates.answer_text(data.title(neg)), with_images),
+                        "rejected": assistant_message(names.answer(neg), with_images),
                         "chosen_item": ex.target,
                         "rejected_item": neg,
                     },
@@ -308,7 +353,7 @@ def build_dpo_dataset(
                 )
                 for neg in negatives
             ]
-        messages, ids = _auc_messages(ex, data, with_images, templates)
+        messages, ids = _auc_messages(ex, names, with_images)
         right, wrong = _auc_answer(ex.auc_label)
         preferred, other = _auc_item_pair(ex)
         row = {
@@ -352,6 +397,7 @@ def build_ranking_eval_dataset(
     prompt: str = "list",
     permutations: int | None = None,
     seed: int = 0,
+    item_tokens: Mapping[str, str] | None = None,
 ) -> Dataset:
     """Ranking evaluation rows: the prompt, every candidate's completion text, the candidates' ids, the target's
     position, the prompt format. Score a model by the log-likelihood of each candidate text given the prompt.
@@ -362,6 +408,7 @@ def build_ranking_eval_dataset(
     """
     if prompt not in PROMPT_FORMATS:
         raise ValueError(f"prompt must be one of {PROMPT_FORMATS}, got {prompt!r}")
+    names = _ItemNames(data, item_tokens, templates)
 
     def rows(ex: SequenceExample, t: str):
         if prompt == "next_item":
@@ -371,12 +418,12 @@ def build_ranking_eval_dataset(
         out = []
         for order in orders:
             if prompt == "next_item":
-                messages, ids = _next_item_messages(ex, data, with_images, templates)
+                messages, ids = _next_item_messages(ex, names, with_images)
             else:
-                messages, ids = _ranking_messages(ex, data, with_images, templates, order)
+                messages, ids = _ranking_messages(ex, names, with_images, order)
             row = {
                 "prompt": messages,
-                "candidates": [templates.answer_text(data.title(c)) for c in order],
+                "candidates": [names.answer(c) for c in order],
                 "candidate_items": order,
                 "target_index": order.index(ex.target),
                 "prompt_format": prompt,
@@ -393,11 +440,13 @@ def build_auc_eval_dataset(
     *,
     with_images: bool = True,
     templates: PromptTemplates = DEFAULT_TEMPLATES,
+    item_tokens: Mapping[str, str] | None = None,
 ) -> Dataset:
     """AUC evaluation rows: the yes/no prompt, ``label`` (1 = "Yes") and ``item`` (the target item's id)."""
+    names = _ItemNames(data, item_tokens, templates)
 
     def rows(ex: SequenceExample, t: str):
-        messages, ids = _auc_messages(ex, data, with_images, templates)
+        messages, ids = _auc_messages(ex, names, with_images)
         return [({"prompt": messages, "label": ex.auc_label, "item": ex.auc_item}, ids)]
 
     return _build(examples, data, "auc", with_images, rows, "AUC eval rows")

@@ -5,7 +5,10 @@ LLMs), ``candidates`` (completion texts), ``candidate_items`` (ids), ``target_in
 ``images``, ``label`` (1 = "Yes", 0 = "No"), ``item``.
 
 * Ranking, ``ranking_mode="likelihood"`` (default): every candidate is scored by its log-likelihood as the completion
-  (:func:`~hanorec_trl.evaluation.scoring.score_candidates`, prompt once), ranked with pessimistic ties.
+  (:func:`~hanorec_trl.evaluation.scoring.score_candidates`, prompt once), ranked with pessimistic ties. With
+  ``candidate_score="first_token"`` by the log-prob of its first completion token alone
+  (:func:`~hanorec_trl.evaluation.scoring.score_first_tokens`: one prompt forward per row): with item-token answers
+  (``docs/item_tokens.md``) the item token's log-prob.
   ``"generation"``: the paper's protocol (:mod:`~hanorec_trl.evaluation.generation`).
 * Position-free ranking: rows that share a ``sequence_id`` (and the same ``candidate_items``) are one example shown
   in several candidate orders (``build_ranking_eval_dataset(permutations=...)``). Each candidate's score is the mean
@@ -42,10 +45,11 @@ from ..fast.forward import image_feature_cache
 from ..files import atomic_file
 from .generation import GenerationSettings, generate_answers, match_candidates, parse_titles
 from .metrics import DEFAULT_KS, auc_score, average_ranks, binary_auc, ranking_metrics, target_rank
-from .scoring import SCORING_METHODS, score_candidates, tokenize_candidates
+from .scoring import SCORING_METHODS, score_candidates, score_first_tokens, tokenize_candidates
 
 RANKING_MODES = ("likelihood", "generation")
 AUC_PROBABILITIES = ("sequence", "first_token")
+CANDIDATE_SCORES = ("sequence", "first_token")
 
 
 @dataclass
@@ -66,6 +70,12 @@ class RecEvalConfig:
     auc_probability: str = field(
         default="sequence",
         metadata={"help": "P(Yes) from the full 'Yes'/'No' completion likelihoods ('sequence') or the first token."},
+    )
+    candidate_score: str = field(
+        default="sequence",
+        metadata={"help": "Likelihood ranking: a candidate's score is its whole completion's log-likelihood "
+                  "('sequence') or its first completion token's log-prob ('first_token'; one prompt forward per row: "
+                  "the item token's log-prob with item-token answers)."},
     )
     batch_size: int = field(default=4, metadata={"help": "Prompts per forward (all candidates of a prompt together)."})
     max_ranking_rows: int | None = field(
@@ -90,6 +100,7 @@ class RecEvalConfig:
             ("ranking_mode", self.ranking_mode, RANKING_MODES),
             ("scoring_method", self.scoring_method, SCORING_METHODS),
             ("auc_probability", self.auc_probability, AUC_PROBABILITIES),
+            ("candidate_score", self.candidate_score, CANDIDATE_SCORES),
         ):
             if value not in allowed:
                 raise ValueError(f"RecEvalConfig.{name} must be one of {allowed}, got {value!r}")
@@ -209,7 +220,12 @@ def evaluate_ranking(model, processing_class, rows: Sequence[dict], config: RecE
     images = [r.get("images") for r in rows]
     candidates = [list(r["candidates"]) for r in rows]
     per_row: dict[str, Any] = {}
-    if config.ranking_mode == "likelihood":
+    if config.ranking_mode == "likelihood" and config.candidate_score == "first_token":
+        firsts = score_first_tokens(model, processing_class, prompts, candidates, images, batch_size=config.batch_size,
+                                    progress=config.progress, desc="ranking (first token)")
+        row_scores = [row.tolist() for row in firsts]
+        parsed = [True] * len(rows)
+    elif config.ranking_mode == "likelihood":
         logps = score_candidates(
             model,
             processing_class,

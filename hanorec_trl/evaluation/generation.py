@@ -1,10 +1,13 @@
 """Generation mode (the paper's protocol): generate an answer, parse the titles it lists, map them to candidates.
 
-Parsing (:func:`parse_titles`): if the whole output is one candidate's text, that is the answer; otherwise the
-double-quoted spans ("..." or curly quotes) in order; with no quotes, one title per non-empty line, stripped of
-list markers ("1.", "2)", "-", "*").
+Parsing (:func:`parse_titles`): if the whole output is one candidate's text, that is the answer; otherwise the item
+tokens it names (``<item_123>``, ``docs/item_tokens.md``) in order, repeats dropped; otherwise the double-quoted
+spans ("..." or curly quotes) in order; with no quotes, one title per non-empty line, stripped of list markers
+("1.", "2)", "-", "*").
 
-Matching (:func:`match_candidates`), conservative, each title to at most one candidate and never to two:
+Matching (:func:`match_candidates`), conservative, each title to at most one candidate and never to two. An item
+token matches the candidate whose text names that token (``<item_3>`` or ``"Title" <item_3>``) and nothing else;
+any other title:
 
 1. exact: the stripped title equals a candidate's text, or the candidate's text without its surrounding quotes;
 2. normalized: case-folded, quotes removed, whitespace collapsed;
@@ -28,6 +31,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from ..item_tokens.vocabulary import find_item_tokens
 from ..model_utils import eval_mode, model_device
 from .scoring import encode_prompts, rendered_prompt, text_tokenizer
 
@@ -43,6 +47,9 @@ def parse_titles(text: str, candidates: Sequence[str] = ()) -> list[str]:
     stripped = text.strip()
     if stripped in candidates:
         return [stripped]
+    tokens = find_item_tokens(text)
+    if tokens:
+        return list(dict.fromkeys(tokens))
     quoted = [m.group(1).strip() for m in _QUOTED.finditer(text)]
     if quoted:
         return [q for q in quoted if q]
@@ -82,8 +89,14 @@ def _candidate_keys(candidate: str) -> tuple[set[str], str, str]:
 def match_candidates(titles: Sequence[str], candidates: Sequence[str]) -> list[int]:
     """Candidate indices for ``titles`` in order: each title maps to at most one untaken candidate (or none)."""
     keys = [_candidate_keys(c) for c in candidates]
+    candidate_tokens = [find_item_tokens(c) for c in candidates]
     taken: list[int] = []
     for title in titles:
+        if find_item_tokens(title) == [title.strip()]:  # an item token: only the candidate that names it
+            hits = [i for i, tokens in enumerate(candidate_tokens) if title.strip() in tokens]
+            if len(hits) == 1 and hits[0] not in taken:
+                taken.append(hits[0])
+            continue
         levels = (
             lambda k: _exact(title) in k[0],
             lambda k: _normalize(title) == k[1],

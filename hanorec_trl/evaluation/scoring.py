@@ -18,6 +18,11 @@ M-RoPE index (``get_rope_index``) for the prompt, continued for the candidate to
 ``real_prompt_length + j + rope_delta`` on all three axes (text tokens after the last image advance 1 per token).
 :func:`score_candidates` with ``method="naive"`` re-runs the prompt for every candidate (what TRL's collators
 do); a test shows both give the same numbers.
+
+First token only (:func:`score_first_tokens`): a candidate's score is the log-prob of its first completion token,
+read from the prompt's own forward (no candidate forward). With item-token answers (``docs/item_tokens.md``) that is
+the item token's log-prob, the cheap score that also ranks a whole catalogue
+(:func:`hanorec_trl.item_tokens.catalogue_log_probs`).
 """
 
 from __future__ import annotations
@@ -270,15 +275,20 @@ def _to(encoding: dict, device) -> dict:
 # ------------------------------------------------------------------------------------------------------------------
 
 
-def _score_prompt_once(model, processing_class, items: Sequence[TokenizedCandidates]) -> list[list[np.ndarray]]:
+def _prompt_forward(model, processing_class, items: Sequence[TokenizedCandidates], use_cache: bool):
+    """One forward over a batch of prompts: ``(encoding, rope_deltas, next-token logits [B, V], cache or None)``."""
     device = model_device(model)
     encoding = _to(encode_prompts(processing_class, items), device)
     positions, deltas = prompt_position_ids(model, encoding)
-    cache_kw = _cache_kwarg(model)
     model_inputs = {k: v for k, v in encoding.items() if k != "mm_token_type_ids"}
-    outputs = model(**model_inputs, position_ids=positions, use_cache=True, logits_to_keep=1)
-    next_token_logits = outputs.logits[:, -1]
-    cache = _output_cache(outputs)
+    outputs = model(**model_inputs, position_ids=positions, use_cache=use_cache, logits_to_keep=1)
+    return encoding, deltas, outputs.logits[:, -1], _output_cache(outputs) if use_cache else None
+
+
+def _score_prompt_once(model, processing_class, items: Sequence[TokenizedCandidates]) -> list[list[np.ndarray]]:
+    device = model_device(model)
+    encoding, deltas, next_token_logits, cache = _prompt_forward(model, processing_class, items, use_cache=True)
+    cache_kw = _cache_kwarg(model)
 
     owner = [i for i, item in enumerate(items) for _ in item.completion_ids]
     owner_t = torch.tensor(owner, device=device)
@@ -339,6 +349,25 @@ def _batches(seq: Sequence, size: int) -> Iterator[Sequence]:
         yield seq[start : start + size]
 
 
+def tokenize_rows(processing_class, prompts, completions, images) -> list[TokenizedCandidates]:
+    """Every row tokenized as TRL would (errors name the row); a candidate without tokens is refused."""
+    if len(completions) != len(prompts) or (images is not None and len(images) != len(prompts)):
+        raise ValueError("prompts, completions and images must have one entry per row")
+    items = []
+    for row, (prompt, cands) in enumerate(zip(prompts, completions)):
+        try:
+            items.append(
+                tokenize_candidates(processing_class, prompt, cands, images[row] if images is not None else None)
+            )
+        except ValueError as e:
+            raise ValueError(f"row {row}: {e}") from e
+    for row, item in enumerate(items):
+        empty = [j for j, ids in enumerate(item.completion_ids) if not ids]
+        if empty:
+            raise ValueError(f"row {row}: candidates {empty} have no completion tokens")
+    return items
+
+
 def score_candidates(
     model,
     processing_class,
@@ -362,22 +391,9 @@ def score_candidates(
         raise ValueError(f"method must be one of {SCORING_METHODS}, got {method!r}")
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    if len(completions) != len(prompts) or (images is not None and len(images) != len(prompts)):
-        raise ValueError("prompts, completions and images must have one entry per row")
     from tqdm.auto import tqdm
 
-    items = []
-    for row, (prompt, cands) in enumerate(zip(prompts, completions)):
-        try:
-            items.append(
-                tokenize_candidates(processing_class, prompt, cands, images[row] if images is not None else None)
-            )
-        except ValueError as e:
-            raise ValueError(f"row {row}: {e}") from e
-    for row, item in enumerate(items):
-        empty = [j for j, ids in enumerate(item.completion_ids) if not ids]
-        if empty:
-            raise ValueError(f"row {row}: candidates {empty} have no completion tokens")
+    items = tokenize_rows(processing_class, prompts, completions, images)
     out: list[list[np.ndarray]] = []
     with eval_mode(model), tqdm(total=len(items), desc=desc, disable=not progress, unit="prompt") as bar:
         for batch in _batches(items, batch_size):
@@ -387,6 +403,65 @@ def score_candidates(
                 out.extend(_score_naive(model, processing_class, item) for item in batch)
             bar.update(len(batch))
     return out
+
+
+def next_token_log_probs(
+    model,
+    processing_class,
+    items: Sequence[TokenizedCandidates],
+    token_ids: Sequence[Sequence[int]],
+    *,
+    batch_size: int = 4,
+    progress: bool = True,
+    desc: str = "scoring first tokens",
+) -> list[np.ndarray]:
+    """``log p(token | prompt)`` for the given ``token_ids[row]`` after each tokenized prompt, one prompt forward each
+    (no candidate forward), float64. The log-softmax runs over the full vocabulary in float32."""
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    from tqdm.auto import tqdm
+
+    out: list[np.ndarray] = []
+    with eval_mode(model), tqdm(total=len(items), desc=desc, disable=not progress, unit="prompt") as bar:
+        for start in range(0, len(items), batch_size):
+            batch = items[start : start + batch_size]
+            _, _, logits, _ = _prompt_forward(model, processing_class, batch, use_cache=False)
+            logps = torch.log_softmax(logits.float(), dim=-1).cpu()
+            for row, ids in zip(logps, token_ids[start : start + batch_size]):
+                out.append(row[torch.as_tensor(list(ids), dtype=torch.long)].numpy().astype(np.float64))
+            bar.update(len(batch))
+    return out
+
+
+def score_first_tokens(
+    model,
+    processing_class,
+    prompts: Sequence[Any],
+    completions: Sequence[Sequence[str]],
+    images: Sequence[Sequence | None] | None = None,
+    *,
+    batch_size: int = 4,
+    progress: bool = True,
+    desc: str = "scoring first tokens",
+) -> list[np.ndarray]:
+    """Each candidate's score as the log-prob of its first completion token (the very token TRL scores first):
+    ``scores[row]`` is a float64 array over the row's candidates. With item-token answers
+    (``item_templates(answer="token")``) that is the item token's log-prob, so a row costs one prompt forward.
+    Candidates of a row that start with the same token are refused (they would tie)."""
+    items = tokenize_rows(processing_class, prompts, completions, images)
+    firsts = []
+    for row, item in enumerate(items):
+        first = [ids[0] for ids in item.completion_ids]
+        if len(set(first)) != len(first):
+            same = next(j for j, t in enumerate(first) if first.index(t) != j)
+            raise ValueError(
+                f"row {row}: candidates {first.index(first[same])} and {same} start with the same token "
+                f"({first[same]}), so first-token scores cannot tell them apart; score whole sequences, or name "
+                "the answers by item token (item_templates(answer='token'))"
+            )
+        firsts.append(first)
+    return next_token_log_probs(model, processing_class, items, firsts, batch_size=batch_size, progress=progress,
+                                desc=desc)
 
 
 def rendered_prompt(processing_class, prompt, images=None) -> TokenizedCandidates:
@@ -410,9 +485,12 @@ __all__ = [
     "TokenizedCandidates",
     "continuation_position_ids",
     "encode_prompts",
+    "next_token_log_probs",
     "prompt_position_ids",
     "rendered_prompt",
     "score_candidates",
+    "score_first_tokens",
     "tokenize_candidates",
+    "tokenize_rows",
     "token_log_probs",
 ]
