@@ -272,6 +272,11 @@ def test_leave_last_out_tests_every_user_on_the_most_recent_window(data):
         items_of.setdefault(ex.user, set()).update((*ex.history, ex.target))
     assert all(ex.target not in items_of.get(ex.user, set()) for ex in split.test)
     _check_examples(split, data, cfg)
+    # the baselines' full data stops before each user's validation target (before the test target without one)
+    from hanorec_trl.data.interactions import TrainingInteractions
+
+    learned = TrainingInteractions.from_split(data, split).sequences
+    assert all(learned[u] == s[: len(s) - (2 if len(s) >= 7 else 1)] for u, s in sequences.items() if u in kept)
 
 
 def test_the_leak_check_catches_a_window_reaching_a_test_target(data):
