@@ -199,8 +199,8 @@ def _image_features(hf_model, batch: dict, cache: VisionFeatureCache | None) -> 
 def _position_ids(hf_model, batch: dict) -> torch.Tensor:
     """Position ids of every packed token: its position in the standard (prompt + one completion) sequence."""
     offsets = batch["position_offsets"]
-    if not is_qwen_vl(hf_model):
-        return offsets
+    if not is_qwen_vl(hf_model) or "mm_token_type_ids" not in batch:
+        return offsets  # text rows (also on a Qwen-VL model: its text positions are the same in all three axes)
     prompt_lengths = batch["prompt_lengths"]
     width = int(prompt_lengths.max())
     prompt_ids = batch["input_ids"][:, :width]

@@ -22,12 +22,17 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+import logging
+from collections.abc import Callable
+
 import torch
 
 from .vision_cache import image_key
 
+logger = logging.getLogger(__name__)
+
 PACKED_KEY = "packed_segment_ids"  # marks a packed batch
-SCALAR_COLUMNS = ("hano_lambda", "ref_chosen_logps", "ref_rejected_logps")
+SCALAR_COLUMNS = ("ref_chosen_logps", "ref_rejected_logps")
 
 
 def segment_mask_function(segment_ids: torch.Tensor, prompt_lengths: torch.Tensor):
@@ -63,10 +68,15 @@ class PackedPreferenceCollator:
         processing_class: the tokenizer (text rows) or processor (vision rows) given to the trainer.
         max_length: truncates each prompt+completion sequence like TRL (``keep_start``); ``None`` disables it.
         scalar_columns: per-row float columns carried into the batch as tensors when present.
+        fallback: TRL's collator, given the batches that cannot be packed exactly (a vision row whose prompt alone
+            fills ``max_length``: TRL truncates the prompt itself); without one such a batch is refused.
     """
 
-    def __init__(self, processing_class, max_length: int | None = None, scalar_columns=SCALAR_COLUMNS):
+    def __init__(self, processing_class, max_length: int | None = None, scalar_columns=SCALAR_COLUMNS,
+                 fallback: Callable | None = None):
         self.processing_class = processing_class
+        self.fallback = fallback
+        self._fell_back = False
         self.tokenizer = getattr(processing_class, "tokenizer", processing_class)
         self.max_length = max_length
         self.scalar_columns = tuple(scalar_columns)
@@ -118,13 +128,20 @@ class PackedPreferenceCollator:
     # -------------------------------------------------------------------------------------------------- collate
     def __call__(self, examples: list[dict[str, Any]]) -> dict[str, Any]:
         vision = "images" in examples[0] or "image" in examples[0]
+        rows = [self._vision_row(example) if vision else self._text_row(example) for example in examples]
+        if self.fallback is not None and self.max_length is not None and any(
+            len(row[1]) >= self.max_length for row in rows
+        ):
+            if not self._fell_back:
+                self._fell_back = True
+                logger.warning("prompt-once fast path: a batch has a prompt of max_length=%d tokens or more, which "
+                               "TRL truncates; such batches go through TRL's own collator (logged once)",
+                               self.max_length)
+            return self.fallback([dict(example) for example in examples])
         groups: list[_Group] = []
         group_of: dict[tuple, int] = {}
         pairs = []  # per row: (group, chosen completion index, rejected completion index)
-        for row, example in enumerate(examples):
-            signature, prompt_ids, extras, keys, chosen, rejected = (
-                self._vision_row(example) if vision else self._text_row(example)
-            )
+        for row, (signature, prompt_ids, extras, keys, chosen, rejected) in enumerate(rows):
             if signature not in group_of:
                 group_of[signature] = len(groups)
                 groups.append(_Group(prompt_ids, extras, keys, []))
