@@ -30,15 +30,16 @@ from pathlib import Path
 
 import torch
 from transformers import TrainerCallback
+from trl import ModelConfig
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from hanorec_trl.data import PromptTemplates, ProtocolConfig, build_sft_dataset, build_split, load_movielens_1m  # noqa
 from hanorec_trl.pretrained import smollm2_135m_instruct  # noqa: E402
-from hanorec_trl.pipeline.pipeline_config import PipelineConfig  # noqa: E402
-from hanorec_trl.pipeline.modeling import lora_config  # noqa: E402
-from hanorec_trl.pipeline.training import compact_lm_head_on_cpu  # noqa: E402
+from hanorec_trl.pipeline.models import lora_config  # noqa: E402
+from hanorec_trl.fast.cpu_lm_head import compact_lm_head_on_cpu  # noqa: E402
 
+LORA = ModelConfig(use_peft=True, lora_r=8, lora_alpha=32, lora_dropout=0.05)  # the pipeline's recipes
 CONFIGS = {
     "old: ranking + AUC, default system prompt": ("both", None),
     "ranking + AUC, no system prompt": ("both", ""),
@@ -73,7 +74,7 @@ def measure(task: str, system: str | None, examples, data, steps: int, batch_siz
                          logging_steps=1, disable_tqdm=True, seed=0, dataloader_num_workers=0,
                          gradient_checkpointing=False)  # as the pipeline trains on CPU (TRL's default is on)
         trainer = SFTTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer,
-                             peft_config=lora_config(model, PipelineConfig()), callbacks=[timer])
+                             peft_config=lora_config(model, LORA), callbacks=[timer])
         with compact_lm_head_on_cpu():
             trainer.train()
     step = statistics.median(timer.times[1:])  # the first step warms up

@@ -2,7 +2,7 @@
 items, hardness temperature 1 / 0.1 / 0.05), each variant against a reference model of its own run, on the same
 test rows (paper Fig. 3 style: the ablations per condition).
 
-Reads the ``report/results.json`` each run wrote (``--run.variants ... --run.dpo_seeds ...``), keeps the entries of
+Reads the ``report/results.json`` each run wrote (a recipe with ``variants.yaml``), keeps the entries of
 its paired differences against ``--reference`` (default: plain DPO), and writes one Markdown table, one plot (bars:
 difference with the 95% paired-bootstrap interval over rows; dots: seed by seed) and the entries as JSON::
 
@@ -25,8 +25,9 @@ import json
 import sys
 from pathlib import Path
 
+from hanorec_trl.evaluation.reporting import differences_table, plot_differences, seed_groups
 from hanorec_trl.files import appended, check_new, new_files
-from hanorec_trl.scripts.report import ReportError, differences_table, plot_differences, read_results, seed_groups
+from hanorec_trl.scripts.report import ReportError, read_results
 
 
 def condition_entries(label: str, results: dict, reference: str) -> tuple[list[dict], dict[str, str]]:

@@ -319,8 +319,8 @@ def run_seed(seed: int, cfg: TestbedConfig, work_dir: Path, *, progress: bool = 
     from hanorec_trl.data.prompts import PromptTemplates
     from hanorec_trl.encoders import QwenVLItemEncoder, encode_items
     from hanorec_trl.evaluation import RecEvalConfig, evaluate_recommender
+    from hanorec_trl.fast.cpu_lm_head import compact_lm_head_on_cpu
     from hanorec_trl.hardness import HardnessIndex, add_hardness_column
-    from hanorec_trl.pipeline.training import compact_lm_head_on_cpu
     from hanorec_trl.testing import tiny_qwen2
 
     started = time.perf_counter()

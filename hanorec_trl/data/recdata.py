@@ -13,7 +13,9 @@ An unreadable file (bad header, or pixel data cut short: a truncated download) i
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
+import json
 import warnings
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -182,6 +184,49 @@ class RecData:
             "has_timestamps": self.timestamps is not None,
             "fingerprint": self.fingerprint(),
         }
+
+    # ----------------------------------------------------------------------------------------------- in a file
+    def subsample_users(self, num_users: int, seed: int) -> RecData:
+        """This dataset restricted to a seeded random sample of ``num_users`` users (all their interactions)."""
+        import numpy as np
+
+        users = list(self.user_sequences())
+        if num_users >= len(users):
+            return self
+        kept = {users[k] for k in np.random.default_rng(seed).choice(len(users), size=num_users, replace=False)}
+        rows = [k for k, user in enumerate(self.users) if user in kept]
+        return dataclasses.replace(
+            self, users=[self.users[k] for k in rows], items=[self.items[k] for k in rows],
+            timestamps=None if self.timestamps is None else [self.timestamps[k] for k in rows],
+            sources={**self.sources, "subsample": f"{num_users} of {len(users)} users, seed {seed}"})
+
+    def save(self, path: str | Path) -> None:
+        """Everything but the image files themselves into one JSON file (:meth:`load` reads it back exactly:
+        fractional timestamps as decimal strings, image paths absolute)."""
+        from ..files import atomic_file
+
+        exact = self.timestamps is not None and any(isinstance(t, Decimal) for t in self.timestamps)
+        paths = None if self.image_paths is None else {k: None if v is None else str(Path(v).resolve())
+                                                        for k, v in self.image_paths.items()}
+        payload = {"name": self.name, "users": self.users, "items": self.items, "item_ids": self.item_ids,
+                   "timestamps": [str(t) for t in self.timestamps] if exact else self.timestamps,
+                   "decimal_timestamps": exact, "titles": self.titles,
+                   "genres": {k: list(v) for k, v in self.genres.items()}, "image_paths": paths,
+                   "strict_images": self.strict_images, "placeholder_size": list(self.placeholder_size),
+                   "sources": self.sources}
+        with atomic_file(path) as tmp:
+            tmp.write_text(json.dumps(payload), encoding="utf-8")
+
+    @classmethod
+    def load(cls, path: str | Path) -> RecData:
+        saved = json.loads(Path(path).read_text(encoding="utf-8"))
+        if saved.pop("decimal_timestamps"):
+            saved["timestamps"] = [Decimal(t) for t in saved["timestamps"]]
+        saved["genres"] = {k: tuple(v) for k, v in saved["genres"].items()}
+        if saved["image_paths"] is not None:
+            saved["image_paths"] = {k: None if v is None else Path(v) for k, v in saved["image_paths"].items()}
+        saved["placeholder_size"] = tuple(saved["placeholder_size"])
+        return cls(**saved)
 
     # --------------------------------------------------------------------------------------------------------- images
     def placeholder_image(self) -> Image.Image:

@@ -71,12 +71,7 @@ class RunDir:
             if not ((entry / RECORD).is_file() or (entry / STARTED).is_file()):
                 foreign.append(name)
                 continue
-            _, extra = owned_paths(entry)
-            if extra:
-                owned, _ = owned_paths(entry)
-                present = sorted(str(p.relative_to(self.root)) for p in entry.rglob("*")
-                                 if (p.is_file() or p.is_symlink()) and str(p.relative_to(entry)) not in owned)
-                foreign += present
+            foreign += [f"{name}/{path}" for path in owned_paths(entry)[1]]
         return foreign
 
     def check(self, *, resume: bool, overwrite: bool) -> None:
@@ -124,8 +119,7 @@ class RunDir:
         """Create the run directory (or empty it for ``overwrite``: only the files it owns) and write ``run.json``."""
         if overwrite and self.root.is_dir() and not self.ownership_problem():
             for folder in self.stage_folders():
-                owned, _ = owned_paths(folder)
-                for relative in sorted(owned, reverse=True):
+                for relative in owned_paths(folder)[0]:
                     (folder / relative).unlink()
                 for sub in sorted((p for p in folder.rglob("*") if p.is_dir()), reverse=True):
                     sub.rmdir()

@@ -257,20 +257,18 @@ class Stage:
         return self.publish(record["summary"], 0.0, reused_from=str(source.resolve()))
 
 
-def owned_paths(folder: Path) -> tuple[set[str], bool]:
-    """The files of a stage folder (complete or ``.partial``) this pipeline wrote, relative to it, and whether the
-    folder holds anything else. Complete: the record's manifest; unfinished: everything under its declared
-    ``writes`` (a trainer's checkpoints)."""
+def owned_paths(folder: Path) -> tuple[list[str], list[str]]:
+    """The files of a stage folder (complete or ``.partial``) the pipeline wrote, and the others, relative to it.
+    Complete: the record's manifest; unfinished: everything under its declared ``writes`` (a trainer's checkpoints)."""
     complete = (folder / RECORD).is_file()
     record = read_json(folder / (RECORD if complete else STARTED), "stage record")
+    present = sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file() or p.is_symlink())
     if complete:
         owned = set(record["files"]) | {RECORD, STARTED}
     else:
-        owned = {STARTED} | {str(p.relative_to(folder)) for w in record.get("writes", [])
-                             for p in ([folder / w] if (folder / w).is_file() else (folder / w).rglob("*"))
-                             if p.is_file() and not p.is_symlink()}
-    present = {str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file() or p.is_symlink()}
-    return owned & present, bool(present - owned)
+        owned = {STARTED} | {name for name in present if name.split(os.sep)[0] in record.get("writes", [])
+                             and not (folder / name).is_symlink()}
+    return [n for n in present if n in owned], [n for n in present if n not in owned]
 
 
 __all__ = ["PARTIAL", "RECORD", "STARTED", "Stage", "StageError", "content_hash", "describe", "differences",

@@ -18,29 +18,10 @@ from typing import Any
 
 from transformers import PrinterCallback, ProgressCallback, TrainerCallback
 
+from ..fast.cpu_lm_head import compact_lm_head_on_cpu
+from .parsing import ConfigError
+
 logger = logging.getLogger(__name__)
-
-
-@contextlib.contextmanager
-def compact_lm_head_on_cpu() -> Iterator[bool]:
-    """Let TRL's fused LM head project only the labelled positions on CPU too (exact; tested).
-
-    TRL 1.16 scores every position through the full vocabulary where Triton is unavailable, so that compiled tile
-    shapes stay fixed; a CPU compiles nothing, and with Qwen's 151,665-token vocabulary that dominates a step (tiny
-    Qwen2.5-VL, 4 x 320 tokens: 34 s forward + backward, 3.7 s compact). Yields whether the switch was installed.
-    """
-    import trl.trainer.utils as trl_utils
-
-    original = getattr(trl_utils, "_use_triton", None)
-    if original is None:
-        logger.info("TRL's fused LM head has no _use_triton switch in this version: CPU steps score every position")
-        yield False
-        return
-    trl_utils._use_triton = lambda device: getattr(device, "type", None) == "cpu" or original(device)
-    try:
-        yield True
-    finally:
-        trl_utils._use_triton = original
 
 
 class StageProgress(ProgressCallback):
@@ -222,6 +203,6 @@ def check_max_length(dataset, processing_class, max_length: int | None, field: s
         return
     row, length = shortest_row(dataset, processing_class)
     if max_length < length:
-        raise ValueError(f"{field} {max_length} is shorter than every row of the dataset (the shortest, row {row}, "
+        raise ConfigError(f"{field} {max_length} is shorter than every row of the dataset (the shortest, row {row}, "
                          f"has at least {length} tokens): training would see no complete example. Raise it, or set "
                          "it to None")

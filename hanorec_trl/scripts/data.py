@@ -15,9 +15,7 @@ as loaded), ``split/`` (the frozen split, JSONL + manifest), and ``datasets.load
 from __future__ import annotations
 
 import dataclasses
-import json
 from dataclasses import dataclass, field
-from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +24,7 @@ import numpy as np
 from ..data import PromptTemplates, ProtocolConfig, RecData, RecSplit
 from ..pipeline.parsing import parse_stage_args
 from ..pipeline.running import run_stage, say, script_main
-from ..pipeline.stage import Stage, content_hash, describe, read_json, stage_key, write_json
+from ..pipeline.stage import Stage, content_hash, describe, read_json, stage_key
 
 DATASETS = ("movielens", "microlens", "netflix", "custom")
 OUTPUTS = ("dataset.json", "split", "sft", "dpo", "eval_ranking", "eval_auc", "curve_ranking")
@@ -138,39 +136,13 @@ def load_source(args: DataArguments, location: Path, seed: int) -> RecData:
     else:
         loader = {"movielens": load_movielens_1m, "microlens": load_microlens, "netflix": load_netflix_llmrec}
         data = loader[args.dataset](location, images=args.images)
-    return subsample_users(data, args.max_users, seed) if args.max_users else data
-
-
-def subsample_users(data: RecData, num_users: int, seed: int) -> RecData:
-    """``data`` restricted to a seeded random sample of ``num_users`` users (all their interactions)."""
-    users = list(data.user_sequences())
-    if num_users >= len(users):
-        return data
-    kept = {users[k] for k in np.random.default_rng(seed).choice(len(users), size=num_users, replace=False)}
-    rows = [k for k, user in enumerate(data.users) if user in kept]
-    return dataclasses.replace(
-        data, users=[data.users[k] for k in rows], items=[data.items[k] for k in rows],
-        timestamps=None if data.timestamps is None else [data.timestamps[k] for k in rows],
-        sources={**data.sources, "subsample": f"{num_users} of {len(users)} users, seed {seed}"})
+    return data.subsample_users(args.max_users, seed) if args.max_users else data
 
 
 def data_fingerprint(data: RecData) -> str:
     """The loaded interactions and item table, and the bytes of every image file: what the stage read."""
     images = sorted(str(p) for p in (data.image_paths or {}).values() if p is not None)
     return data.fingerprint() + ("+images:" + content_hash([Path(p) for p in images]) if images else "")
-
-
-def save_recdata(data: RecData, path: Path) -> None:
-    paths = None if data.image_paths is None else {k: None if v is None else str(Path(v).resolve())
-                                                    for k, v in data.image_paths.items()}
-    exact = data.timestamps is not None and any(isinstance(t, Decimal) for t in data.timestamps)
-    times = [str(t) for t in data.timestamps] if exact else data.timestamps  # fractions stay exact (Decimal)
-    write_json(path, {"name": data.name, "users": data.users, "items": data.items, "timestamps": times,
-                      "decimal_timestamps": exact,
-                      "item_ids": data.item_ids, "titles": data.titles,
-                      "genres": {k: list(v) for k, v in data.genres.items()}, "image_paths": paths,
-                      "strict_images": data.strict_images, "placeholder_size": list(data.placeholder_size),
-                      "sources": data.sources})
 
 
 @dataclass
@@ -213,14 +185,7 @@ def load_prepared(folder: str | Path) -> Prepared:
         return cls(**{k[len(prefix):]: v for k, v in config.items() if k.startswith(prefix)})
 
     args, protocol = rebuild(DataArguments), rebuild(ProtocolConfig)
-    saved = json.loads((folder / "dataset.json").read_text(encoding="utf-8"))
-    if saved.pop("decimal_timestamps"):
-        saved["timestamps"] = [Decimal(t) for t in saved["timestamps"]]
-    saved["genres"] = {k: tuple(v) for k, v in saved["genres"].items()}
-    if saved["image_paths"] is not None:
-        saved["image_paths"] = {k: None if v is None else Path(v) for k, v in saved["image_paths"].items()}
-    saved["placeholder_size"] = tuple(saved["placeholder_size"])
-    data = RecData(**saved)
+    data = RecData.load(folder / "dataset.json")
     return Prepared(folder, args, protocol, data, load_split(folder / "split", data))
 
 
@@ -280,7 +245,7 @@ def main(args: DataArguments, protocol: ProtocolConfig, *, data: RecData | None 
     def work(folder: Path) -> dict[str, Any]:
         split = build_split(data, protocol)
         freeze_split(split, folder / "split", overwrite=True)
-        save_recdata(data, folder / "dataset.json")
+        data.save(folder / "dataset.json")
         rows = write_datasets(folder, data, split, args, protocol.seed)
         counts = split.counts()
         say(f"        {data.name}: {data.num_users} users, {data.num_items} items; sequences train/validation/test "

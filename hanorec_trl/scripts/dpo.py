@@ -26,7 +26,7 @@ from typing import Any
 
 from trl import ScriptArguments, get_peft_config
 
-from ..pipeline.parsing import parse_stage_args
+from ..pipeline.parsing import ConfigError, parse_stage_args
 from ..pipeline.running import run_stage, say, script_main
 from ..pipeline.stage import Stage, describe, input_fingerprint
 
@@ -51,7 +51,7 @@ def load_preference_dataset(script_args: DPOScriptArguments):
 
     name = script_args.dataset_name
     if name is None:
-        raise ValueError("--dataset_name is required (a hub name, a data folder or a save_to_disk folder)")
+        raise ConfigError("--dataset_name is required (a hub name, a data folder or a save_to_disk folder)")
     path = Path(name).expanduser()
     if (path / "dataset_info.json").is_file() or (path / "dataset_dict.json").is_file():
         dataset = load_from_disk(str(path))
@@ -88,13 +88,14 @@ def shared_reference_valid(dataset_name: str, model_name: str, max_length: int |
 
 def main(script_args: DPOScriptArguments, training_args, model_args, *, reuse_from: Path | None = None):
     """Run HaNo DPO into ``training_args.output_dir``; returns the stage record."""
+    from ..fast.cpu_lm_head import compact_lm_head_on_cpu
     from ..pipeline.models import load_model, load_processing_class, lora_config
-    from ..pipeline.training import compact_lm_head_on_cpu, train_in_stage
+    from ..pipeline.training import train_in_stage
     from ..trainer import HaNoDPOTrainer
 
     dataset = load_preference_dataset(script_args)
     if script_args.dataset_train_split not in dataset:
-        raise ValueError(f"{script_args.dataset_name} has no split {script_args.dataset_train_split!r} (splits: "
+        raise ConfigError(f"{script_args.dataset_name} has no split {script_args.dataset_train_split!r} (splits: "
                          f"{', '.join(dataset)})")
     root = Path(training_args.output_dir).resolve().parent
     inputs = {"dataset": input_fingerprint(script_args.dataset_name),

@@ -23,7 +23,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..pipeline.parsing import parse_stage_args
+from ..evaluation.reporting import metric_intervals, ranking_cutoffs
+from ..pipeline.models import model_settings
+from ..pipeline.parsing import ConfigError, parse_stage_args
 from ..pipeline.running import run_stage, script_main
 from ..pipeline.stage import Stage, describe, input_fingerprint
 from .data import Prepared, load_prepared
@@ -116,7 +118,7 @@ def evaluate_model(args: EvalArguments, model_args, prepared: Prepared, folder: 
                          config=config, output_path=folder / "metrics" / f"{args.name}.json")
     evaluation = json.loads((folder / "metrics" / f"{args.name}.json").read_text(encoding="utf-8"))
     if prepared.args.images and args.similarity_items > 0:
-        from ..pipeline.similarity import title_image_similarity
+        from ..evaluation.similarity import title_image_similarity
 
         items = list(dict.fromkeys([ex.target for ex in prepared.test_examples]
                                    + [c for ex in prepared.test_examples for c in ex.candidates]))
@@ -128,6 +130,32 @@ def evaluate_model(args: EvalArguments, model_args, prepared: Prepared, folder: 
     return {args.name: {"label": args.label or args.name, **evaluation}}
 
 
+def write_results(path: Path, evaluated: dict[str, dict[str, Any]], prepared, training: Path | None,
+                  random_weights: bool = False) -> dict:
+    """The evaluation stage's ``results.json``: each model's metrics with intervals and per-row ranks, the test rows,
+    and the log history (and SFT learning curve) of the stage that trained the model."""
+    ks = ranking_cutoffs([e["metrics"] for e in evaluated.values()])
+    results: dict[str, Any] = {
+        "dataset": prepared.data.name, "illustrative": prepared.args.synthetic or random_weights,
+        "test_rows": [ex.sequence_id for ex in prepared.test_examples],
+        "test_users": [ex.user for ex in prepared.test_examples], "models": {}, "per_row_ranks": {},
+        "training": {}, "similarity": {}}
+    for name, evaluation in evaluated.items():
+        intervals = {k: list(v) for k, v in metric_intervals(evaluation, ks).items()}
+        results["models"][name] = {"label": evaluation["label"], **evaluation["metrics"], "intervals": intervals}
+        ranks = evaluation.get("per_row", {}).get("ranking", {}).get("ranks")
+        if ranks is not None:
+            results["per_row_ranks"][name] = ranks
+        if "similarity" in evaluation:
+            results["similarity"][name] = evaluation["similarity"]
+        if training is not None:
+            results["training"][name] = json.loads((training / "log_history.json").read_text())
+            if (training / "learning_curve.json").is_file():
+                results["learning_curve"] = json.loads((training / "learning_curve.json").read_text())
+    path.write_text(json.dumps(results, indent=1) + "\n", encoding="utf-8")
+    return results
+
+
 def trained_by(args: EvalArguments, model_args) -> Path | None:
     """The stage folder that trained the model (the adapter's, else the merged model's parent), if it has logs."""
     path = Path(args.adapter_path or model_args.model_name_or_path or "").expanduser()
@@ -137,7 +165,7 @@ def trained_by(args: EvalArguments, model_args) -> Path | None:
 def main(args: EvalArguments, model_args, *, reuse_from: Path | None = None) -> dict[str, Any]:
     """Run the evaluation stage into ``args.output_dir``; returns the stage record."""
     if bool(model_args.model_name_or_path) == bool(args.baselines):
-        raise ValueError("evaluate either a model (model_name_or_path) or baselines (--baselines ...), not both")
+        raise ConfigError("evaluate either a model (model_name_or_path) or baselines (--baselines ...), not both")
     prepared = load_prepared(args.data_path)
     root = Path(args.output_dir).resolve().parent
     inputs = {"data": input_fingerprint(args.data_path)}
@@ -148,13 +176,13 @@ def main(args: EvalArguments, model_args, *, reuse_from: Path | None = None) -> 
     stage = Stage("evaluate", args.output_dir, describe(args, model_args, root=root), inputs, OUTPUTS)
 
     def work(folder: Path) -> dict[str, Any]:
-        from .report import ranking_cutoffs, write_results
-
         (folder / "metrics").mkdir(exist_ok=True)
         evaluated = (evaluate_baselines(args, prepared, folder) if args.baselines
                      else evaluate_model(args, model_args, prepared, folder))
         training = trained_by(args, model_args)
-        results = write_results(folder / "results.json", evaluated, prepared, training)
+        settings = model_settings(model_args.model_name_or_path) if model_args.model_name_or_path else None
+        results = write_results(folder / "results.json", evaluated, prepared, training,
+                                random_weights=bool((settings or {}).get("random_weights")))
         return {"models": {name: {k: m[k] for k in m if k.startswith(("hr@", "ndcg@", "auc"))}
                            for name, m in results["models"].items()},
                 "ks": ranking_cutoffs(list(results["models"].values()))}

@@ -16,7 +16,6 @@ similarity before and after DPO, paper Fig. 1c). Every number stands beside the 
 from __future__ import annotations
 
 import json
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,17 +23,23 @@ from typing import Any
 
 import numpy as np
 
+from ..evaluation.reporting import (
+    differences_table,
+    paired_differences,
+    plot_differences,
+    plot_learning_curve,
+    plot_similarity,
+    plot_training_dynamics,
+    position_table,
+    ranking_cutoffs,
+    results_table,
+    seed_groups,
+)
 from ..pipeline.parsing import parse_stage_args
 from ..pipeline.running import run_stage, script_main
 from ..pipeline.stage import Stage, describe, input_fingerprint
 
-METRIC_COLUMNS = ("hr@1", "hr@3", "ndcg@3", "hr@5", "ndcg@5", "hr@10", "ndcg@10", "auc", "binary_auc")
-HEADERS = {"auc": "AUC", "binary_auc": "binary AUC", "position_top_first": "top = first listed",
-           "position_spearman": "Spearman(score, slot)"}
 BAR = "baseline-popularity"  # under uniform negatives the bar to beat (docs/evaluation.md)
-PLAIN_DPO_NAMES = ("dpo", "wo_all")  # every HaNoRec switch off: TRL's DPO
-POWER_AT = 0.01  # the difference the rows-for-80%-power column is computed for
-SEEDED = re.compile(r"^(?P<base>.+)-seed(?P<seed>-?\d+)$")
 OUTPUTS = ("results.json", "results.md", "paired_differences.png", "training_dynamics.png", "learning_curve.png",
            "title_image_similarity.png")
 
@@ -75,61 +80,13 @@ def read_results(path: str | Path) -> dict[str, Any]:
     return results
 
 
-def ranking_cutoffs(metric_dicts: Sequence[dict[str, Any]]) -> list[int]:
-    """The K of every ``ndcg@K`` among the models' metrics, ascending."""
-    return sorted({int(m.split("@")[1]) for metrics in metric_dicts for m in metrics if m.startswith("ndcg@")})
-
-
-def metric_intervals(evaluation: dict[str, Any], ks: Sequence[int]) -> dict[str, tuple[float, float]]:
-    """95% percentile-bootstrap intervals over the test rows of HR@K, NDCG@K and AUC from an evaluation's per-row
-    results (none for the exact expectation of the random baseline)."""
-    from ..evaluation.metrics import auc_interval, mean_interval, ndcg_gains
-
-    per_row, out = evaluation.get("per_row", {}), {}
-    ranks = per_row.get("ranking", {}).get("ranks")
-    if ranks:
-        ranks = np.asarray([np.inf if r is None else r for r in ranks], dtype=np.float64)
-        for k in ks:
-            out[f"hr@{k}"] = mean_interval((ranks <= k).astype(np.float64))
-            out[f"ndcg@{k}"] = mean_interval(ndcg_gains(ranks, k))
-    auc = per_row.get("auc")
-    if auc and "auc" in evaluation["metrics"] and 0 < sum(auc["labels"]) < len(auc["labels"]):
-        out["auc"] = auc_interval(auc["labels"], auc["p_yes"])
-    return out
-
-
-def write_results(path: Path, evaluated: dict[str, dict[str, Any]], prepared, training: Path | None) -> dict:
-    """The evaluation stage's ``results.json``: each model's metrics with intervals and per-row ranks, the test rows,
-    and the log history (and SFT learning curve) of the stage that trained the model."""
-    ks = ranking_cutoffs([e["metrics"] for e in evaluated.values()])
-    results: dict[str, Any] = {
-        "dataset": prepared.data.name, "synthetic": prepared.args.synthetic,
-        "test_rows": [ex.sequence_id for ex in prepared.test_examples],
-        "test_users": [ex.user for ex in prepared.test_examples], "models": {}, "per_row_ranks": {},
-        "training": {}, "similarity": {}}
-    for name, evaluation in evaluated.items():
-        intervals = {k: list(v) for k, v in metric_intervals(evaluation, ks).items()}
-        results["models"][name] = {"label": evaluation["label"], **evaluation["metrics"], "intervals": intervals}
-        ranks = evaluation.get("per_row", {}).get("ranking", {}).get("ranks")
-        if ranks is not None:
-            results["per_row_ranks"][name] = ranks
-        if "similarity" in evaluation:
-            results["similarity"][name] = evaluation["similarity"]
-        if training is not None:
-            results["training"][name] = json.loads((training / "log_history.json").read_text())
-            if (training / "learning_curve.json").is_file():
-                results["learning_curve"] = json.loads((training / "learning_curve.json").read_text())
-    path.write_text(json.dumps(results, indent=1) + "\n", encoding="utf-8")
-    return results
-
-
 def merge_results(sources: Sequence[tuple[str, dict[str, Any]]]) -> dict[str, Any]:
     """One set of results from several on the same test rows: the union of their models. A model in several must
     rank the target alike on every row; the same file twice, or two models with one label, is refused."""
     if not sources:
         raise ReportError("no results to report")
     merged: dict[str, Any] = {"models": {}, "per_row_ranks": {}, "training": {}, "similarity": {},
-                              "merged_from": [], "synthetic": False}
+                              "merged_from": [], "illustrative": False}
     owner: dict[str, str] = {}
     for source, results in sources:
         if source in merged["merged_from"]:
@@ -140,7 +97,7 @@ def merge_results(sources: Sequence[tuple[str, dict[str, Any]]]) -> dict[str, An
             raise ReportError(f"{source}: other test rows than {merged['merged_from'][0]} (test_rows differ)")
         for key in ("test_rows", "test_users", "dataset", "learning_curve"):
             merged[key] = merged.get(key) or results.get(key)
-        merged["synthetic"] |= bool(results.get("synthetic"))
+        merged["illustrative"] |= bool(results.get("illustrative"))
         adds_nothing = bool(owner) and all(name in owner for name in results.get("models", {}))
         for name, ranks in results.get("per_row_ranks", {}).items():
             known = merged["per_row_ranks"].get(name)
@@ -164,225 +121,6 @@ def merge_results(sources: Sequence[tuple[str, dict[str, Any]]]) -> dict[str, An
     if len({len(r) for r in merged["per_row_ranks"].values()}) > 1:
         raise ReportError("the models were scored on different numbers of test rows")
     return merged
-
-
-# ------------------------------------------------------------------------------------------------ paired differences
-def seed_groups(models: Sequence[tuple[str, str]]) -> dict[str, tuple[str, list[str]]]:
-    """The trainings of one variant under several DPO seeds: ``{variant: (label, [names])}``."""
-    groups: dict[str, tuple[str, list[str]]] = {}
-    for name, label in models:
-        match = SEEDED.match(name)
-        if match:
-            members = groups.get(match["base"], ("", []))[1] + [name]
-            pooled = f"mean of {len(members)} seeds" if len(members) > 1 else "1 seed"
-            groups[match["base"]] = (f"{label.rsplit(' (seed ', 1)[0]} ({pooled})", members)
-    return groups
-
-
-def paired_differences(per_row_ranks: dict[str, list], models: Sequence[tuple[str, str]], ks: Sequence[int],
-                       bar: str | None = None, users: Sequence[str] | None = None) -> list[dict[str, Any]]:
-    """Each trained model against ``bar``, and each preference-optimized model against SFT and plain DPO, on the same
-    rows: the mean per-row difference of HR@1 and NDCG@max(K) with a 95% paired bootstrap interval (over users when
-    ``users`` is given) and the rows needed for 80% power at a difference of ``POWER_AT``. A seeded variant enters by
-    its per-row mean over its seeds, with the difference seed by seed (``per_seed``: against the reference's training
-    of the same seed)."""
-    from ..evaluation.metrics import ndcg_gains, paired_bootstrap, rows_for_power
-
-    top = max(ks)
-    per_metric = {}
-    for name, values in per_row_ranks.items():
-        r = np.asarray([np.inf if v is None else v for v in values], dtype=np.float64)
-        per_metric[name] = {"hr@1": (r <= 1).astype(np.float64), f"ndcg@{top}": ndcg_gains(r, top)}
-    names = [name for name, _ in models]
-    seeded: dict[str, dict[int, str]] = {}
-    for base, (_, members) in seed_groups(models).items():
-        if all(m in per_metric for m in members):
-            per_metric[base] = {k: np.mean([per_metric[m][k] for m in members], axis=0) for k in per_metric[members[0]]}
-            names = [base if n == members[0] else n for n in names if n not in members[1:]]
-            seeded[base] = {int(SEEDED.match(m)["seed"]): m for m in members}
-    plain = [n for n in names if n in PLAIN_DPO_NAMES]
-    pairs = ([(n, bar) for n in names] if bar else []) + [(n, "sft") for n in names if n != "sft"]
-    pairs += [(n, ref) for ref in plain for n in names if n not in ("sft", *plain)]
-    out = []
-    for name, reference in pairs:
-        if name not in per_metric or reference not in per_metric:
-            continue
-        for metric, values in per_metric[name].items():
-            delta = values - per_metric[reference][metric]
-            entry = {"model": name, "reference": reference, "metric": metric, "rows": len(values),
-                     **paired_bootstrap(values, per_metric[reference][metric], users=users),
-                     "rows_for_80%_power": rows_for_power(delta, POWER_AT) if delta.std() > 0 else None}
-            if name in seeded:
-                same = seeded.get(reference)
-                entry["per_seed"] = {seed: float(np.mean(per_metric[m][metric]
-                                                         - per_metric[same[seed] if same else reference][metric]))
-                                     for seed, m in seeded[name].items() if same is None or seed in same}
-            out.append(entry)
-    return out
-
-
-# ------------------------------------------------------------------------------------------------ tables
-def _header(metric: str) -> str:
-    return HEADERS.get(metric, metric.upper())
-
-
-def _cell(value: Any, interval: Sequence[float] | None = None) -> str:
-    if not isinstance(value, (int, float)) or value != value:
-        return "-"
-    return f"{value:.3f}" if interval is None else f"{value:.3f} [{interval[0]:.3f}, {interval[1]:.3f}]"
-
-
-def results_table(models: dict[str, dict[str, Any]]) -> str:
-    """Markdown: one row per model, every metric with its 95% interval."""
-    columns = [c for c in METRIC_COLUMNS if any(c in m for m in models.values())]
-    lines = ["| model | " + " | ".join(_header(c) for c in columns) + " |", "|---|" + "---:|" * len(columns)]
-    for m in models.values():
-        cells = [_cell(m.get(c), m.get("intervals", {}).get(c)) for c in columns]
-        lines.append(f"| {m['label']} | " + " | ".join(cells) + " |")
-    return "\n".join(lines)
-
-
-def position_table(models: dict[str, dict[str, Any]]) -> str | None:
-    present = [m for m in models.values() if "position_top_first" in m]
-    if not present:
-        return None
-    lines = ["| model | prompts scored | top = first listed | Spearman(score, slot) |", "|---|---:|---:|---:|"]
-    lines += [f"| {m['label']} | {m.get('num_prompt_rows', '-')} | {_cell(m['position_top_first'])} | "
-              f"{_cell(m.get('position_spearman'))} |" for m in present]
-    return "\n".join(lines)
-
-
-def differences_table(differences: Sequence[dict[str, Any]], labels: dict[str, str]) -> str:
-    seeds = any("per_seed" in d for d in differences)
-    head = f"| model | vs | metric | rows | difference | 95% CI | rows for 80% power at {POWER_AT} |"
-    lines = [head + (" by seed |" if seeds else ""),
-             "|---|---|---|---:|---:|---|---:|" + ("---|" if seeds else "")]
-    for d in differences:
-        by_seed = " / ".join(f"{v:+.3f} (seed {s})" for s, v in d.get("per_seed", {}).items())
-        power = d.get("rows_for_80%_power")
-        lines.append(f"| {labels.get(d['model'], d['model'])} | {labels.get(d['reference'], d['reference'])} | "
-                     f"{_header(d['metric'])} | {d['rows']} | {d['difference']:+.4f} | [{d['low']:+.4f}, "
-                     f"{d['high']:+.4f}] | {power if power is not None else '-'} |"
-                     + (f" {by_seed} |" if seeds else ""))
-    return "\n".join(lines)
-
-
-# ------------------------------------------------------------------------------------------------ plots
-def _figure(*args, **kwargs):
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt, *plt.subplots(*args, **kwargs)
-
-
-def plot_differences(differences, labels: dict[str, str], path: Path, colour_by: str = "reference") -> Path:
-    """Bars: each paired difference with its 95% interval, one panel per metric; dots: seed by seed."""
-    metrics = list(dict.fromkeys(d["metric"] for d in differences))
-    plt, fig, axes = _figure(1, len(metrics), figsize=(5.5 * len(metrics), 4.8), squeeze=False)
-    for ax, metric in zip(axes[0], metrics):
-        entries = [d for d in differences if d["metric"] == metric]
-        xs, ys = np.arange(len(entries)), np.array([d["difference"] for d in entries])
-        errors = np.array([[d["difference"] - d["low"] for d in entries],
-                           [d["high"] - d["difference"] for d in entries]])
-        groups = list(dict.fromkeys(d[colour_by] for d in entries))
-        ax.bar(xs, ys, yerr=errors, color=[f"C{groups.index(d[colour_by])}" for d in entries], alpha=0.75, capsize=3)
-        for x, d in zip(xs, entries):
-            seeds = list(d.get("per_seed", {}).values())
-            ax.scatter([x] * len(seeds), seeds, s=10, color="black", zorder=3)
-        ax.axhline(0, color="grey", lw=0.8)
-        ax.set_xticks(xs)
-        ax.set_xticklabels([f"{labels.get(d['model'], d['model'])}\nvs {labels.get(d['reference'], d['reference'])}"
-                            for d in entries], fontsize=7, rotation=60, ha="right")
-        ax.set_title(f"{_header(metric)}: difference, 95% interval over {entries[0]['rows']} rows; dots: seeds",
-                     fontsize=9)
-        ax.grid(axis="y", alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
-
-
-def _series(history: list[dict], key: str) -> tuple[np.ndarray, np.ndarray]:
-    points = [(h["step"], h[key]) for h in history if key in h and "step" in h]
-    return (np.asarray([p[0] for p in points]), np.asarray([p[1] for p in points], dtype=float))
-
-
-def plot_training_dynamics(histories: dict[str, list[dict]], labels: dict[str, str], path: Path) -> Path:
-    """beta' (mean, min-max band), lambda, eta and the loss over the DPO steps, one line per variant."""
-    plt, fig, axes = _figure(2, 2, figsize=(11, 7), sharex=True)
-    panels = {"hano/beta_mean": axes[0, 0], "hano/lambda_mean": axes[0, 1], "hano/eta": axes[1, 0], "loss": axes[1, 1]}
-    for index, (name, history) in enumerate(histories.items()):
-        for key, ax in panels.items():
-            steps, values = _series(history, key)
-            if len(steps):
-                ax.plot(steps, values, label=labels.get(name, name), color=f"C{index}")
-        steps, low = _series(history, "hano/beta_min")
-        _, high = _series(history, "hano/beta_max")
-        if len(steps) and len(low) == len(high):
-            axes[0, 0].fill_between(steps, low, high, color=f"C{index}", alpha=0.2)
-    titles = ("beta' (mean, min-max band)", "lambda (batch mean)", "eta (responsiveness)", "DPO loss")
-    for ax, title in zip(panels.values(), titles):
-        ax.set_title(title)
-        ax.grid(alpha=0.3)
-        if ax.get_legend_handles_labels()[0]:
-            ax.legend(fontsize=8)
-    for ax in axes[1]:
-        ax.set_xlabel("optimizer step")
-    fig.suptitle("DPO training dynamics (paper Eq. 8, 11; variants with HaNo off log no beta')")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
-
-
-def plot_learning_curve(curve: dict[str, Any], path: Path) -> Path:
-    """HR@1 and NDCG@max K on the curve's validation rows over the SFT steps, the baselines as lines."""
-    points = curve["points"]
-    ndcg = max((k for k in points[0] if k.startswith("ndcg@")), key=lambda k: int(k.split("@")[1]))
-    plt, fig, axes = _figure(1, 2, figsize=(11, 4.2))
-    for ax, metric in zip(axes, ("hr@1", ndcg)):
-        ax.plot([p["step"] for p in points], [p[metric] for p in points], marker="o", color="C0", label="SFT")
-        for index, (name, values) in enumerate(curve["baselines"].items()):
-            if metric in values:
-                ax.axhline(values[metric], linestyle="--", color=f"C{index + 1}", label=values.get("label", name))
-        ax.set_xlabel("SFT optimizer step")
-        ax.set_title(f"{_header(metric)} on {curve['examples']} validation sequences")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
-
-
-def plot_similarity(before: np.ndarray, after: dict[str, np.ndarray], labels: dict[str, str], path: Path) -> Path:
-    """Title-image cosine after vs before DPO per item, and the mean change per quintile of the initial cosine."""
-    plt, fig, (scatter, bars) = _figure(1, 2, figsize=(11, 4.5))
-    low, high = float(before.min()), float(before.max())
-    for index, (name, values) in enumerate(after.items()):
-        scatter.scatter(before, values, s=10, alpha=0.6, label=labels.get(name, name), color=f"C{index}")
-        low, high = min(low, float(values.min())), max(high, float(values.max()))
-    scatter.plot([low, high], [low, high], color="grey", linewidth=1, linestyle="--", label="unchanged")
-    scatter.set_xlabel("title-image cosine, SFT model")
-    scatter.set_ylabel("after DPO")
-    scatter.legend(fontsize=8)
-    bins = np.clip(np.searchsorted(np.quantile(before, np.linspace(0, 1, 6)), before, side="right") - 1, 0, 4)
-    width = 0.8 / max(1, len(after))
-    for k, (name, values) in enumerate(after.items()):
-        change = [float(np.mean(values[bins == b] - before[bins == b])) if np.any(bins == b) else 0.0 for b in range(5)]
-        bars.bar(np.arange(5) + k * width, change, width=width, label=labels.get(name, name), color=f"C{k}")
-    bars.axhline(0, color="grey", linewidth=1)
-    bars.set_xticks(np.arange(5) + width * (len(after) - 1) / 2)
-    bars.set_xticklabels(["lowest", "2", "3", "4", "highest"])
-    bars.set_xlabel("quintile of the SFT model's similarity")
-    bars.set_title("mean change of the cosine ('the weak get weaker'? paper Fig. 1c)")
-    bars.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
 
 
 # ------------------------------------------------------------------------------------------------ the stage
@@ -411,7 +149,7 @@ def report(merged: dict[str, Any], folder: Path, title: str) -> dict[str, Any]:
         plots["title_image_similarity"] = plot_similarity(before, after, labels,
                                                           folder / "title_image_similarity.png").name
     disclaimer = ("These numbers come from synthetic data or a model with random weights: they show that every stage "
-                  "ran, not how well HaNoRec recommends." if merged.get("synthetic") else None)
+                  "ran, not how well HaNoRec recommends." if merged.get("illustrative") else None)
     results = {**merged, "title": title, "paired_differences": differences, "plots": plots, "disclaimer": disclaimer}
     (folder / "results.json").write_text(json.dumps(results, indent=1) + "\n", encoding="utf-8")
     rows = len(merged.get("test_rows") or next(iter(ranks.values()), []))

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..pipeline.parsing import parse_stage_args
+from ..pipeline.parsing import ConfigError, parse_stage_args
 from ..pipeline.running import process_state, run_stage, script_main
 from ..pipeline.stage import Stage, describe, input_fingerprint
 from .data import Prepared, load_prepared
@@ -57,7 +57,7 @@ class SFTScriptArguments:
 
 def check_model_fits_data(images: bool, prepared: Prepared, model: str) -> None:
     if images != prepared.args.images:
-        raise ValueError(f"model {model} {'sees' if images else 'does not see'} images but the data stage "
+        raise ConfigError(f"model {model} {'sees' if images else 'does not see'} images but the data stage "
                          f"({prepared.folder}) was prepared with images={prepared.args.images}; prepare the data with "
                          f"images={images}")
 
@@ -69,7 +69,7 @@ def _learning_curve(trainer, prepared: Prepared, script_args) -> dict[str, Any] 
     if script_args.curve_steps is None:
         return None
     if not (prepared.folder / "curve_ranking").is_dir():
-        raise ValueError("curve_steps needs validation rows, and the data stage wrote none (curve_examples 0, or no "
+        raise ConfigError("curve_steps needs validation rows, and the data stage wrote none (curve_examples 0, or no "
                          "validation sequences)")
     rows = prepared.dataset("curve_ranking")
     trainer.add_callback(RecommendationEvalCallback(
@@ -104,6 +104,7 @@ def main(script_args: SFTScriptArguments, training_args, model_args, *, reuse_fr
 
     from ..fast.forward import frozen_vision_without_graph, image_feature_cache, parameters_sharded
     from ..pipeline.models import (
+        BUILTIN_MODELS,
         build_base_model,
         lora_config,
         merge_into_base,
@@ -114,7 +115,7 @@ def main(script_args: SFTScriptArguments, training_args, model_args, *, reuse_fr
     from ..pipeline.training import check_max_length, train_in_stage, without_zero3_init
 
     prepared = load_prepared(script_args.data_path)
-    images = sees_images(model_args.model_name_or_path, training_args.trust_remote_code)
+    images = sees_images(model_args.model_name_or_path)
     check_model_fits_data(images, prepared, model_args.model_name_or_path)
     root = Path(training_args.output_dir).resolve().parent
     inputs = {"data": input_fingerprint(script_args.data_path),
@@ -144,7 +145,8 @@ def main(script_args: SFTScriptArguments, training_args, model_args, *, reuse_fr
         if process_state().is_main_process:
             with without_zero3_init():
                 merged, tokenizer = merge_into_base(model_args, training_args.seed, folder / "adapter", tiny)
-                save_model(merged, tokenizer, folder / "merged", images=images, **pixels)
+                save_model(merged, tokenizer, folder / "merged", images=images, **pixels,
+                           random_weights=BUILTIN_MODELS.get(model_args.model_name_or_path, (0, False))[1])
         return summary
 
     return run_stage(stage, work, all_processes=True, reuse_from=reuse_from)

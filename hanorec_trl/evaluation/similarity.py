@@ -2,9 +2,9 @@
 
 The paper tracks, per item, the cosine between the MLLM's representation of the title and of the poster, before
 and after preference optimization ("the weak get weaker" under plain DPO). The hardness encoder's embeddings
-(docs/design.md section 2: input token embeddings, vision-tower features) do not move when only LoRA adapters on the language
-model train, so this probe reads both modalities *through the language model*: the mean of its last hidden states
-over the title's tokens (alone), and over the image's tokens (``<|vision_start|><|image_pad|>...<|vision_end|>``
+(docs/design.md section 2: input token embeddings, vision-tower features) do not move when only LoRA adapters on the
+language model train, so this probe reads both modalities *through the language model*: the mean of its last hidden
+states over the title's tokens (alone), and over the image's tokens (``<|vision_start|><|image_pad|>...<|vision_end|>``
 alone). Both therefore change with the adapters, and their cosine is comparable between the SFT and the DPO model.
 """
 
