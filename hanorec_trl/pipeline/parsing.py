@@ -14,6 +14,7 @@ own arguments), flags on the command line override them, an unknown key is an er
 
 from __future__ import annotations
 
+import argparse
 import os
 import re
 import sys
@@ -96,28 +97,17 @@ def load_yaml(path: str | os.PathLike) -> dict[str, Any]:
 
 
 def _check_value(action, key: str, value: Any, where: str) -> None:
-    """Refuse a YAML value argparse would have refused on the command line (type or choices)."""
-    if value is None:
-        return
-    kind = getattr(action.type, "__name__", "")
-    values = value if isinstance(value, list) and action.nargs in ("+", "*") else [value]
-    for item in values:
-        wrong = (
-            (kind == "int" and (isinstance(item, bool) or not isinstance(item, (int, str))
-                                or isinstance(item, str) and not re.fullmatch(r"[-+]?\d+", item.strip())))
-            or (kind == "float" and (isinstance(item, bool) or not isinstance(item, (int, float, str))))
-            or (kind == "string_to_bool" and not isinstance(item, (bool, str)))
-        )
-        if wrong:
-            raise ConfigError(f"{where}: {key}: {item!r} is not a valid {kind.replace('string_to_', '')} value")
-        if isinstance(item, str) and kind in ("int", "float"):
-            try:
-                action.type(item)
-            except ValueError:
-                raise ConfigError(f"{where}: {key}: {item!r} is not a valid {kind} value") from None
-        if action.choices is not None and item not in action.choices and str(item) not in map(str, action.choices):
-            shown = ", ".join(map(str, action.choices))
-            raise ConfigError(f"{where}: {key}: {item!r} is not one of {shown}")
+    """Refuse a YAML value the parser would refuse on the command line: through its own type and choices."""
+    for item in value if isinstance(value, list) and action.nargs in ("+", "*") else [value]:
+        if item is None or isinstance(item, dict):
+            continue
+        try:
+            converted = action.type(str(item)) if action.type is not None else item
+        except (TypeError, ValueError, argparse.ArgumentTypeError):
+            kind = getattr(action.type, "__name__", "value").replace("string_to_", "")
+            raise ConfigError(f"{where}: {key}: {item!r} is not a valid {kind}") from None
+        if action.choices is not None and converted not in action.choices:
+            raise ConfigError(f"{where}: {key}: {item!r} is not one of {', '.join(map(str, action.choices))}")
 
 
 class StageParser(TrlParser):
@@ -128,21 +118,16 @@ class StageParser(TrlParser):
         args = list(sys.argv[1:] if args is None else args)
         configs = [k for k, a in enumerate(args) if a == "--config" or a.startswith("--config=")]
         if len(configs) > 1:
-            shown = " and ".join(args[k + 1] if args[k] == "--config" and k + 1 < len(args) else args[k][9:]
-                                 for k in configs)
-            raise ConfigError(f"--config is given twice ({shown}); one recipe file per stage (put the values in one "
-                              "file, or override single fields with flags)")
+            raise ConfigError("--config is given twice; one recipe file per stage (put the values in one file, or "
+                              "override single fields with flags)")
         if configs:
             k = configs[0]
-            if args[k] == "--config":
-                if k + 1 >= len(args):
-                    raise ConfigError("--config needs a file name")
-                path, args = args[k + 1], args[:k] + args[k + 2:]
-            else:
-                path, args = args[k][len("--config="):], args[:k] + args[k + 1:]
+            path = args[k][len("--config="):] if args[k] != "--config" else (args[k + 1] if k + 1 < len(args) else "")
+            if not path:
+                raise ConfigError("--config needs a file name")
+            del args[k: k + (2 if args[k] == "--config" else 1)]
             self.apply_config(load_yaml(path), path)
-        namespaces = self.parse_args_into_dataclasses(args=args, look_for_args_file=False)
-        return namespaces
+        return self.parse_args_into_dataclasses(args=args, look_for_args_file=False)
 
     def apply_config(self, config: dict[str, Any], where: str) -> None:
         """Use ``config`` (a recipe's mapping) as the defaults; TRL's ``env:`` key sets environment variables."""

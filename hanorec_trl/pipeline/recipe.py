@@ -209,10 +209,6 @@ def run_recipe(args: RecipeArguments, argv: Sequence[str] = ()) -> dict[str, Any
 
 def main(argv: Sequence[str] | None = None, *, default_recipe: str | Path | None = None) -> int:
     """The entry point of ``examples/train_<dataset>.py``; returns the exit code."""
-    import datasets
-
-    datasets.disable_progress_bars()  # saving and mapping; the stages' own work keeps its bars
-
     def parse(argv):
         (args,) = parse_stage_args((RecipeArguments,), argv)
         args.recipe = args.recipe or str(default_recipe)

@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .stage import PARTIAL, RECORD, STARTED, StageError, owned_paths, read_json, write_json
+from .stage import PARTIAL, RECORD, STARTED, StageError, owned_paths, read_json, remove_owned, write_json
 
 RUN_FILE = "run.json"
 LOCK_FILE = "run.lock"
@@ -119,11 +119,7 @@ class RunDir:
         """Create the run directory (or empty it for ``overwrite``: only the files it owns) and write ``run.json``."""
         if overwrite and self.root.is_dir() and not self.ownership_problem():
             for folder in self.stage_folders():
-                for relative in owned_paths(folder)[0]:
-                    (folder / relative).unlink()
-                for sub in sorted((p for p in folder.rglob("*") if p.is_dir()), reverse=True):
-                    sub.rmdir()
-                folder.rmdir()
+                remove_owned(folder, owned_paths(folder)[0])
         self.root.mkdir(parents=True, exist_ok=True)
         recorded = set()
         if (self.root / RUN_FILE).is_file():

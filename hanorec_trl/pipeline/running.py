@@ -60,7 +60,7 @@ def run_stage(stage: Stage, work: Callable[[Path], dict[str, Any]], *, all_proce
         if record is not None:
             say(f"[{stage.name}] reused from {reuse_from / stage.folder.name} (same configuration and inputs)")
             return record
-    continued = on_main_process(stage.check_partial)
+    continued = on_main_process(lambda: stage.check_partial(discard_other=not all_processes))
     say(f"[{stage.name}] {'continuing' if continued else 'running'} -> {stage.folder}")
     start = time.perf_counter()
     folder = Path(on_main_process(lambda: str(stage.begin(keep=("trainer",) if all_processes else ()))))
@@ -90,6 +90,9 @@ def script_main(parse: Callable[[Sequence[str] | None], tuple], main: Callable[.
                 argv: Sequence[str] | None = None) -> int:
     """Parse the arguments and run a stage script's ``main``; returns the exit code (2 for a user's error, 130 for
     Ctrl-C with what to run to continue)."""
+    import datasets
+
+    datasets.disable_progress_bars()  # saving and mapping; the stages' own work keeps its bars
     try:
         main(*parse(argv))
     except user_errors() as err:

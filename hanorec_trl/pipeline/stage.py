@@ -194,23 +194,29 @@ class Stage:
             raise self.mismatch(record, self.folder)
         return record
 
-    def check_partial(self) -> bool:
-        """Whether an unfinished attempt with this key can be continued; another key is a :class:`StageError`."""
+    def check_partial(self, discard_other: bool = False) -> bool:
+        """Whether an unfinished attempt with this key can be continued. One with another key is a
+        :class:`StageError`, or, with ``discard_other`` (a stage with nothing to continue: no checkpoints), deleted
+        when it holds nothing but what the pipeline wrote."""
         if not self.partial.exists():
             return False
         if self.partial.is_symlink() or not (self.partial / STARTED).is_file():
             raise StageError(f"{self.partial} is not an unfinished stage folder of this pipeline (a link, or no "
                              f"{STARTED}); move it away")
         started = read_json(self.partial / STARTED, "stage start record")
-        if started.get("key") != self.key:
+        if started.get("key") == self.key:
+            return True
+        owned, foreign = owned_paths(self.partial)
+        if not discard_other or foreign:
             raise self.mismatch(started, self.partial)
-        return True
+        remove_owned(self.partial, owned)
+        return False
 
     # ----------------------------------------------------------------------------------------------- writing
     def begin(self, keep: Sequence[str] = ()) -> Path:
         """The folder to write into: the unfinished attempt with the same key, its entries other than ``keep`` (a
         trainer's checkpoints) removed, or a new one."""
-        if self.check_partial():
+        if self.check_partial(discard_other=not keep):
             for entry in self.writes:
                 path = self.partial / entry
                 if entry not in keep and (path.exists() or path.is_symlink()):
@@ -271,5 +277,16 @@ def owned_paths(folder: Path) -> tuple[list[str], list[str]]:
     return [n for n in present if n in owned], [n for n in present if n not in owned]
 
 
+def remove_owned(folder: Path, owned: Iterable[str]) -> None:
+    """Delete the given files of ``folder`` (never following a link), then its folders that are left empty."""
+    for relative in owned:
+        (folder / relative).unlink()
+    for sub in sorted((p for p in folder.rglob("*") if p.is_dir() and not p.is_symlink()), reverse=True):
+        if not any(sub.iterdir()):
+            sub.rmdir()
+    if not any(folder.iterdir()):
+        folder.rmdir()
+
+
 __all__ = ["PARTIAL", "RECORD", "STARTED", "Stage", "StageError", "content_hash", "describe", "differences",
-           "input_fingerprint", "manifest", "owned_paths", "read_json", "stage_key", "write_json"]
+           "input_fingerprint", "manifest", "owned_paths", "read_json", "remove_owned", "stage_key", "write_json"]

@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from ..data import PromptTemplates, ProtocolConfig, RecData, RecSplit
-from ..pipeline.parsing import parse_stage_args
+from ..pipeline.parsing import ConfigError, parse_stage_args
 from ..pipeline.running import run_stage, say, script_main
 from ..pipeline.stage import Stage, content_hash, describe, read_json, stage_key
 
@@ -44,20 +44,10 @@ class DataArguments:
     synthetic_num_users: int = field(default=80, metadata={"help": "Synthetic data: number of users."})
     synthetic_num_items: int = field(default=400, metadata={"help": "Synthetic data: number of items."})
     max_users: int | None = field(default=None, metadata={"help": "Keep a seeded sample of this many users."})
-    interactions: str | None = field(default=None, metadata={"help": "custom: the interaction table file."})
-    items: str | None = field(default=None, metadata={"help": "custom: the item table file."})
-    user_col: str = field(default="user_id", metadata={"help": "custom: the user column."})
-    item_col: str = field(default="item_id", metadata={"help": "custom: the item column of the interactions."})
-    time_col: str | None = field(default=None, metadata={"help": "custom: the time column (None: file order)."})
-    time_unit: str | None = field(default=None, metadata={
-        "help": "custom: the time column's scale: s, ms, us, ns, number, iso (None: read off the column)."})
-    time_zone: str = field(default="UTC", metadata={"help": "custom: the zone of dates without an offset."})
-    encoding: str = field(default="utf-8", metadata={"help": "custom: the text encoding of CSV/TSV/JSON Lines."})
-    title_col: str = field(default="title", metadata={"help": "custom: the title column of the items."})
-    items_item_col: str | None = field(default=None, metadata={"help": "custom: the item column of the items."})
-    sep: str | None = field(default=None, metadata={"help": "custom: the field separator of CSV/TSV files."})
-    image_dir: str | None = field(default=None, metadata={"help": "custom: the folder of item images."})
-    image_pattern: str = field(default="{item_id}.jpg", metadata={"help": "custom: an item's image file."})
+    tables: dict[str, Any] | None = field(default=None, metadata={
+        "help": "dataset custom: the keyword arguments of hanorec_trl.data.load_interactions (interactions, items, "
+        "user_col, item_col, time_col, time_unit, time_zone, title_col, items_item_col, sep, encoding, image_dir, "
+        "image_pattern; docs/data.md); relative paths are read from data_dir."})
     images: bool = field(default=True, metadata={
         "help": "Put the posters into the prompts (a vision-language model); false: titles only (a text LLM)."})
     sft_task: str = field(default="both", metadata={
@@ -98,8 +88,8 @@ class DataArguments:
             value = getattr(self, name)
             if value is not None and value < least:
                 raise ValueError(f"{name} must be at least {least}, got {value}")
-        if self.dataset == "custom" and not (self.interactions and self.items):
-            raise ValueError("dataset custom needs interactions and items (the two table files; docs/data.md)")
+        if self.dataset == "custom" and not (self.tables or {}).get("interactions"):
+            raise ValueError("dataset custom needs tables: {interactions: ..., items: ..., ...} (docs/data.md)")
         if self.dataset not in ("movielens", "custom") and self.data_dir is None:
             raise ValueError(f"dataset {self.dataset} needs data_dir (only movielens has a synthetic default)")
 
@@ -124,15 +114,16 @@ def load_source(args: DataArguments, location: Path, seed: int) -> RecData:
     from ..data import load_interactions, load_microlens, load_movielens_1m, load_netflix_llmrec
 
     if args.dataset == "custom":
-        def where(path: str | None) -> Path | None:
-            return None if path is None else location / path
-
-        data = load_interactions(where(args.interactions), where(args.items), user_col=args.user_col,
-                                 item_col=args.item_col, time_col=args.time_col, time_unit=args.time_unit,
-                                 time_zone=args.time_zone, encoding=args.encoding, title_col=args.title_col,
-                                 items_item_col=args.items_item_col, sep=args.sep,
-                                 image_dir=where(args.image_dir) if args.images else None,
-                                 image_pattern=args.image_pattern, images=args.images)
+        tables = dict(args.tables)
+        for key in ("interactions", "items", "image_dir"):
+            if isinstance(tables.get(key), str):
+                tables[key] = location / tables[key]
+        if not args.images:
+            tables["image_dir"] = None
+        try:
+            data = load_interactions(images=args.images, **tables)
+        except TypeError as err:  # a key that is not a keyword of load_interactions
+            raise ConfigError(f"data.yaml tables: {err}") from None
     else:
         loader = {"movielens": load_movielens_1m, "microlens": load_microlens, "netflix": load_netflix_llmrec}
         data = loader[args.dataset](location, images=args.images)
@@ -244,10 +235,14 @@ def main(args: DataArguments, protocol: ProtocolConfig, *, data: RecData | None 
 
     def work(folder: Path) -> dict[str, Any]:
         split = build_split(data, protocol)
+        counts = split.counts()
+        if not (counts["train"] and counts["test"]):
+            raise ConfigError(f"the split of {data.name} has {counts['train']} training and {counts['test']} test "
+                              f"sequences ({data.num_users} users): the stages need both (more users, or other "
+                              "split_ratios / min_interactions)")
         freeze_split(split, folder / "split", overwrite=True)
         data.save(folder / "dataset.json")
         rows = write_datasets(folder, data, split, args, protocol.seed)
-        counts = split.counts()
         say(f"        {data.name}: {data.num_users} users, {data.num_items} items; sequences train/validation/test "
             f"= {counts['train']}/{counts['validation']}/{counts['test']}; rows {rows}")
         return {**data.summary(), "sequences": counts, "rows": rows}
