@@ -88,8 +88,6 @@ class DataArguments:
             value = getattr(self, name)
             if value is not None and value < least:
                 raise ValueError(f"{name} must be at least {least}, got {value}")
-        if self.dataset == "custom" and not (self.tables or {}).get("interactions"):
-            raise ValueError("dataset custom needs tables: {interactions: ..., items: ..., ...} (docs/data.md)")
         if self.dataset not in ("movielens", "custom") and self.data_dir is None:
             raise ValueError(f"dataset {self.dataset} needs data_dir (only movielens has a synthetic default)")
 
@@ -226,6 +224,8 @@ def main(args: DataArguments, protocol: ProtocolConfig, *, data: RecData | None 
     ``load_interactions`` on DataFrames) instead of files. Returns the stage record."""
     from ..data import build_split, freeze_split
 
+    if data is None and args.dataset == "custom" and not (args.tables or {}).get("interactions"):
+        raise ConfigError("dataset custom needs tables: {interactions: ..., items: ..., ...} (docs/data.md)")
     if data is None:
         location = synthetic_data(args, protocol.seed) if args.synthetic else Path(args.data_dir or ".")
         data = load_source(args, location, protocol.seed)
