@@ -12,7 +12,7 @@ import types
 import numpy as np
 import pytest
 import torch
-from item_token_utils import VARIANT_NAMES, lora, peft_model, small_world, tiny_model_with_items
+from item_token_utils import VARIANT_NAMES, lora, make_variant, peft_model, small_world, tiny_model_with_items
 from safetensors.torch import load_file, save_file
 from trainer_utils import COMMON, first_batch
 from trl import DPOConfig, DPOTrainer, SFTConfig, SFTTrainer
@@ -409,7 +409,7 @@ def test_adapter_round_trip_scores_identically(world, trained, name, tmp_path):
 
 @pytest.mark.parametrize("name", VARIANT_NAMES)
 def test_baked_model_is_a_plain_transformers_model(world, trained, name, tmp_path):
-    from transformers import AutoModelForCausalLM
+    from transformers import AutoModelForCausalLM, AutoTokenizer
 
     trainer, _, _, _, saved = trained(name)
     rows = _eval_rows(world)
@@ -420,8 +420,22 @@ def test_baked_model_is_a_plain_transformers_model(world, trained, name, tmp_pat
     assert plain.config.tie_word_embeddings
     assert plain.get_output_embeddings().weight is plain.get_input_embeddings().weight
     plain.save_pretrained(tmp_path / "plain")
+    tokenizer.save_pretrained(tmp_path / "plain")
     loaded = AutoModelForCausalLM.from_pretrained(tmp_path / "plain")
-    np.testing.assert_allclose(_first_token_scores(loaded, tokenizer, rows), expected, rtol=0, atol=1e-5)
+    loaded_tok = AutoTokenizer.from_pretrained(tmp_path / "plain")
+    np.testing.assert_allclose(_first_token_scores(loaded, loaded_tok, rows), expected, rtol=0, atol=1e-5)
+    # training goes on from the baked rows as trainable vocabulary tokens (e.g. DPO after soft-token SFT)
+    data, _, cf, vocab = world
+    more = make_variant("trainable", data, cf, vocab)
+    more.install(loaded, loaded_tok, keep_rows=True)
+    np.testing.assert_allclose(_first_token_scores(loaded, loaded_tok, rows), expected, rtol=0, atol=1e-5)
+    wrapped = peft_model(loaded, more)
+    assert any("trainable_tokens_delta" in n for n, p in wrapped.named_parameters() if p.requires_grad)
+    with wrapped.disable_adapter():
+        np.testing.assert_allclose(_first_token_scores(wrapped, loaded_tok, rows), expected, rtol=0, atol=1e-5)
+    with pytest.raises(ValueError, match="keep_rows applies to TrainableItemTokens"):
+        make_variant("soft", data, cf, vocab).install(AutoModelForCausalLM.from_pretrained(tmp_path / "plain"),
+                                                      loaded_tok, keep_rows=True)
 
 
 def test_load_refuses_shifted_token_ids(world, tmp_path):
@@ -436,3 +450,35 @@ def test_load_refuses_shifted_token_ids(world, tmp_path):
     other.add_tokens(["<unrelated>"])
     with pytest.raises(ValueError, match="got id .* but had"):
         load_item_token_model(tiny_qwen2(other), other, tmp_path)
+
+
+@pytest.mark.parametrize("name", VARIANT_NAMES)
+def test_reload_onto_a_base_model_from_a_folder(world, name, tmp_path):
+    """A base loaded from a folder (as the pipeline loads models): PEFT then also saves the grown embedding layers
+    (save_embedding_layers='auto'); both that adapter and one saved without them reload to the same scores."""
+    from transformers import AutoModelForCausalLM
+
+    from hanorec_trl.testing import tiny_qwen2, tiny_tokenizer
+
+    data, _, cf, vocab = world
+    tiny_qwen2(tiny_tokenizer()).save_pretrained(tmp_path / "base")
+    tokenizer = tiny_tokenizer()
+    model = AutoModelForCausalLM.from_pretrained(tmp_path / "base")
+    items = make_variant(name, data, cf, vocab)
+    items.install(model, tokenizer)
+    peft = peft_model(model, items)
+    with torch.no_grad():
+        for n, p in peft.named_parameters():
+            if p.requires_grad and "lora_" not in n:
+                p.add_(0.1)  # a trained-looking variant part
+    rows = _eval_rows(world, n=2)
+    expected = _first_token_scores(peft, tokenizer, rows)
+    for folder, kwargs in (("auto", {}), ("lean", {"save_embedding_layers": False})):
+        peft.save_pretrained(tmp_path / folder, **kwargs)
+        items.save(tmp_path / folder)
+        saved = load_file(tmp_path / folder / "adapter_model.safetensors")
+        assert any("plain_layer.weight" in k or "base_layer.weight" in k for k in saved) == (folder == "auto")
+        fresh_tok = tiny_tokenizer()
+        reloaded, _ = load_item_token_model(AutoModelForCausalLM.from_pretrained(tmp_path / "base"), fresh_tok,
+                                            tmp_path / folder)
+        np.testing.assert_array_equal(_first_token_scores(reloaded, fresh_tok, rows), expected)

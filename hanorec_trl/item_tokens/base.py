@@ -111,33 +111,52 @@ class ItemTokenVariant:
         self.token_ids: list[int] | None = None
 
     # ---------------------------------------------------------------------------------------------- install
-    def install(self, model, processing_class):
+    def install(self, model, processing_class, *, keep_rows: bool = False):
         """Adds the item tokens to ``processing_class`` (in place), sizes and resets the item rows of ``model`` and
-        installs the variant; returns ``model``. Call it before PEFT wraps the model (before the trainer)."""
+        installs the variant; returns ``model``. Call it before PEFT wraps the model (before the trainer).
+
+        ``keep_rows=True`` (variants with ``keeps_rows``): the model and tokenizer already hold trained item rows,
+        e.g. a model saved after :meth:`bake`; they are kept as they are, and training goes on from them.
+        """
         hf_model = unwrap_hf_model(model)
         if hf_model is not model:
             raise ValueError("install the item tokens on the transformers model before PEFT wraps it (the trainer "
                              "does that with peft_config=items.lora_config(...))")
         if any(getattr(m, "is_item_token_module", False) for m in model.modules()):
             raise ValueError("this model already has item tokens installed")
-        token_ids = self.vocabulary.add_to(processing_class)
         tokenizer = getattr(processing_class, "tokenizer", processing_class)
         rows = model.get_input_embeddings().weight.shape[0]
+        if keep_rows:
+            if not self.keeps_rows:
+                raise ValueError(f"{type(self).__name__} computes its item vectors at every forward; keep_rows "
+                                 "applies to TrainableItemTokens")
+            known = tokenizer.get_vocab()
+            absent = [t for t in self.vocabulary.tokens.values() if t not in known]
+            if absent:
+                raise ValueError(f"keep_rows=True but the tokenizer lacks {len(absent)} item tokens (first: "
+                                 f"{absent[0]!r}); load the tokenizer saved with the baked model")
+        token_ids = self.vocabulary.add_to(processing_class)
+        if keep_rows and max(token_ids) >= rows:
+            raise ValueError(f"keep_rows=True but the model has {rows} embedding rows, fewer than the item token ids "
+                             f"(up to {max(token_ids)}) need")
         if max(len(tokenizer), max(token_ids) + 1) > rows:
             model.resize_token_embeddings(max(len(tokenizer), max(token_ids) + 1), mean_resizing=False)
         self.tied = [bool(getattr(c, "tie_word_embeddings", False)) for c in tie_configs(model)]
-        ids = torch.tensor(token_ids)
-        text_rows = min(token_ids)  # the rows before the first item token: the text vocabulary
-        with torch.no_grad():
-            for layer in {id(m): m for m in (model.get_input_embeddings(), model.get_output_embeddings())
-                          if m is not None}.values():
-                weight = layer.weight
-                weight[ids.to(weight.device)] = weight[:text_rows].mean(0)
+        if not keep_rows:
+            ids = torch.tensor(token_ids)
+            text_rows = min(token_ids)  # the rows before the first item token: the text vocabulary
+            with torch.no_grad():
+                for layer in {id(m): m for m in (model.get_input_embeddings(), model.get_output_embeddings())
+                              if m is not None}.values():
+                    weight = layer.weight
+                    weight[ids.to(weight.device)] = weight[:text_rows].mean(0)
         self.token_ids = token_ids
-        self._install(model, processing_class)
+        self._install(model, processing_class, keep_rows)
         return model
 
-    def _install(self, model, processing_class) -> None:
+    keeps_rows = False  # whether install(keep_rows=True) applies
+
+    def _install(self, model, processing_class, keep_rows: bool) -> None:
         raise NotImplementedError
 
     def require_installed(self) -> list[int]:

@@ -144,7 +144,7 @@ class SoftItemTokens(ItemTokenVariant):
     def options(self) -> dict:
         return {"projector_hidden": self.projector_hidden, "tie_output": self.tie_output, "seed": self.seed}
 
-    def _install(self, model, processing_class) -> None:
+    def _install(self, model, processing_class, keep_rows: bool) -> None:
         embedding = model.get_input_embeddings()
         weight = embedding.weight
         table, _ = self.cf.lookup(self.vocabulary.item_ids)

@@ -74,13 +74,16 @@ class TrainableItemTokens(ItemTokenVariant):
         table, _ = self.cf.lookup(self.vocabulary.item_ids)
         return project_to_titles(table, title_rows, self.ridge)
 
-    def _install(self, model, processing_class) -> None:
-        rows = torch.from_numpy(self.initial_rows(model, processing_class))
-        ids = torch.tensor(self.token_ids)
+    keeps_rows = True
+
+    def _install(self, model, processing_class, keep_rows: bool) -> None:
         embedding, head = model.get_input_embeddings(), model.get_output_embeddings()
-        with torch.no_grad():
-            for layer in {id(m): m for m in (embedding, head) if m is not None}.values():
-                layer.weight[ids.to(layer.weight.device)] = rows.to(layer.weight)
+        if not keep_rows:
+            rows = torch.from_numpy(self.initial_rows(model, processing_class))
+            ids = torch.tensor(self.token_ids)
+            with torch.no_grad():
+                for layer in {id(m): m for m in (embedding, head) if m is not None}.values():
+                    layer.weight[ids.to(layer.weight.device)] = rows.to(layer.weight)
         if head is not None:
             # the head's item rows are read from the (PEFT-trained) input rows at every call; PEFT must then not tie
             # a wrapper of its own to the head (see ItemRowsHead), so the configs say "untied" while installed
