@@ -9,7 +9,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "hanorec_trl"
 LAYERS = {
     0: ("files", "model_utils", "processing", "pretrained", "checkpoints"),
     1: ("data", "hardness", "encoders", "noise", "responsiveness", "testing"),
-    2: ("config", "trainer", "evaluation", "fast", "baselines", "sasrec"),
+    2: ("config", "trainer", "evaluation", "fast", "baselines", "sasrec", "item_tokens"),
     3: ("pipeline",),
 }
 RANK = {name: rank for rank, names in LAYERS.items() for name in names}
