@@ -36,7 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from hanorec_trl.data import PromptTemplates, ProtocolConfig, build_sft_dataset, build_split, load_movielens_1m  # noqa
 from hanorec_trl.pretrained import smollm2_135m_instruct  # noqa: E402
-from hanorec_trl.pipeline.models import lora_config  # noqa: E402
+from hanorec_trl.model_utils import lora_config  # noqa: E402
 from hanorec_trl.fast.cpu_lm_head import compact_lm_head_on_cpu  # noqa: E402
 
 LORA = ModelConfig(use_peft=True, lora_r=8, lora_alpha=32, lora_dropout=0.05)  # the pipeline's recipes

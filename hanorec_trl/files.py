@@ -12,13 +12,15 @@ refused with its name.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import shutil
 import tempfile
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
-__all__ = ["appended", "atomic_file", "atomic_folder", "cache_dir", "check_new", "new_files", "save_pretrained_atomic"]
+__all__ = ["appended", "atomic_file", "atomic_folder", "cache_dir", "check_new", "content_hash", "file_sha256",
+           "new_files", "save_pretrained_atomic"]
 
 
 def cache_dir() -> Path:
@@ -137,3 +139,31 @@ def new_files(paths: Sequence[str | os.PathLike]) -> Iterator[list[Path]]:
     finally:
         for tmp in temps:
             tmp.unlink(missing_ok=True)
+
+
+_hash_cache: dict[tuple, str] = {}
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    """SHA-256 of a file's bytes (remembered per path, size and modification time within the process)."""
+    path = Path(path)
+    stat = path.stat()
+    key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns)
+    if key not in _hash_cache:
+        digest = hashlib.sha256()
+        with open(path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                digest.update(block)
+        _hash_cache[key] = digest.hexdigest()
+    return _hash_cache[key]
+
+
+def content_hash(paths) -> str:
+    """SHA-256 of the names, sizes and bytes of the given files and of every file in the given folders: what a data
+    folder, a model folder or a set of image files contributes to a fingerprint."""
+    digest = hashlib.sha256()
+    for path in map(Path, paths):
+        for file in [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file()):
+            name = file.name if file == path else str(file.relative_to(path))
+            digest.update(f"{name}\0{file.stat().st_size}\0{file_sha256(file)}\n".encode())
+    return digest.hexdigest()

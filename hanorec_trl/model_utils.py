@@ -3,6 +3,7 @@
 * :func:`unwrap_hf_model`: the transformers model under DDP/accelerate and PEFT wrappers;
 * :func:`is_vision_language_model` and :func:`language_model_lora_regex` (LoRA targets that keep the vision tower
   out, ``docs/trainer.md``);
+* :func:`lora_config`: TRL's ``get_peft_config`` with those targets;
 * :func:`model_device` and :func:`eval_mode` for inference passes.
 """
 
@@ -11,7 +12,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-__all__ = ["eval_mode", "is_vision_language_model", "language_model_lora_regex", "model_device", "unwrap_hf_model"]
+__all__ = ["eval_mode", "is_vision_language_model", "language_model_lora_regex", "lora_config", "model_device",
+           "unwrap_hf_model"]
 
 
 def unwrap_hf_model(model: nn.Module) -> nn.Module:
@@ -38,6 +40,20 @@ def language_model_lora_regex(model) -> str:
     if is_vision_language_model(model):
         return rf".*language_model\.layers\.\d+\.{proj}"
     return rf".*layers\.\d+\.{proj}"
+
+
+def lora_config(model, model_args):
+    """TRL's ``get_peft_config(model_args)`` on the language model's attention and MLP projections (never the
+    vision tower, whose MLP shares their names), unless ``lora_target_modules`` names others."""
+    from trl import get_peft_config
+
+    config = get_peft_config(model_args)
+    if config is None:
+        raise ValueError("use_peft false: a LoRA adapter is trained here; set use_peft true")
+    targets = model_args.lora_target_modules
+    config.target_modules = targets[0] if targets and len(targets) == 1 else targets or language_model_lora_regex(model)
+    config.task_type = None
+    return config
 
 
 def model_device(model) -> torch.device:

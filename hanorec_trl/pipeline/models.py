@@ -156,23 +156,6 @@ def load_processing_class(folder: str | Path):
                             settings["max_pixels"])
 
 
-def lora_config(model, model_args):
-    """TRL's ``get_peft_config(model_args)`` on the language model's attention and MLP projections (never the
-    vision tower, whose MLP shares their names), unless ``lora_target_modules`` names others."""
-    from trl import get_peft_config
-
-    from ..model_utils import language_model_lora_regex
-
-    config = get_peft_config(model_args)
-    if config is None:
-        raise ModelError("use_peft false: the pipeline trains LoRA adapters (SFT, then DPO from the merged SFT "
-                         "model); set use_peft true")
-    targets = model_args.lora_target_modules
-    config.target_modules = targets[0] if targets and len(targets) == 1 else targets or language_model_lora_regex(model)
-    config.task_type = None
-    return config
-
-
 def merge_into_base(model_args, seed: int, adapter: Path, tiny: bool):
     """The base model (unquantized, also after QLoRA) with the SFT adapter merged into its weights."""
     from peft import PeftModel
@@ -183,5 +166,5 @@ def merge_into_base(model_args, seed: int, adapter: Path, tiny: bool):
 
 
 __all__ = ["BUILTIN_MODELS", "ModelError", "base_tokenizer", "build_base_model", "load_model", "load_processing_class",
-           "load_tokenizer", "lora_config", "merge_into_base", "model_settings", "processing_class", "save_model",
+           "load_tokenizer", "merge_into_base", "model_settings", "processing_class", "save_model",
            "sees_images", "torch_dtype"]

@@ -22,10 +22,9 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-from ..files import atomic_file
+from ..files import atomic_file, content_hash, file_sha256
 
 RECORD, STARTED, PARTIAL = "stage.json", "started.json", ".partial"
-_hash_cache: dict[tuple, str] = {}
 
 
 class StageError(RuntimeError):
@@ -46,18 +45,6 @@ def read_json(path: Path, what: str = "file") -> Any:
                          "to produce it again") from None
 
 
-def _sha256(path: Path) -> str:
-    stat = path.stat()
-    key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns)
-    if key not in _hash_cache:
-        digest = hashlib.sha256()
-        with open(path, "rb") as f:
-            for block in iter(lambda: f.read(1 << 20), b""):
-                digest.update(block)
-        _hash_cache[key] = digest.hexdigest()
-    return _hash_cache[key]
-
-
 def manifest(folder: Path, entries: Iterable[str]) -> dict[str, list]:
     """Relative path -> [size, sha256] of every file under the given entries of ``folder``; a link is refused."""
     files: dict[str, list] = {}
@@ -66,18 +53,8 @@ def manifest(folder: Path, entries: Iterable[str]) -> dict[str, list]:
             if path.is_symlink():
                 raise StageError(f"{path} is a link; a stage writes files and folders only")
             if path.is_file():
-                files[str(path.relative_to(folder))] = [path.stat().st_size, _sha256(path)]
+                files[str(path.relative_to(folder))] = [path.stat().st_size, file_sha256(path)]
     return files
-
-
-def content_hash(paths: Sequence[Path]) -> str:
-    """SHA-256 of the names, sizes and bytes of the given files and of every file in the given folders."""
-    digest = hashlib.sha256()
-    for path in map(Path, paths):
-        for file in [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file()):
-            name = file.name if file == path else str(file.relative_to(path))
-            digest.update(f"{name}\0{file.stat().st_size}\0{_sha256(file)}\n".encode())
-    return digest.hexdigest()
 
 
 def input_fingerprint(value: str | os.PathLike) -> str:
@@ -242,5 +219,5 @@ class Stage:
         return self.publish(record["summary"], 0.0, reused_from=str(source.resolve()))
 
 
-__all__ = ["PARTIAL", "RECORD", "STARTED", "Stage", "StageError", "content_hash", "describe", "differences",
+__all__ = ["PARTIAL", "RECORD", "STARTED", "Stage", "StageError", "describe", "differences",
            "input_fingerprint", "manifest", "owned_paths", "read_json", "remove_owned", "stage_key", "write_json"]

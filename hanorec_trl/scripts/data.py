@@ -22,9 +22,10 @@ from typing import Any
 import numpy as np
 
 from ..data import PromptTemplates, ProtocolConfig, RecData, RecSplit
+from ..files import content_hash
 from ..pipeline.parsing import ConfigError, parse_stage_args
 from ..pipeline.running import run_stage, say, script_main
-from ..pipeline.stage import Stage, content_hash, describe, read_json, stage_key
+from ..pipeline.stage import Stage, describe, read_json, stage_key
 
 DATASETS = ("movielens", "microlens", "netflix", "custom")
 OUTPUTS = ("dataset.json", "split", "sft", "dpo", "eval_ranking", "eval_auc", "curve_ranking")

@@ -90,7 +90,8 @@ def add_reference_logps(pairs, model_path: str, model_args, args: HardnessArgume
 
     from ..config import HaNoDPOConfig
     from ..fast.cpu_lm_head import compact_lm_head_on_cpu
-    from ..pipeline.models import load_model, load_processing_class, lora_config
+    from ..model_utils import lora_config
+    from ..pipeline.models import load_model, load_processing_class
     from ..trainer import HaNoDPOTrainer
 
     model = load_model(model_path, model_args)

@@ -103,10 +103,10 @@ def main(script_args: SFTScriptArguments, training_args, model_args, *, reuse_fr
     from trl import SFTTrainer
 
     from ..fast.forward import frozen_vision_without_graph, image_feature_cache, parameters_sharded
+    from ..model_utils import lora_config
     from ..pipeline.models import (
         BUILTIN_MODELS,
         build_base_model,
-        lora_config,
         merge_into_base,
         processing_class,
         save_model,
@@ -114,6 +114,8 @@ def main(script_args: SFTScriptArguments, training_args, model_args, *, reuse_fr
     )
     from ..pipeline.training import check_max_length, train_in_stage, without_zero3_init
 
+    if not model_args.use_peft:
+        raise ConfigError("use_peft false: the pipeline trains LoRA adapters (SFT, then DPO on the merged SFT model)")
     prepared = load_prepared(script_args.data_path)
     images = sees_images(model_args.model_name_or_path)
     check_model_fits_data(images, prepared, model_args.model_name_or_path)
