@@ -11,7 +11,8 @@ windows, and scored on the same test rows (10 candidates each):
   (``"Title" <item_12>``), item-token answers, scored by the item token's log-prob (one prompt forward per row);
 * ``soft tokens, token only``: the prompt names items by token alone (the shortest prompt).
 
-Measures, per configuration: training rows/s (the median SFT step over ``--rounds`` runs, each after one warm-up
+Measures, per configuration, per wall second and per CPU second of this process (the second barely moves when other
+processes load the machine): training rows/s (the median SFT step over ``--rounds`` runs, each after one warm-up
 step), scoring rows/s (rows of 10 candidates) and, for item tokens, full-catalogue scoring rows/s (every item's
 log-prob, :func:`~hanorec_trl.item_tokens.catalogue_log_probs`), medians of ``--score_repeats`` timings, and tokens
 per training row. The runs and the timings are interleaved across configurations (see ``measure_all``), so a change
@@ -73,20 +74,21 @@ CONFIGS = {
 
 
 class StepClock(TrainerCallback):
-    """Seconds of each optimizer step, batch loading included: the gaps between consecutive step ends."""
+    """Wall and CPU seconds of each optimizer step, batch loading included: the gaps between consecutive step ends.
+    CPU seconds (this process, all its threads) barely move with other processes' load; wall seconds do."""
 
     def __init__(self):
-        self.ends: list[float] = []
+        self.ends: list[tuple[float, float]] = []
 
     def on_train_begin(self, args, state, control, **kwargs):
-        self.ends = [time.perf_counter()]
+        self.ends = [(time.perf_counter(), time.process_time())]
 
     def on_step_end(self, args, state, control, **kwargs):
-        self.ends.append(time.perf_counter())
+        self.ends.append((time.perf_counter(), time.process_time()))
 
-    @property
-    def times(self) -> list[float]:
-        return [b - a for a, b in zip(self.ends, self.ends[1:])]
+    def times(self, kind: int) -> list[float]:
+        """Per-step seconds: ``kind`` 0 = wall, 1 = CPU."""
+        return [b[kind] - a[kind] for a, b in zip(self.ends, self.ends[1:])]
 
 
 def load_model(name: str):
@@ -109,10 +111,11 @@ def compact_head():
     return compact_lm_head_on_cpu()
 
 
-def seconds(call) -> float:
-    start = time.perf_counter()
+def seconds(call) -> tuple[float, float]:
+    """``(wall, CPU)`` seconds of ``call()``."""
+    wall, cpu = time.perf_counter(), time.process_time()
     call()
-    return time.perf_counter() - start
+    return time.perf_counter() - wall, time.process_time() - cpu
 
 
 def train(variant: str | None, templates, world, args) -> dict:
@@ -158,7 +161,8 @@ def train(variant: str | None, templates, world, args) -> dict:
                    "catalogue": lambda r: catalogue_log_probs(model, tokenizer, r["prompt"], vocab, **kw)}
     return {"variant": variant, "prompt_item_line": templates.item_line, "answer": templates.answer,
             "install_seconds": install_seconds, "train_rows": len(dataset),
-            "mean_tokens_per_row": statistics.mean(tokens), "step_times": clock.times[1:],  # the first warms up
+            "mean_tokens_per_row": statistics.mean(tokens),
+            "step_times": clock.times(0)[1:], "step_cpu_times": clock.times(1)[1:],  # the first step warms up
             "compact_lm_head": bool(compact),
             "trainable_parameters": sum(p.numel() for p in model.parameters() if p.requires_grad),
             "rows": rows, "scorers": scorers}
@@ -172,8 +176,8 @@ def measure_all(world, args) -> dict:
     for round_ in range(args.rounds):
         for label, (variant, templates) in CONFIGS.items():
             run = train(variant, templates, world, args)
-            times = runs.get(label, {}).get("step_times", []) + run["step_times"]
-            runs[label] = {**run, "step_times": times}
+            before = runs.get(label, {})
+            runs[label] = {**run, **{k: before.get(k, []) + run[k] for k in ("step_times", "step_cpu_times")}}
             print(f"round {round_ + 1} {label}: {statistics.median(run['step_times']):.2f} s/step", flush=True)
     for run in runs.values():
         for scorer in run["scorers"].values():
@@ -186,16 +190,33 @@ def measure_all(world, args) -> dict:
     results = {}
     for label, run in runs.items():
         n = len(run["rows"])
-        result = {k: v for k, v in run.items() if k not in ("rows", "scorers")}
-        step = statistics.median(run["step_times"])
-        result.update(step_seconds=step, train_rows_per_s=args.batch_size / step, score_rows=n,
-                      score_rows_per_s=n / statistics.median(run["score_seconds"]["score"]),
-                      catalogue_rows_per_s=(n / statistics.median(run["score_seconds"]["catalogue"])
-                                            if "catalogue" in run["score_seconds"] else None))
+        result = {k: v for k, v in run.items() if k not in ("rows", "scorers", "score_seconds")}
+        timings = run["score_seconds"]
+        for kind, suffix in ((0, "s"), (1, "cpu_s")):
+            step = statistics.median(run["step_cpu_times" if kind else "step_times"])
+            result[f"train_rows_per_{suffix}"] = args.batch_size / step
+            for name, key in (("score", "score_rows_per_"), ("catalogue", "catalogue_rows_per_")):
+                result[key + suffix] = (n / statistics.median(t[kind] for t in timings[name]) if name in timings
+                                        else None)
+        result.update(score_rows=n, score_seconds={k: [list(t) for t in v] for k, v in timings.items()})
         results[label] = result
         print(label, {k: round(v, 3) if isinstance(v, float) else v for k, v in result.items()
                       if not isinstance(v, (list, dict))}, flush=True)
     return results
+
+
+def table_of(results: dict, suffix: str) -> str:
+    """The markdown table of rates per wall second (``suffix="s"``) or per CPU second (``"cpu_s"``)."""
+    base = results["title only"]
+    lines = ["| configuration | tokens per row | train rows/s | x title | score rows/s (10 cand.) | x title | "
+             "catalogue rows/s |", "|---|---:|---:|---:|---:|---:|---:|"]
+    for label, r in results.items():
+        train, score, catalogue = (r[f"{k}_per_{suffix}"] for k in ("train_rows", "score_rows", "catalogue_rows"))
+        lines.append(f"| {label} | {r['mean_tokens_per_row']:.0f} | {train:.3f} | "
+                     f"{train / base[f'train_rows_per_{suffix}']:.2f} | {score:.3f} | "
+                     f"{score / base[f'score_rows_per_{suffix}']:.2f} | "
+                     f"{f'{catalogue:.3f}' if catalogue else '-'} |")
+    return "\n".join(lines)
 
 
 def main() -> None:
@@ -223,23 +244,17 @@ def main() -> None:
     world = (data, split, cf, ItemVocabulary(data.item_ids))
     load_before = os.getloadavg()
     results = measure_all(world, args)
-    base = results["title only"]
-    lines = ["| configuration | tokens per row | train rows/s | x title | score rows/s (10 cand.) | x title | "
-             "catalogue rows/s |", "|---|---:|---:|---:|---:|---:|---:|"]
-    for label, r in results.items():
-        catalogue = f"{r['catalogue_rows_per_s']:.2f}" if r["catalogue_rows_per_s"] else "-"
-        lines.append(f"| {label} | {r['mean_tokens_per_row']:.0f} | {r['train_rows_per_s']:.2f} | "
-                     f"{r['train_rows_per_s'] / base['train_rows_per_s']:.2f} | {r['score_rows_per_s']:.2f} | "
-                     f"{r['score_rows_per_s'] / base['score_rows_per_s']:.2f} | {catalogue} |")
-    table = "\n".join(lines)
-    print(table)
+    tables = {suffix: table_of(results, suffix) for suffix in ("cpu_s", "s")}
+    for suffix, table in tables.items():
+        print(f"per {'CPU second' if suffix == 'cpu_s' else 'wall second'}:\n{table}")
     Path(args.output).parent.mkdir(parents=True, exist_ok=True)
     Path(args.output).write_text(json.dumps({
         "command": " ".join(sys.argv), "model": args.model, "data": data.name, "num_items": data.num_items,
         "machine": platform.processor() or platform.machine(), "threads": torch.get_num_threads(),
         "batch_size": args.batch_size,
         "load_average_1_5_15min_at_start": load_before, "cf": cf.source, "cf_seconds": cf_seconds, "results": results,
-        "table": table, "wall_seconds": time.perf_counter() - started,
+        "table_per_cpu_second": tables["cpu_s"], "table_per_wall_second": tables["s"],
+        "wall_seconds": time.perf_counter() - started,
         "load_average_1_5_15min_at_end": os.getloadavg()}, indent=1))
 
 
