@@ -194,7 +194,7 @@ def run_recipe(args: RecipeArguments, argv: Sequence[str] = ()) -> dict[str, Any
     try:
         for name, parsed in plan.items():
             if name == "report":
-                return report.main(*parsed)
+                return report.main(*parsed, rebuild=True)  # the run's report covers its current stages
             mains[name.split("-")[0]](*parsed, **({} if name == "data" else reuse))
             if name == "data":
                 on_main_process(lambda: check_against_data(plan, root))

@@ -47,10 +47,13 @@ def on_main_process(fn: Callable[[], Any]) -> Any:
 
 
 def run_stage(stage: Stage, work: Callable[[Path], dict[str, Any]], *, all_processes: bool = False,
-              reuse_from: Path | None = None) -> dict[str, Any]:
+              reuse_from: Path | None = None, rebuild: bool = False) -> dict[str, Any]:
     """Run ``work(folder)`` into the stage's folder unless the stage is complete with the same key (or can be
     copied from ``reuse_from``, another run directory); returns the stage's record. ``all_processes``: training,
-    ``work`` runs on every process; otherwise on the main process only."""
+    ``work`` runs on every process; otherwise on the main process only. ``rebuild`` (a report: derived, seconds):
+    a complete folder of another key that holds only what the pipeline wrote is replaced instead of refused."""
+    if rebuild:
+        on_main_process(stage.replace_derived)
     record = on_main_process(stage.done)
     if record is not None:
         say(f"[{stage.name}] done earlier with the same configuration: {stage.folder}")
@@ -80,10 +83,12 @@ def run_stage(stage: Stage, work: Callable[[Path], dict[str, Any]], *, all_proce
 def user_errors() -> tuple[type[BaseException], ...]:
     """The errors a user can fix from the message alone: printed as one line, no traceback."""
     from ..data import DataFormatError, SplitMismatchError
+    from ..scripts.report import ReportError
     from ..trainer import NonFiniteTrainingError
     from .parsing import ConfigError
 
-    return ConfigError, StageError, DataFormatError, SplitMismatchError, FileNotFoundError, NonFiniteTrainingError
+    return (ConfigError, StageError, DataFormatError, SplitMismatchError, FileNotFoundError, NonFiniteTrainingError,
+            ReportError)
 
 
 def script_main(parse: Callable[[Sequence[str] | None], tuple], main: Callable[..., Any],

@@ -77,14 +77,22 @@ def describe(*configs: Any, root: Path | None = None) -> dict[str, Any]:
                 continue
             if field.name == "hub_token" and value is not None:
                 value = "<set>"
-            elif isinstance(value, str) and (os.sep in value or value.startswith((".", "~"))):
-                resolved = Path(value).expanduser().resolve()
-                if base is not None and (resolved == base or base in resolved.parents):
-                    value = "<run>/" + str(resolved.relative_to(base))
-                elif resolved.exists():
-                    value = str(resolved)
+            elif isinstance(value, list):
+                value = [_path(v, base) for v in value]
+            else:
+                value = _path(value, base)
             described[f"{type(config).__name__}.{field.name}"] = value
     return json.loads(json.dumps(described, default=str))
+
+
+def _path(value: Any, base: Path | None) -> Any:
+    """A path value as it is compared (see :func:`describe`); any other value unchanged."""
+    if not isinstance(value, str) or not (os.sep in value or value.startswith((".", "~"))):
+        return value
+    resolved = Path(value).expanduser().resolve()
+    if base is not None and (resolved == base or base in resolved.parents):
+        return "<run>/" + str(resolved.relative_to(base))
+    return str(resolved) if resolved.exists() else value
 
 
 def stage_key(config: dict[str, Any], inputs: dict[str, str]) -> str:
@@ -152,6 +160,14 @@ class Stage:
         if record.get("key") != self.key:
             raise self.mismatch(record, self.folder)
         return record
+
+    def replace_derived(self) -> None:
+        """Delete a complete folder of another key that holds only what the pipeline wrote (a derived stage)."""
+        record = read_json(self.folder / RECORD, "stage record") if (self.folder / RECORD).is_file() else None
+        if record is not None and record.get("key") != self.key and not self.folder.is_symlink():
+            owned, foreign = owned_paths(self.folder)
+            if not foreign:
+                remove_owned(self.folder, owned)
 
     def check_partial(self, discard_other: bool = False) -> bool:
         """Whether an unfinished attempt with this key is there to continue. Another key is refused, or, with

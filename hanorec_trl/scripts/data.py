@@ -179,6 +179,13 @@ def load_prepared(folder: str | Path) -> Prepared:
     return Prepared(folder, args, protocol, data, load_split(folder / "split", data))
 
 
+def sample_pairs(pairs, cap: int | None, seed: int):
+    """A seeded sample of ``cap`` DPO pairs, in their order (all when ``cap`` is None or not smaller)."""
+    if cap is None or len(pairs) <= cap:
+        return pairs
+    return pairs.select(np.sort(np.random.default_rng(seed).choice(len(pairs), size=cap, replace=False)).tolist())
+
+
 def write_datasets(folder: Path, data: RecData, split: RecSplit, args: DataArguments, seed: int) -> dict[str, int]:
     """The SFT, DPO and evaluation datasets of the split, saved with ``save_to_disk``; returns their row counts."""
     from ..data import build_auc_eval_dataset, build_dpo_dataset, build_ranking_eval_dataset, build_sft_dataset
@@ -189,9 +196,7 @@ def write_datasets(folder: Path, data: RecData, split: RecSplit, args: DataArgum
     ranking = {"prompt": args.ranking_prompt(), "permutations": args.score_permutations, "seed": seed}
     pairs = build_dpo_dataset(train, data, task=args.dpo_task, rejected=args.rejected,
                               num_rejected=args.num_rejected, seed=seed, **common)
-    if args.max_dpo_pairs is not None and len(pairs) > args.max_dpo_pairs:  # a seeded sample, in the saved order
-        rows = np.sort(np.random.default_rng(seed).choice(len(pairs), size=args.max_dpo_pairs, replace=False))
-        pairs = pairs.select(rows.tolist())
+    pairs = sample_pairs(pairs, args.max_dpo_pairs, seed)
     built = {
         "sft": build_sft_dataset(train, data, task=args.sft_task, **common),
         "dpo": pairs,

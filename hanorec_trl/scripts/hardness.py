@@ -29,7 +29,7 @@ import numpy as np
 from ..pipeline.parsing import parse_stage_args
 from ..pipeline.running import run_stage, say, script_main
 from ..pipeline.stage import Stage, describe, input_fingerprint
-from .data import Prepared, load_prepared
+from .data import Prepared, load_prepared, sample_pairs
 
 OUTPUTS = ("pairs", "item_embeddings.npz", "reference.json")
 LAMBDA_COLUMNS = {"topk": "hano_lambda", "pairwise": "hano_lambda_pairwise"}
@@ -77,9 +77,10 @@ def _pairs(prepared: Prepared, args: HardnessArguments, index, item_rows):
         return vectors[1:] @ vectors[0]
 
     d = prepared.args
-    return build_dpo_dataset(prepared.train_examples, prepared.data, task=d.dpo_task, rejected="hard",
-                             num_rejected=d.num_rejected, seed=prepared.protocol.seed, similarity=similarity,
-                             with_images=d.images, templates=d.templates)
+    pairs = build_dpo_dataset(prepared.train_examples, prepared.data, task=d.dpo_task, rejected="hard",
+                              num_rejected=d.num_rejected, seed=prepared.protocol.seed, similarity=similarity,
+                              with_images=d.images, templates=d.templates)
+    return sample_pairs(pairs, d.max_dpo_pairs, prepared.protocol.seed)
 
 
 def add_reference_logps(pairs, model_path: str, model_args, args: HardnessArguments):

@@ -169,7 +169,7 @@ def report(merged: dict[str, Any], folder: Path, title: str) -> dict[str, Any]:
     return results
 
 
-def main(args: ReportArguments, *, reuse_from: Path | None = None) -> dict[str, Any]:
+def main(args: ReportArguments, *, reuse_from: Path | None = None, rebuild: bool = False) -> dict[str, Any]:
     """Run the report stage into ``args.output_dir``; returns the stage record."""
     sources = [(str(results_file(p)), read_results(p)) for p in args.results]
     merged = merge_results(sources)
@@ -182,7 +182,7 @@ def main(args: ReportArguments, *, reuse_from: Path | None = None) -> dict[str, 
         print("\n" + (folder / "results.md").read_text(encoding="utf-8"))
         return {"models": list(results["models"]), "plots": results["plots"]}
 
-    return run_stage(stage, work, reuse_from=reuse_from)
+    return run_stage(stage, work, reuse_from=reuse_from, rebuild=rebuild)
 
 
 def parse(argv=None) -> tuple:
