@@ -1,22 +1,13 @@
-"""Issue 14 item 3: bring your own dataset (``load_interactions`` and the pipeline's ``dataset: custom``)."""
+"""Issue 14 item 3: bring your own dataset (``load_interactions`` and the data stage's ``dataset: custom``)."""
 
 import json
 
 import pytest
 from datasets import Dataset
+from pipeline_utils import record, run, write_recipe
 
 from hanorec_trl.data import DataFormatError, RecData, load_interactions
-from hanorec_trl.pipeline import main, make_config, run_pipeline
-from hanorec_trl.pipeline.command_line import parse_sections
-
-# tiny model, a few steps: seconds per run (the same settings as tests/test_pipeline.py, in the nested syntax)
-FAST = [
-    "--run.tokenizer", "tiny", "--protocol.max_train_sequences", "6", "--protocol.max_test_sequences", "6",
-    "--sft.max_steps", "1", "--dpo.max_steps", "1", "--sft.save_steps", "1", "--dpo.save_steps", "1",
-    "--evaluation.similarity_items", "4", "--dpo.responsiveness_warmup", "0", "--evaluation.score_permutations", "2",
-    "--evaluation.baselines", "popularity", "--protocol.num_candidates", "5", "--protocol.auc_num_unwatched", "1",
-    "--hardness.hardness_k", "4",
-]
+from hanorec_trl.pipeline.parsing import ConfigError
 
 
 def _world(num_users=60, num_items=15):
@@ -85,31 +76,42 @@ def test_bad_rows_name_the_file_and_the_line(tmp_path):
 
 
 def test_pipeline_runs_on_csv_files_with_other_column_names(tmp_path):
+    """A recipe folder whose data.yaml names the tables (docs/data.md), through every stage with the tiny text
+    model (titles only)."""
     rows, items = _world()
     (tmp_path / "shop").mkdir()
     _write_csv(tmp_path / "shop" / "orders.csv", rows)
     _write_csv(tmp_path / "shop" / "catalogue.csv", items)
-    recipe = tmp_path / "shop.yaml"
-    recipe.write_text(
-        "data:\n  dataset: custom\n  data_dir: " + str(tmp_path / "shop") + "\n  interactions: orders.csv\n"
-        "  items: catalogue.csv\n  sep: ';'\n  user_col: customer\n  item_col: sku\n  time_col: when\n"
-        "  title_col: product_name\nmodel:\n  model_name_or_path: tiny-qwen2.5-vl\n"
-    )
+    tables = {"interactions": "orders.csv", "items": "catalogue.csv", "sep": ";", **COLUMNS}
+    recipe = write_recipe(tmp_path / "recipe", {
+        "data": {"dataset": "custom", "data_dir": str(tmp_path / "shop"), "tables": tables, "num_candidates": 5},
+        "sft": {"model_name_or_path": "tiny-qwen2", "max_steps": 1}, "dpo": {"max_steps": 1}})
     out = tmp_path / "run"
-    assert main(["--config", str(recipe), *FAST, "--run.run_dir", str(out)], dataset=None) == 0
+    assert run("--recipe", recipe, "--run_dir", out) == 0
     results = json.loads((out / "report" / "results.json").read_text())
     assert results["dataset"] == "shop" and {"sft", "hano"} <= set(results["models"])
     assert (out / "hardness" / "pairs").is_dir()
+    assert record(out / "data")["config"]["DataArguments.images"] is False  # a text LLM: titles only
+    assert record(out / "data")["inputs"]["data"] == load_interactions(
+        tmp_path / "shop" / "orders.csv", tmp_path / "shop" / "catalogue.csv", sep=";", **COLUMNS).fingerprint()
 
 
 def test_pipeline_runs_on_a_datasets_dataset(tmp_path):
+    """Tables in memory go to the data stage's main (no files to name); its output is what the later stages read."""
+    from hanorec_trl.data import ProtocolConfig
+    from hanorec_trl.scripts import data as data_stage
+
     rows, items = _world()
     data = load_interactions(Dataset.from_list(rows), Dataset.from_list(items), name="shop-hub", **COLUMNS)
-    # no files to name: the configuration without them, validated by run_pipeline once it has the data
-    values, _ = parse_sections(["--data.dataset", "custom", *FAST, "--model.model_name_or_path", "tiny-qwen2",
-                                "--run.method", "dpo", "--run.run_dir", str(tmp_path / "run")])
-    config = make_config(values)
-    results = run_pipeline(config, data=data)
-    assert results["dataset"] == "shop-hub" and {"sft", "dpo"} <= set(results["models"])
-    recorded = json.loads((tmp_path / "run" / "data" / "STAGE_DONE.json").read_text())["inputs"]
-    assert recorded["data_fingerprint"] == data.fingerprint()
+    folder = tmp_path / "run" / "data"
+    done = data_stage.main(data_stage.DataArguments(output_dir=str(folder), dataset="custom", images=False),
+                           ProtocolConfig(num_candidates=5), data=data)
+    assert done["inputs"]["data"] == data.fingerprint() and record(folder) == done
+    prepared = data_stage.load_prepared(folder)
+    assert prepared.data.name == "shop-hub" and prepared.data.fingerprint() == data.fingerprint()
+    sft = prepared.dataset("sft")
+    assert len(sft) == len(prepared.train_examples) * 2 and "images" not in sft.column_names  # ranking + AUC
+    assert "Product number" in json.dumps(sft[0]["prompt"])  # the item table's titles
+    with pytest.raises(ConfigError, match="dataset custom needs tables"):  # files, unless the data is given
+        data_stage.main(data_stage.DataArguments(output_dir=str(tmp_path / "other"), dataset="custom",
+                                                 images=False), ProtocolConfig(num_candidates=5))

@@ -1,6 +1,8 @@
-"""Imports run one way (docs/design.md, "Module layout"): pipeline on top; trainer, evaluation, fast path and the
-baselines in the middle; data, hardness, encoders, noise and responsiveness at the bottom; utilities below all. Inside
-the pipeline, its modules import each other without a cycle."""
+"""Imports run one way (docs/design.md, "Module layout"): the stage scripts and the pipeline's machinery on top; the
+trainer, its config and checks, evaluation, the fast path, the baselines and item tokens in the middle; data,
+hardness, encoders, noise, responsiveness and the test models at the bottom; utilities below all. Inside the top
+layer, the scripts and the pipeline modules import each other without a cycle, counting every import (also those
+inside functions; tests/test_import_cycles.py checks the whole package's module-level imports)."""
 
 import ast
 from pathlib import Path
@@ -9,8 +11,8 @@ PACKAGE = Path(__file__).resolve().parents[1] / "hanorec_trl"
 LAYERS = {
     0: ("files", "model_utils", "processing", "pretrained", "checkpoints"),
     1: ("data", "hardness", "encoders", "noise", "responsiveness", "testing"),
-    2: ("config", "trainer", "evaluation", "fast", "baselines", "sasrec", "item_tokens"),
-    3: ("pipeline",),
+    2: ("config", "trainer", "lambda_column", "nonfinite", "evaluation", "fast", "baselines", "sasrec", "item_tokens"),
+    3: ("pipeline", "scripts"),
 }
 RANK = {name: rank for rank, names in LAYERS.items() for name in names}
 
@@ -49,18 +51,27 @@ def test_every_module_has_a_layer_and_imports_run_downwards():
     assert not wrong, wrong
 
 
-def test_the_pipeline_modules_import_each_other_without_a_cycle():
-    """Every import counts, also those inside functions; ``hanorec_trl/pipeline/__init__.py`` (the public names)
-    is left out, a package's ``__init__.py`` is the package's node."""
-    pipeline = PACKAGE / "pipeline"
+def test_the_layers_are_the_package():
+    """Every layer names a module or package that exists (a renamed module cannot keep an empty slot)."""
+    present = {p.name.removesuffix(".py") for p in PACKAGE.iterdir()
+               if p.suffix == ".py" or (p / "__init__.py").is_file()}
+    assert set(RANK) == present - {"__init__"}
+
+
+def test_the_scripts_and_the_pipeline_modules_import_each_other_without_a_cycle():
+    """Every import counts, also those inside functions; a package's ``__init__.py`` (its public names) is left
+    out, so ``hanorec_trl.pipeline`` re-exporting the recipe runner is no edge."""
+    top = [PACKAGE / "pipeline", PACKAGE / "scripts"]
 
     def name(path: Path) -> str:
-        parts = path.relative_to(PACKAGE).with_suffix("").parts
-        return ".".join(("hanorec_trl", *(parts[:-1] if parts[-1] == "__init__" else parts)))
+        return ".".join(("hanorec_trl", *path.relative_to(PACKAGE).with_suffix("").parts))
 
-    graph = {name(path): {target for target in _imports(path) if target.startswith("hanorec_trl.pipeline.")}
-             for path in sorted(pipeline.rglob("*.py")) if path != pipeline / "__init__.py"}
-    assert "hanorec_trl.pipeline.stages.context" in graph and "hanorec_trl.pipeline.variants" in graph
+    inside = ("hanorec_trl.pipeline.", "hanorec_trl.scripts.")
+    graph = {name(path): {target for target in _imports(path) if target.startswith(inside)}
+             for folder in top for path in sorted(folder.rglob("*.py")) if path.name != "__init__.py"}
+    assert {"hanorec_trl.pipeline.recipe", "hanorec_trl.pipeline.stage", "hanorec_trl.scripts.dpo"} <= set(graph)
+    assert "hanorec_trl.scripts.data" in graph["hanorec_trl.pipeline.recipe"]  # the runner calls the stages
+    assert "hanorec_trl.pipeline.stage" in graph["hanorec_trl.scripts.data"]  # the stages use the machinery
     done: set[str] = set()
 
     def visit(module: str, path: tuple[str, ...]) -> None:

@@ -1,20 +1,15 @@
 """Issue 13 (reliability), the fast part: every bad input of docs/reliability.md gets what that table promises.
 
-Run-directory ownership, inputs inside the run directory and the lock use folders written by hand (no training);
-the trainer cases use the tiny text model for a few steps. The pipeline cases that need trained stages (an unfinished
-stage resumed with other arguments, a partial checkpoint, Ctrl-C, a truncated poster) are in
-tests/test_pipeline_reliability.py.
+The trainer cases use the tiny text model for a few steps; the data cases small files written on the fly. The run
+directory's cases (ownership, inputs inside it, the lock, unfinished stages, arguments refused before any stage,
+kill -9 and Ctrl-C) are in tests/test_pipeline_reliability.py, on the stage folders of the pipeline of issue 27.
 """
 
 from __future__ import annotations
 
 import json
 import math
-import os
 import re
-import socket
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -27,185 +22,8 @@ from hanorec_trl.checkpoints import HANO_STATE_NAME, checkpoint_problem, last_co
 from hanorec_trl.data import DataFormatError, MissingImageWarning, load_movielens_1m
 from hanorec_trl.data.movielens import read_movielens_movies
 from hanorec_trl.data.recdata import ControlCharacterWarning
-from hanorec_trl.pipeline import main
-from hanorec_trl.pipeline.arguments import PipelineConfigError
-from hanorec_trl.pipeline.command_line import parse_args
-from hanorec_trl.pipeline.rundir import LOCK_FILE, RUN_FORMAT, STARTED, RunDir, RunDirError, RunLock
 from hanorec_trl.testing import tiny_qwen2
 from hanorec_trl.trainer import NonFiniteTrainingError
-
-
-def snapshot(folder: Path) -> dict[str, bytes]:
-    """Every file under ``folder`` (relative path -> bytes): 'every byte survives' is ``snapshot`` equality."""
-    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
-
-
-def refused(argv, capsys, *fragments) -> str:
-    assert main(argv) == 2
-    err = capsys.readouterr().err
-    assert err.startswith("error: ") and "Traceback" not in err, err
-    for fragment in fragments:
-        assert fragment in err, err
-    return err
-
-
-def user_folder(root: Path, run_json: str) -> Path:
-    """A user's folder that happens to hold a file named run.json and stage-like subfolders with their data."""
-    root.mkdir(parents=True)
-    (root / "run.json").write_text(run_json)
-    for name in ("data", "model", "sft"):
-        (root / name).mkdir()
-        (root / name / "precious.txt").write_text(f"user data in {name}/")
-    (root / "notes.md").write_text("my notes")
-    return root
-
-
-def pipeline_run_dir(root: Path) -> Path:
-    """A folder as the pipeline leaves it (run.json with the format marker, stage folders), without training."""
-    root.mkdir(parents=True)
-    (root / "run.json").write_text(json.dumps({"format": RUN_FORMAT, "config": {}}))
-    (root / "data").mkdir()
-    return root
-
-
-# ------------------------------------------------------------------------------------------------ 1. ownership
-
-
-@pytest.mark.parametrize("run_json", ['{"name": "my experiment"}', "not json at all", '{"format": "other/1"}'])
-def test_overwrite_and_resume_never_touch_a_folder_with_a_foreign_run_json(tmp_path, capsys, run_json):
-    root = user_folder(tmp_path / "mine", run_json)
-    before = snapshot(root)
-    refused(["--output_dir", str(root), "--overwrite"], capsys, "refusing to delete it", str(root / "run.json"))
-    refused(["--output_dir", str(root), "--resume"], capsys, "refusing to touch it", str(root / "run.json"))
-    assert snapshot(root) == before
-
-
-def test_overwrite_refuses_a_run_directory_holding_something_else(tmp_path, capsys):
-    root = pipeline_run_dir(tmp_path / "run")
-    (root / "thesis.tex").write_text("do not delete")
-    before = snapshot(root)
-    refused(["--output_dir", str(root), "--overwrite"], capsys, "thesis.tex", "the pipeline never writes it")
-    assert snapshot(root) == before
-    (root / "thesis.tex").unlink()
-    target = tmp_path / "elsewhere"
-    target.mkdir()
-    (target / "keep.txt").write_text("keep")
-    (root / "sft").symlink_to(target, target_is_directory=True)  # a link is never followed into
-    refused(["--output_dir", str(root), "--overwrite"], capsys, "a link or a file")
-    assert (target / "keep.txt").read_text() == "keep"
-
-
-def test_overwrite_deletes_only_the_pipelines_entries(tmp_path):
-    root = pipeline_run_dir(tmp_path / "run")
-    (root / "data" / "split.jsonl").write_text("{}")
-    (root / "run.json.abc.tmp").write_text("left by a kill during an atomic write")
-    rundir = RunDir(root)
-    rundir.check(resume=False, overwrite=True)
-    with rundir.lock():
-        rundir.prepare(resume=False, overwrite=True)
-        assert sorted(p.name for p in root.iterdir()) == [LOCK_FILE]
-    assert list(root.iterdir()) == []
-
-
-# ------------------------------------------------------------------------------------------------ 2. inputs inside
-
-
-def test_inputs_inside_the_folder_overwrite_deletes_are_refused_before_loading(tmp_path, capsys):
-    root = pipeline_run_dir(tmp_path / "run")
-    data = small_movielens(root / "data" / "ml")
-    # a broken file: had it been loaded, the error would name ratings.dat instead of the run directory
-    (data / "ratings.dat").write_text("not::a::rating\n")
-    recipe = root / "data" / "recipe.yaml"
-    recipe.write_text(f"output_dir: {root}\noverwrite: true\n")
-    model = root / "model" / "base"
-    model.mkdir(parents=True)  # no config.json: had it been read, the error would say so
-    before = snapshot(root)
-    refused(["--output_dir", str(root), "--overwrite", "--data_dir", str(data)], capsys,
-            f"--data.data_dir {data} lies inside", "--overwrite deletes the whole folder")
-    refused(["--output_dir", str(root), "--resume", "--data_dir", str(data)], capsys,
-            "lies inside", "empties the folder of an unfinished stage")
-    refused(["--output_dir", str(root), "--overwrite", "--model", str(model)], capsys,
-            f"--model.model_name_or_path {model} lies inside")
-    refused(["--config", str(recipe)], capsys, f"--config {recipe} lies inside")
-    assert snapshot(root) == before
-    # the same inputs outside the run directory are accepted
-    RunDir(root).check_paths_outside({"--data_dir": str(tmp_path / "ml"), "--config": str(tmp_path / "r.yaml")},
-                                     resume=False, overwrite=True)
-
-
-# ------------------------------------------------------------------------------------------------ 3. the lock
-
-
-def test_a_second_run_on_a_locked_run_directory_is_refused_with_pid_and_host(tmp_path, capsys):
-    root = pipeline_run_dir(tmp_path / "run")
-    before = snapshot(root)
-    with RunDir(root).lock():
-        err = refused(["--output_dir", str(root), "--resume"], capsys, "is in use by another run",
-                      f"pid {os.getpid()}", socket.gethostname())
-        assert str(root / LOCK_FILE) in err
-    assert snapshot(root) == before  # released: the lock file is gone, nothing else changed
-
-
-def _dead_pid() -> int:
-    proc = subprocess.Popen([sys.executable, "-c", "pass"])
-    proc.wait()
-    return proc.pid
-
-
-def test_stale_lock_of_a_dead_process_is_taken_over_but_not_a_live_or_foreign_one(tmp_path):
-    path = tmp_path / LOCK_FILE
-    host = socket.gethostname()
-    path.write_text(json.dumps({"pid": _dead_pid(), "host": host}))
-    lock = RunLock(path)
-    lock.acquire()
-    assert lock.took_over is not None and json.loads(path.read_text())["pid"] == os.getpid()
-    lock.release()
-    assert not path.exists()
-    # a live process on this host (here: a sleeping child that does not hold the flock) is never taken over
-    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
-    try:
-        path.write_text(json.dumps({"pid": sleeper.pid, "host": host}))
-        with pytest.raises(RunDirError, match=rf"pid {sleeper.pid} on host .*that process is alive"):
-            RunLock(path).acquire()
-    finally:
-        sleeper.kill()
-        sleeper.wait()
-    path.write_text(json.dumps({"pid": 12345, "host": "another-host.example"}))
-    with pytest.raises(RunDirError, match="another-host.example.*cannot be checked"):
-        RunLock(path).acquire()
-    # a holder in another process (flock held) is refused
-    path.unlink()
-    holder = subprocess.Popen(
-        [sys.executable, "-c", "import sys, time; from pathlib import Path; from hanorec_trl.pipeline.rundir import "
-         "RunLock; RunLock(Path(sys.argv[1])).acquire(); print('held', flush=True); time.sleep(60)", str(path)],
-        stdout=subprocess.PIPE, text=True)
-    try:
-        assert holder.stdout.readline().strip() == "held"
-        with pytest.raises(RunDirError, match=rf"pid {holder.pid} on host {host}.*holds the lock"):
-            RunLock(path).acquire()
-    finally:
-        holder.kill()
-        holder.wait()
-    RunLock(path).acquire()  # the holder was killed: its lock is taken over
-
-
-# ------------------------------------------------------------------------------------------------ 4. started stages
-
-
-def test_an_unfinished_stage_with_checkpoints_refuses_other_arguments(tmp_path):
-    rundir = RunDir(tmp_path)
-    folder = tmp_path / "dpo" / "hano"
-    folder.mkdir(parents=True)
-    rundir.mark_started(folder, {"beta": 0.1, "dpo_learning_rate": 1e-4})
-    assert rundir.check_started(folder, "dpo/hano", {"beta": 0.5}, keep=("trainer",)) is None  # nothing continued
-    (folder / "trainer" / "checkpoint-1").mkdir(parents=True)
-    with pytest.raises(RunDirError, match=r"stage 'dpo/hano' .* started with other arguments \(beta: was 0.1, now "
-                                          r"0.5; dpo_learning_rate: was 0.0001, now 0.01\)"):
-        rundir.check_started(folder, "dpo/hano", {"beta": 0.5, "dpo_learning_rate": 0.01}, keep=("trainer",))
-    assert rundir.check_started(folder, "dpo/hano", {"beta": 0.1, "dpo_learning_rate": 1e-4}, keep=("trainer",)) is None
-    (folder / STARTED).unlink()  # a run directory of an earlier version: said, not refused
-    assert "cannot be checked" in rundir.check_started(folder, "dpo/hano", {"beta": 0.5}, keep=("trainer",))
-
 
 # ------------------------------------------------------------------------------------------------ 5. checkpoints
 
@@ -423,37 +241,7 @@ def test_control_characters_are_removed_with_one_warning_naming_the_items(tmp_pa
     assert data.titles == {"1": "Nul Movie (1999)", "2": "Esc[31m Red (2000)", "3": "Fine (2001)"}
 
 
-# ------------------------------------------------------------------------------------------------ 9. arguments
-
-
-@pytest.mark.parametrize(
-    "argv, fragment",
-    [
-        (["--eval_ks", "0"], "--evaluation.eval_ks 0"),
-        (["--eval_ks", "1", "20"], "each K must be between 1 and --protocol.num_candidates 10"),
-        (["--hardness_k", "500"], "--hardness.hardness_k 500 (the synthetic catalogue"),
-        (["--num_candidates", "1"], "--protocol.num_candidates 1 (must be at least 2)"),
-        (["--sequence_length", "1"], "--protocol.sequence_length 1 (must be at least 2)"),
-        (["--beta", "nan"], "beta must be a finite number > 0"),
-        (["--dpo_learning_rate", "inf"], "--dpo.learning_rate inf"),
-        (["--lora_dropout", "1.0"], "--model.lora_dropout 1.0"),
-        (["--dpo_max_steps", "0"], "--dpo.max_steps 0"),
-        (["--dpo_extra_args", '{"bta": 0.2}'], "'bta' (did you mean beta?) is not a field of HaNoDPOConfig"),
-    ],
-)
-def test_pipeline_arguments_are_refused_before_any_stage(argv, fragment):
-    with pytest.raises(PipelineConfigError, match=None) as info:
-        parse_args(argv)
-    assert fragment in str(info.value)
-
-
-def test_catalogue_dependent_arguments_are_refused_before_the_run_directory_exists(tmp_path, capsys):
-    data = small_movielens(tmp_path / "ml", num_items=8, poster_ids=())
-    out = tmp_path / "run"
-    refused(["--data_dir", str(data), "--output_dir", str(out), "--hardness_k", "8", "--num_candidates", "3",
-             "--auc_num_unwatched", "1", "--min_interactions", "6"], capsys,
-            "--hardness.hardness_k 8 (the catalogue has 8 items, so K can be at most 7)")
-    assert not out.exists()
+# ------------------------------------------------------------------------------------------------ 9. data arguments
 
 
 def test_bad_image_pattern_and_negative_ratings_are_named(tmp_path):
