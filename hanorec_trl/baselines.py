@@ -57,6 +57,7 @@ __all__ = [
     "TrainingInteractions",
     "baseline_label",
     "evaluate_baseline",
+    "evaluate_baselines",
     "expected_random_metrics",
     "fit_baseline",
 ]
@@ -216,3 +217,27 @@ def evaluate_baseline(baseline, examples: Sequence[SequenceExample], ks: Sequenc
     return {"metrics": metrics,
             "per_row": {"ranking": {"ranks": [int(r) for r in ranks], "scores": scores},
                         "auc": {"p_yes": item_scores, "labels": labels}}}
+
+
+def evaluate_baselines(names: Sequence[str], data, split, examples: Sequence[SequenceExample], *,
+                       matched_windows: Sequence[SequenceExample] | None = None,
+                       ks: Sequence[int] | None = None) -> dict[str, dict[str, Any]]:
+    """Each baseline of ``names`` on ``examples``, fitted on the full training data (``from_split``) and, with
+    ``matched_windows`` (the LLM's training windows), also data-matched beside it. Returns ``{key: {"label",
+    "metrics", "per_row"}}`` keyed ``baseline-<name>`` and ``baseline-<name>-matched``; ``random`` (exact
+    expectation) and ``position`` learn nothing and appear once."""
+    fits = [TrainingInteractions.from_split(data, split)]
+    if matched_windows is not None:
+        fits.append(TrainingInteractions.from_examples(matched_windows, data.item_ids))
+    out: dict[str, dict[str, Any]] = {}
+    for name in names:
+        for training in fits[:1] if name in ("random", "position") else fits:
+            key = f"baseline-{name}" + ("-matched" if training is not fits[0] else "")
+            if name == "random":
+                evaluation = expected_random_metrics(examples, ks)
+            else:
+                evaluation = evaluate_baseline(fit_baseline(name, training), examples, ks)
+            label = LABELS[name] if len(fits) == 1 or name in ("random", "position") else baseline_label(name, training)
+            out[key] = {"label": label, **evaluation}
+    return out
+

@@ -20,7 +20,7 @@ from collections.abc import Iterable
 import torch
 from transformers import TrainerCallback
 
-__all__ = ["NonFiniteTrainingError", "nonfinite_tensors"]
+__all__ = ["NonFiniteTrainingError", "StopOnNonFinite", "nonfinite_tensors"]
 
 
 class NonFiniteTrainingError(FloatingPointError):
@@ -78,3 +78,18 @@ class WeightsFiniteCallback(TrainerCallback):
 
     def on_optimizer_step(self, args, state, control, **kwargs):
         self.trainer._check_weights_finite(f"the optimizer step {state.global_step + 1}")
+
+
+class StopOnNonFinite(TrainerCallback):
+    """For trainers other than ``HaNoDPOTrainer`` (which checks every step itself), e.g. TRL's ``SFTTrainer``: stops
+    training when a logged loss or gradient norm is not finite, before that step's checkpoint is written."""
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        for key in ("grad_norm", "loss"):
+            value = (logs or {}).get(key)
+            if isinstance(value, (int, float)) and not math.isfinite(value):
+                raise NonFiniteTrainingError(
+                    f"training stopped at step {state.global_step}: the {key.replace('_', ' ')} is {value} (not "
+                    f"finite). Usual causes: {USUAL_CAUSES}. The checkpoints before it (in {args.output_dir}) are "
+                    "intact.")
+

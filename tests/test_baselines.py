@@ -161,3 +161,23 @@ def test_fit_baseline_options_and_training_type(world):
     sasrec = fit_baseline("sasrec", training, epochs=1, hidden=8, max_len=4, progress=False)
     assert sasrec.epochs == 1 and len(sasrec.loss_history) == 1
     assert len(evaluate_baseline(sasrec, split.test)["per_row"]["ranking"]["ranks"]) == 1
+
+
+def test_evaluate_baselines_scores_full_and_data_matched_fits_on_the_same_rows(world):
+    from hanorec_trl.baselines import evaluate_baselines
+
+    data, split = world
+    windows = [_example("a", 2, ["1", "2"], "3", ["3", "7", "8"])]  # the LLM's only window: 9 is never mentioned
+    out = evaluate_baselines(["random", "position", "popularity"], data, split, split.test, matched_windows=windows)
+    assert list(out) == ["baseline-random", "baseline-position", "baseline-popularity", "baseline-popularity-matched"]
+    assert out["baseline-popularity"]["label"] == "popularity (full data)"
+    assert out["baseline-popularity-matched"]["label"] == "popularity (data-matched)"
+    # the same test row; the two fits differ: full data has seen 4 twice, the window never saw 4, 9 or 6
+    assert out["baseline-popularity"]["per_row"]["ranking"]["ranks"] == [3]
+    assert out["baseline-popularity"]["per_row"]["ranking"]["scores"][0][0] > 0  # 4: seen in the full data
+    assert out["baseline-popularity-matched"]["per_row"]["ranking"]["scores"] == [[0.0, 0.0, 0.0]]
+    full = fit_baseline("popularity", TrainingInteractions.from_split(data, split))
+    assert out["baseline-popularity"]["metrics"] == evaluate_baseline(full, split.test)["metrics"]
+    matched = fit_baseline("popularity", TrainingInteractions.from_examples(windows, data.item_ids))
+    assert out["baseline-popularity-matched"]["metrics"] == evaluate_baseline(matched, split.test)["metrics"]
+    assert evaluate_baselines(["popularity"], data, split, split.test)["baseline-popularity"]["label"] == "popularity"

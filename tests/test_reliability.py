@@ -157,7 +157,7 @@ def test_sft_stage_stops_on_a_logged_non_finite_gradient_norm():
 
     from transformers import TrainerControl, TrainerState
 
-    from hanorec_trl.pipeline.training import StopOnNonFinite
+    from hanorec_trl.nonfinite import StopOnNonFinite
 
     state, args = TrainerState(global_step=7), SimpleNamespace(output_dir="sft/trainer")
     StopOnNonFinite().on_log(args, state, TrainerControl(), logs={"loss": 1.5, "grad_norm": 2.0})

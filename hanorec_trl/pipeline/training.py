@@ -7,7 +7,6 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import math
 import shutil
 import signal
 import sys
@@ -19,6 +18,7 @@ from typing import Any
 from transformers import PrinterCallback, ProgressCallback, TrainerCallback
 
 from ..fast.cpu_lm_head import compact_lm_head_on_cpu
+from ..nonfinite import StopOnNonFinite
 from .parsing import ConfigError
 
 logger = logging.getLogger(__name__)
@@ -45,22 +45,6 @@ class StageProgress(ProgressCallback):
                  if isinstance((logs or {}).get(key), float)}
         if self.training_bar is not None and shown:
             self.training_bar.set_postfix(shown, refresh=False)
-
-
-class StopOnNonFinite(TrainerCallback):
-    """Stops a trainer other than ``HaNoDPOTrainer`` (which checks every step itself) when a logged loss or gradient
-    norm is not finite, before that step's checkpoint is written."""
-
-    def on_log(self, args, state, control, logs=None, **kwargs):
-        from ..trainer import NonFiniteTrainingError
-
-        for key in ("grad_norm", "loss"):
-            value = (logs or {}).get(key)
-            if isinstance(value, (int, float)) and not math.isfinite(value):
-                raise NonFiniteTrainingError(
-                    f"training stopped at step {state.global_step}: the {key.replace('_', ' ')} is {value} (not "
-                    f"finite). Usual causes: a learning rate too large, fp16 overflow. The checkpoints before it (in "
-                    f"{args.output_dir}) are intact.")
 
 
 class TrainingInterrupted(KeyboardInterrupt):
@@ -173,7 +157,7 @@ def without_zero3_init() -> Iterator[None]:
         hf_deepspeed._hf_deepspeed_config_weak_ref = saved
 
 
-__all__ = ["StageProgress", "StopOnNonFinite", "TrainingInterrupted", "compact_lm_head_on_cpu", "resume_point",
+__all__ = ["StageProgress", "TrainingInterrupted", "compact_lm_head_on_cpu", "resume_point",
            "stop_at_step_end_on_interrupt", "train_in_stage", "without_zero3_init"]
 
 

@@ -71,30 +71,12 @@ class EvalArguments:
 
 
 def evaluate_baselines(args: EvalArguments, prepared: Prepared, folder: Path) -> dict[str, dict[str, Any]]:
-    from ..baselines import (
-        LABELS,
-        TrainingInteractions,
-        baseline_label,
-        evaluate_baseline,
-        expected_random_metrics,
-        fit_baseline,
-    )
+    from ..baselines import evaluate_baselines as score
 
-    examples = prepared.test_examples
-    fits = [TrainingInteractions.from_split(prepared.data, prepared.split)]
-    if args.data_matched:
-        fits.append(TrainingInteractions.from_examples(prepared.train_examples, prepared.data.item_ids))
-    out = {}
-    for name in args.baselines:
-        for training in fits if name not in ("random", "position") else fits[:1]:
-            key = f"baseline-{name}" + ("-matched" if training is not fits[0] else "")
-            if name == "random":
-                evaluation, label = expected_random_metrics(examples, args.eval_ks), LABELS[name]
-            else:
-                evaluation = evaluate_baseline(fit_baseline(name, training), examples, args.eval_ks)
-                label = LABELS[name] if len(fits) == 1 or name == "position" else baseline_label(name, training)
-            (folder / "metrics" / f"{key}.json").write_text(json.dumps(evaluation) + "\n")
-            out[key] = {"label": label, **evaluation}
+    out = score(args.baselines, prepared.data, prepared.split, prepared.test_examples, ks=args.eval_ks,
+                matched_windows=prepared.train_examples if args.data_matched else None)
+    for key, evaluation in out.items():
+        (folder / "metrics" / f"{key}.json").write_text(json.dumps(evaluation) + "\n")
     return out
 
 

@@ -80,17 +80,14 @@ def _learning_curve(trainer, prepared: Prepared, script_args) -> dict[str, Any] 
 
 def _write_curve(folder: Path, prepared: Prepared, rows) -> dict[str, Any]:
     """The curve's points (also those of an interrupted and continued run) and the baselines on the same rows."""
-    from ..baselines import LABELS, TrainingInteractions, evaluate_baseline, expected_random_metrics, fit_baseline
+    from ..baselines import evaluate_baselines
 
     points = sorted(({"step": int(p.stem.split("-")[1]), **json.loads(p.read_text())["metrics"]}
                      for p in (folder / "trainer" / "rec_eval").glob("step-*.json")), key=lambda p: p["step"])
     ids = set(rows["sequence_id"])
     examples = [ex for ex in prepared.split.validation if ex.sequence_id in ids]
-    training = TrainingInteractions.from_split(prepared.data, prepared.split)
-    baselines = {"random": {"label": LABELS["random"], **expected_random_metrics(examples)["metrics"]}}
-    for name in ("popularity", "item_knn"):
-        baselines[name] = {"label": LABELS[name],
-                           **evaluate_baseline(fit_baseline(name, training), examples)["metrics"]}
+    scored = evaluate_baselines(("random", "popularity", "item_knn"), prepared.data, prepared.split, examples)
+    baselines = {k.removeprefix("baseline-"): {"label": e["label"], **e["metrics"]} for k, e in scored.items()}
     curve = {"examples": len(examples), "split": "validation", "points": points, "baselines": baselines}
     (folder / "learning_curve.json").write_text(json.dumps(curve, indent=1) + "\n")
     return {"curve_points": len(points)}
