@@ -1,15 +1,10 @@
-"""Stage 1, data: the dataset, the paper's protocol split (Sec. 4.1), and the SFT / DPO / evaluation datasets.
+r"""Stage 1, data: the dataset, the paper's protocol split (Sec. 4.1), and the SFT / DPO / evaluation datasets.
 
-```bash
-python -m hanorec_trl.scripts.data --config examples/recipes/movielens/smollm2/data.yaml \
-    --data_dir ../shared/data/ml-1m --output_dir runs/ml1m/data
-```
+    python -m hanorec_trl.scripts.data --config examples/recipes/movielens/smollm2/data.yaml \
+        --data_dir ../shared/data/ml-1m --output_dir runs/ml1m/data
 
-Writes, into ``output_dir`` (atomically; ``docs/pipeline.md``): ``dataset.json`` (the interactions and the item table
-as loaded), ``split/`` (the frozen split, JSONL + manifest), and ``datasets.load_from_disk`` folders ``sft/``,
-``dpo/`` (pairs with ``chosen_item`` / ``rejected_item``), ``eval_ranking/``, ``eval_auc/`` (the test rows) and
-``curve_ranking/`` (validation rows of the SFT learning curve). Without ``data_dir`` the MovieLens format is generated
-(synthetic posters that carry the genre, deterministic) into the library's cache folder, and read from there.
+Writes ``dataset.json`` (``RecData.save``), ``split/`` (frozen) and ``datasets.load_from_disk`` folders ``sft/``,
+``dpo/``, ``eval_ranking/``, ``eval_auc/``, ``curve_ranking/``. Without ``data_dir``: the synthetic MovieLens format.
 """
 
 from __future__ import annotations

@@ -1,18 +1,12 @@
-"""Stage 4, HaNo DPO: ``trl/scripts/dpo.py`` with ``HaNoDPOTrainer`` (paper Eq. 4-12), for the pipeline's pairs or
-any TRL preference dataset.
+r"""Stage 4, HaNo DPO: ``trl/scripts/dpo.py`` with ``HaNoDPOTrainer`` (paper Eq. 4-12), for any TRL preference dataset.
 
-```bash
-# a TRL preference dataset (hub name or a datasets.save_to_disk folder), as with `trl dpo`
-python -m hanorec_trl.scripts.dpo --dataset_name my/pairs --model_name_or_path Qwen/Qwen2.5-0.5B-Instruct \
-    --use_peft --lora_r 8 --beta 0.1 --lora_noise_std 0.01 --output_dir runs/my-dpo
-# the pipeline's: the hardness stage's pairs (lambda and reference log-probs included), from the SFT model
-python -m hanorec_trl.scripts.dpo --config examples/recipes/movielens/smollm2/dpo.yaml \
-    --dataset_name runs/ml1m/hardness/pairs --model_name_or_path runs/ml1m/sft/merged --output_dir runs/ml1m/dpo-hano
-```
+    python -m hanorec_trl.scripts.dpo --dataset_name my/pairs --model_name_or_path Qwen/Qwen2.5-0.5B-Instruct \
+        --use_peft --lora_r 8 --beta 0.1 --lora_noise_std 0.01 --output_dir runs/my-dpo
+    python -m hanorec_trl.scripts.dpo --config examples/recipes/movielens/smollm2/dpo.yaml \
+        --dataset_name runs/ml1m/hardness/pairs --model_name_or_path runs/ml1m/sft/merged --output_dir runs/ml1m/dpo
 
-Lambda comes from the dataset's ``hano_lambda`` column (``hardness_column``); a dataset without it trains with
-lambda = 1 (one warning), or, with ``item_embeddings`` (an ``.npz`` of ``item_ids`` and ``text`` [+ ``image``]
-arrays) and ``chosen_item`` / ``rejected_item`` columns, gets it computed here (``hanorec_trl.add_hardness_column``).
+Lambda: the dataset's ``hano_lambda`` column; without it lambda = 1 (one warning), or computed from
+``item_embeddings`` (``item_ids``, ``text`` [, ``image``]) and the ``chosen_item`` / ``rejected_item`` columns.
 """
 
 from __future__ import annotations

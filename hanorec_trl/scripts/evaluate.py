@@ -1,19 +1,12 @@
-"""Stage 5, evaluation: one model (or the classical baselines) on the data stage's test rows -> ``results.json``.
+r"""Stage 5, evaluation: one model (or the classical baselines) on the data stage's test rows -> ``results.json``.
 
-```bash
-# a model: the merged SFT model, optionally with a DPO stage's adapter on top
-python -m hanorec_trl.scripts.evaluate --data_path runs/ml1m/data --model_name_or_path runs/ml1m/sft/merged \
-    --adapter_path runs/ml1m/dpo-hano/adapter --name hano --label HaNoRec --output_dir runs/ml1m/eval-hano
-# the baselines, on the same rows (popularity is the bar under uniform negatives)
-python -m hanorec_trl.scripts.evaluate --data_path runs/ml1m/data --baselines popularity markov item_knn \
-    --output_dir runs/ml1m/eval-baselines
-```
+    python -m hanorec_trl.scripts.evaluate --data_path runs/ml1m/data --model_name_or_path runs/ml1m/sft/merged \
+        --adapter_path runs/ml1m/dpo-hano/adapter --name hano --label HaNoRec --output_dir runs/ml1m/eval-hano
+    python -m hanorec_trl.scripts.evaluate --data_path runs/ml1m/data --baselines popularity markov item_knn \
+        --output_dir runs/ml1m/eval-baselines
 
-HR@K / NDCG@K by likelihood scoring of every candidate (prompt-once; or generation), AUC from P(Yes), each with its
-95% bootstrap interval over the test rows; the title-image cosine of ``similarity_items`` items for a VLM (paper
-Fig. 1c). ``results.json`` keeps each model's rank of the target on every test row (``per_row_ranks``, in the order
-of ``test_rows``), and, for a trained model, the log history (and learning curve) of the stage that trained it, so
-the report stage can pair, tabulate and plot any number of them.
+HR@K / NDCG@K (likelihood, every candidate order), AUC, 95% intervals, per-row ranks (``per_row_ranks`` in the order
+of ``test_rows``), the title-image probe for a VLM (Fig. 1c) and the trained model's log history, for the report.
 """
 
 from __future__ import annotations

@@ -1,17 +1,12 @@
-"""Stage 3, hardness: the SFT model's item embeddings, the offline hardness lambda of every DPO pair (paper Eq. 4-6),
-and the reference log-probs of every pair, once for all the DPO variants trained from this SFT model.
+r"""Stage 3, hardness: the SFT model's item embeddings, lambda of every DPO pair (paper Eq. 4-6) and the reference
+log-probs of every pair, once for all DPO variants from this SFT model.
 
-```bash
-python -m hanorec_trl.scripts.hardness --config examples/recipes/movielens/smollm2/hardness.yaml \
-    --data_path runs/ml1m/data --model_name_or_path runs/ml1m/sft/merged --output_dir runs/ml1m/hardness
-```
+    python -m hanorec_trl.scripts.hardness --config examples/recipes/movielens/smollm2/hardness.yaml \
+        --data_path runs/ml1m/data --model_name_or_path runs/ml1m/sft/merged --output_dir runs/ml1m/hardness
 
-Writes ``pairs/`` (``datasets.load_from_disk``): the data stage's DPO pairs (with ``hard_negatives``, the rejected
-items replaced by the negatives nearest to the target in the SFT model's item space), with the columns
-``hano_lambda`` (Top-K similarity sets, Eq. 4-6: ``HaNoDPOConfig``'s default hardness column), ``hano_lambda_pairwise``
-(the "w/o SAM" ablation: ``1 - cos``), and TRL's ``ref_chosen_logps`` / ``ref_rejected_logps`` (the SFT model's, which
-is DPO's reference; computed under this stage's ``max_length``, which the DPO stage must share). Also
-``item_embeddings.npz`` and ``reference.json``.
+Writes ``pairs/``: the pairs (``hard_negatives``: rejected items nearest to the target) with ``hano_lambda`` (Top-K
+sets), ``hano_lambda_pairwise`` ("w/o SAM") and TRL's ``ref_chosen_logps`` / ``ref_rejected_logps`` (computed under
+``max_length``, the DPO stage's); ``item_embeddings.npz``, ``reference.json``.
 """
 
 from __future__ import annotations

@@ -1,16 +1,10 @@
-"""Stage 6, report: one table, the paired differences and the plots over one or several evaluation results.
+r"""Stage 6, report: the table, paired differences and plots over one or several evaluation results.
 
-```bash
-python -m hanorec_trl.scripts.report --results runs/ml1m/eval-baselines runs/ml1m/eval-sft runs/ml1m/eval-hano \
-    --output_dir runs/ml1m/report
-```
+    python -m hanorec_trl.scripts.report --results runs/ml1m/eval-baselines runs/ml1m/eval-sft runs/ml1m/eval-hano \
+        --output_dir runs/ml1m/report
 
-``results``: evaluation stage folders or ``results.json`` files (also other reports: runs made in separate run
-directories merge when they share the test rows). Models they share (SFT, the baselines) must rank the target alike
-on every row, or the report names the model and stops. Writes ``results.json``, ``results.md`` and the plots
-(paired differences; beta', lambda, eta over the DPO steps, paper Eq. 8/11; the SFT learning curve; title-image
-similarity before and after DPO, paper Fig. 1c). Every number stands beside the baselines on the same rows, with its
-95% interval; a variant trained under several DPO seeds (``<name>-seed<N>``) is pooled per row over its seeds.
+``results``: evaluation stage folders or ``results.json`` files (other reports too: runs in separate run directories
+merge when they share the test rows; a model they share must rank every row alike, or the report names it).
 """
 
 from __future__ import annotations

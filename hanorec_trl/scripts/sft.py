@@ -1,16 +1,11 @@
-"""Stage 2, SFT: TRL's ``SFTTrainer`` with LoRA on the data stage's prompts (paper App. C.1), then the adapter merged
-into the base weights (``<output_dir>/merged``, the model every later stage starts from).
+r"""Stage 2, SFT: TRL's ``SFTTrainer`` with LoRA on the data stage's prompts (paper App. C.1), then the adapter merged
+into the base weights (``<output_dir>/merged``, where every later stage starts).
 
-```bash
-python -m hanorec_trl.scripts.sft --config examples/recipes/movielens/smollm2/sft.yaml \
-    --data_path runs/ml1m/data --output_dir runs/ml1m/sft
-```
+    python -m hanorec_trl.scripts.sft --config examples/recipes/movielens/smollm2/sft.yaml \
+        --data_path runs/ml1m/data --output_dir runs/ml1m/sft
 
-Every ``SFTConfig`` and ``ModelConfig`` field is a flag or a YAML key, as in ``trl sft``; ``model_name_or_path`` also
-takes the built-in models of :mod:`hanorec_trl.pipeline.models`. With ``curve_steps`` the ranking is evaluated on the
-data stage's validation rows before the first step, every N steps and at the end, beside popularity and item-kNN on
-the same rows (``learning_curve.json``; the report plots it). An unfinished stage continues from its last complete
-checkpoint when the same command is run again.
+Every ``SFTConfig`` and ``ModelConfig`` field is a flag or YAML key, as in ``trl sft``. ``curve_steps``: the ranking on
+the validation rows every N steps beside popularity and item-kNN (``learning_curve.json``).
 """
 
 from __future__ import annotations
