@@ -13,8 +13,8 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 TINY = REPO / "examples" / "recipes" / "movielens" / "tiny"
 
-#: The tiny recipe cut down to seconds per stage: 30 synthetic users and 80 items, 6 training and 3 test sequences, 4 candidates,
-#: the 512-token tokenizer, 2 SFT steps, 4 DPO steps (a checkpoint every 2), the popularity baseline only.
+#: The tiny recipe cut down to seconds per stage: 30 synthetic users and 80 items, 6 training and 3 test sequences,
+#: 4 candidates, the 512-token tokenizer, 2 SFT steps, 4 DPO steps (a checkpoint every 2), the popularity baseline.
 FAST: dict[str, dict[str, Any]] = {
     "data": {"synthetic_num_users": 30, "synthetic_num_items": 80, "max_train_sequences": 6, "max_test_sequences": 3,
              "num_candidates": 4, "auc_num_unwatched": 1, "score_permutations": 1, "curve_examples": 0},

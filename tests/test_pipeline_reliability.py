@@ -131,14 +131,17 @@ def test_a_dpo_seed_change_on_resume_is_refused_naming_the_seed_and_changes_noth
 
 def test_a_run_directory_moved_elsewhere_resumes_with_every_stage_reused(base, tmp_path, capsys):
     """Paths inside the run directory are recorded relative to it (stage.py): a moved (or copied) run directory
-    resumes without redoing or refusing a stage, the report included."""
+    resumes without redoing or refusing a trained or evaluated stage (the report, derived in seconds, may be
+    written again)."""
     root = copy_run(base["run"], tmp_path / "moved")
-    records = {name: (root / name / RECORD).read_bytes() for name in STAGES}
+    kept = [name for name in STAGES if name != "report"]
+    records = {name: (root / name / RECORD).read_bytes() for name in kept}
     assert run("--recipe", base["recipe"], "--run_dir", root, "--resume") == 0, capsys.readouterr().err
     out = capsys.readouterr().out
-    for name in STAGES:
+    for name in kept:
         assert (root / name / RECORD).read_bytes() == records[name], f"{name} was redone"
-    assert out.count("done earlier with the same configuration") == len(STAGES), out
+    assert out.count("done earlier with the same configuration") >= len(kept), out
+    assert record(root / "report")["summary"]["models"] == record(base["run"] / "report")["summary"]["models"]
 
 
 def test_a_record_that_lacks_a_field_or_has_one_more_is_refused_naming_it(base, tmp_path, capsys):
@@ -227,6 +230,19 @@ def test_overwrite_and_resume_never_touch_a_folder_with_a_foreign_run_json(base,
         refused(capsys, run("--recipe", base["recipe"], "--run_dir", root, flag),
                 f"{flag}: {root} is not a run directory of this pipeline", str(root / "run.json"), "Refusing")
     assert snapshot(root) == before
+
+
+def test_a_used_run_directory_needs_resume_or_overwrite_and_resume_needs_a_run(base, tmp_path, capsys):
+    root = copy_run(base["run"], tmp_path / "run")
+    before = snapshot(root)
+    refused(capsys, run("--recipe", base["recipe"], "--run_dir", root), "exists and is not empty", "--resume",
+            "--overwrite")
+    assert snapshot(root) == before
+    refused(capsys, run("--recipe", base["recipe"], "--run_dir", tmp_path / "absent", "--resume"),
+            "holds no run to continue")
+    assert not (tmp_path / "absent").exists()
+    refused(capsys, run("--recipe", base["recipe"], "--run_dir", root, "--resume", "--overwrite"),
+            "exclude each other")
 
 
 def test_overwrite_refuses_user_files_inside_stage_folders_and_deletes_nothing(base, tmp_path, capsys):
@@ -556,8 +572,9 @@ def checkpoints(partial: Path) -> list[str]:
 def interrupted(base, tmp_path_factory):
     """The finished run's DPO stage trained again in a copy, interrupted three times: Ctrl-C during step 1 (the
     recipe saves every 2 steps, so only Ctrl-C can have saved checkpoint-1), kill -9 right after checkpoint-2 is
-    written, kill -9 during step 3; each time continued with the command the first interruption printed. A user's
-    notes.txt lies in the unfinished stage folder throughout. Returns what each step left."""
+    written, kill -9 during step 3, then checkpoint-2's adapter cut in half (as a kill while it is written leaves
+    it); each time continued with the command the first interruption printed. A user's notes.txt lies in the
+    unfinished stage folder throughout. Returns what each step left."""
     root = copy_run(base["run"], tmp_path_factory.mktemp("interrupted") / "run")
     for name in ("dpo-hano", "eval-hano", "report"):
         shutil.rmtree(root / name)
@@ -574,6 +591,8 @@ def interrupted(base, tmp_path_factory):
     steps["after-checkpoint-checkpoints"] = checkpoints(partial)
     steps["in-step"] = launch([sys.executable, *command[1:]], "kill-in-step:3")
     steps["in-step-checkpoints"] = checkpoints(partial)
+    weights = partial / "trainer" / "checkpoint-2" / "adapter_model.safetensors"
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])  # as a kill while it was written
     steps["final"] = launch([sys.executable, *command[1:]], None)
     return {"root": root, "steps": steps}
 
@@ -588,16 +607,17 @@ def test_ctrl_c_during_dpo_saves_a_checkpoint_prints_the_resume_command_and_exit
     assert shlex.split(steps["printed"][-1])[1] == str(REPO / "examples" / "train_movielens.py")
 
 
-def test_kill_9_right_after_a_checkpoint_and_during_a_step_continue_from_the_last_complete_one(interrupted):
+def test_kill_9_after_a_checkpoint_or_during_a_step_or_a_save_continues_from_the_last_complete_one(interrupted):
     steps = interrupted["steps"]
     for name in ("after-checkpoint", "in-step"):
         assert steps[name].returncode == -9, steps[name].stderr[-3000:]
     assert steps["after-checkpoint-checkpoints"] == ["checkpoint-1", "checkpoint-2"]
     assert steps["in-step-checkpoints"] == ["checkpoint-1", "checkpoint-2"]  # step 3 never saved
     assert "took over the lock of a run that is gone" in steps["in-step"].stdout  # the killed run's lock
-    assert steps["final"].returncode == 0, steps["final"].stderr[-3000:]
-    record_ = record(interrupted["root"] / "dpo-hano")
-    assert record_["summary"]["resumed_from"].endswith("checkpoint-2")
+    final = steps["final"]
+    assert final.returncode == 0, final.stderr[-3000:]
+    assert "checkpoint-2 is incomplete" in final.stdout and "truncated" in final.stdout, final.stdout[-3000:]
+    assert record(interrupted["root"] / "dpo-hano")["summary"]["resumed_from"].endswith("checkpoint-1")
 
 
 def test_an_interrupted_dpo_stage_resumes_bit_identical_to_an_uninterrupted_run(base, interrupted):
@@ -620,3 +640,34 @@ def test_resume_never_deletes_a_users_file_in_an_unfinished_stage_folder(base, i
     assert (root / "dpo-hano" / "notes.txt").read_text() == "my notes about this training"
     assert "notes.txt" not in record(root / "dpo-hano")["files"]  # not the run's: --overwrite refuses it
     refused(capsys, run("--recipe", base["recipe"], "--run_dir", root, "--overwrite"), "dpo-hano/notes.txt")
+
+
+# ------------------------------------------------------------------------------------------------ data files
+
+
+def test_truncated_posters_get_the_placeholder_and_one_warning_in_the_pipeline(tmp_path):
+    """Posters whose header is intact but whose pixel data is cut: the data stage names them in a warning and its
+    datasets carry the placeholder, so no later stage meets an undecodable image."""
+    import warnings
+
+    from hanorec_trl.data import MissingImageWarning, ProtocolConfig, SyntheticConfig, write_synthetic_movielens
+    from hanorec_trl.scripts import data as data_stage
+
+    folder = write_synthetic_movielens(tmp_path / "ml", SyntheticConfig(num_users=30, num_items=80, seed=0))
+    cut = [str(i) for i in range(1, 41)]  # half the catalogue: some in every split
+    for item in cut:
+        poster = folder / "posters" / f"{item}.jpg"
+        poster.write_bytes(poster.read_bytes()[: poster.stat().st_size // 2])
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        done = data_stage.main(data_stage.DataArguments(output_dir=str(tmp_path / "run" / "data"),
+                                                        data_dir=str(folder), max_train_sequences=6),
+                               ProtocolConfig(num_candidates=4, auc_num_unwatched=1))
+    named = [str(w.message) for w in caught if issubclass(w.category, MissingImageWarning)]
+    assert named and all("truncated" in m for m in named), named
+    assert any(f"'{item}'" in m for m in named for item in cut), named
+    assert done["stage"] == "data"
+    prepared = data_stage.load_prepared(tmp_path / "run" / "data")
+    for name in ("sft", "dpo", "eval_ranking"):
+        for row in prepared.dataset(name):
+            assert all(image.size[0] > 0 for image in row["images"])  # every image decodes

@@ -99,7 +99,8 @@ def test_the_same_results_twice_or_a_copy_or_one_label_twice_are_refused(tmp_pat
     copy = written(tmp_path / "copy", FIRST)
     refused(capsys, run_report(capsys, a, copy, out=tmp_path / "m"), f"{copy / 'results.json'} adds no model to "
             f"{a / 'results.json'}", "the same results twice?")
-    refused(capsys, run_report(capsys, a, tmp_path / "a" / "results.json", out=tmp_path / "m"), "adds no model")
+    refused(capsys, run_report(capsys, a, tmp_path / "a" / "results.json", out=tmp_path / "m"), "given twice")
+    refused(capsys, run_report(capsys, a, tmp_path / "a" / ".." / "a", out=tmp_path / "m"))  # another spelling
     same_label = results({"sft": SFT, "hano-seed0": DPO}, {"sft": "SFT", "hano-seed0": "DPO (seed 0)"})
     refused(capsys, run_report(capsys, a, written(tmp_path / "c", same_label), out=tmp_path / "m"),
             "two models carry the label 'DPO (seed 0)'")

@@ -1,6 +1,7 @@
-"""Issue 28, report scripts: ``benchmarks/merge_reports.py`` and ``benchmarks/compare_conditions.py`` take ``--out``
-as given, never overwrite a file (a run's own ``report/results.json`` least of all), and refuse a report merged
-twice or two conditions with one label (docs/reliability.md, "Report scripts")."""
+"""Issue 28, report scripts: ``benchmarks/compare_conditions.py`` takes ``--out`` as given, never overwrites a file (a
+run's own ``report/results.json`` least of all) and refuses two conditions with one label; the report stage that
+replaced ``benchmarks/merge_reports.py`` (``python -m hanorec_trl.scripts.report``) writes a new folder, never into a
+run's report or a user's folder, and refuses results merged twice (docs/reliability.md, "Report scripts")."""
 
 from __future__ import annotations
 
@@ -12,7 +13,9 @@ from pathlib import Path
 import pytest
 
 from hanorec_trl.files import appended, new_files
-from hanorec_trl.pipeline.report import ReportMergeError, merge_reports, read_report
+from hanorec_trl.pipeline.running import script_main
+from hanorec_trl.scripts import report
+from hanorec_trl.scripts.report import ReportError, merge_results, read_results
 
 ROOT = Path(__file__).resolve().parents[1]
 ROWS = [f"u{i}:3" for i in range(4)]
@@ -48,6 +51,20 @@ def snapshot(folder: Path) -> dict[str, bytes]:
     return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
+def merge(argv: list[str]) -> int:
+    """The report stage as a command (what ``benchmarks/merge_reports.py`` was): exit code 2 for a refusal."""
+    return script_main(report.parse, report.main, argv)
+
+
+def merge_refused(argv, capsys, *fragments) -> str:
+    assert merge(argv) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    for fragment in fragments:
+        assert fragment in err, err
+    return err
+
+
 def refused(main, argv, capsys, *fragments) -> str:
     with pytest.raises(SystemExit) as stop:
         main(argv)
@@ -70,9 +87,9 @@ def test_out_is_taken_as_given_never_cut_at_the_last_dot(tmp_path):
                                                      "ctau0.1.json", "ctau0.1.md", "ctau0.1.png"]
     assert "+0.2500" in (out / "ctau0.1.md").read_text() and "-0.2500" in (out / "ctau0.05.md").read_text()
     c = run_report(tmp_path / "wo_sam", "wo_sam", 0.0)
-    merge = script("merge_reports").main
-    assert merge([str(a), str(c), "--out", str(out / "tau0.1")]) == 0
-    assert (out / "tau0.1.json").is_file() and (out / "tau0.1.md").is_file() and not (out / "tau0.json").exists()
+    assert merge(["--results", str(a), str(c), "--output_dir", str(out / "tau0.1")]) == 0
+    assert (out / "tau0.1" / "results.json").is_file() and (out / "tau0.1" / "results.md").is_file()
+    assert not (out / "tau0").exists()
     assert appended("runs/tau0.1", ".json") == Path("runs/tau0.1.json")
 
 
@@ -85,16 +102,17 @@ def test_an_existing_output_is_refused_and_left_unchanged(tmp_path, capsys):
     refused(script("compare_conditions").main, ["--condition", "hard", str(a), "--out", str(out / "table")], capsys,
             f"{out / 'table.md'} already exists; nothing is overwritten")
     c = run_report(tmp_path / "other", "wo_sam", 0.0)
-    (out / "merged.json").write_text("{}")
-    refused(script("merge_reports").main, [str(a), str(c), "--out", str(out / "merged")], capsys,
-            f"{out / 'merged.json'} already exists")
+    (out / "merged").mkdir()
+    (out / "merged" / "results.json").write_text("{}")
+    merge_refused(["--results", str(a), str(c), "--output_dir", str(out / "merged")], capsys, str(out / "merged"))
     assert snapshot(tmp_path / "run") == {k.removeprefix("run/"): v for k, v in before.items() if k.startswith("run/")}
-    assert (out / "table.md").read_text() == "the user's own table" and (out / "merged.json").read_text() == "{}"
-    assert sorted(p.name for p in out.iterdir()) == ["merged.json", "table.md"]  # nothing else written
+    assert (out / "table.md").read_text() == "the user's own table"
+    assert (out / "merged" / "results.json").read_text() == "{}" and len(list((out / "merged").iterdir())) == 1
+    assert sorted(p.name for p in out.iterdir()) == ["merged", "table.md"]  # nothing else written
 
 
 def test_a_runs_own_report_is_never_replaced(tmp_path, capsys):
-    """``--out run/report/results.json`` replaced the run's results.json and results.md (``read_report`` then
+    """``--out run/report/results.json`` replaced the run's results.json and results.md (``read_results`` then
     refused the run as "not a pipeline report")."""
     own = run_report(tmp_path / "run", "hano", 0.25)
     before = snapshot(tmp_path / "run")
@@ -103,26 +121,24 @@ def test_a_runs_own_report_is_never_replaced(tmp_path, capsys):
             "results.md, ", "results.json already exist")
     assert compare(["--condition", "hard", str(own), "--out", str(own)]) == 0  # appended: results.json.md, ...
     assert {k: v for k, v in snapshot(tmp_path / "run").items() if k in before} == before
-    assert read_report(own)["models"]["hano-seed0"]["label"] == "hano (seed 0)"
+    assert read_results(own)["models"]["hano-seed0"]["label"] == "hano (seed 0)"
     other = run_report(tmp_path / "other", "wo_sam", 0.0)
-    refused(script("merge_reports").main, [str(own), str(other), "--out", str(own.parent / "results")], capsys,
-            "already exist")
+    merge_refused(["--results", str(own), str(other), "--output_dir", str(own.parent)], capsys, str(own.parent))
     assert {k: v for k, v in snapshot(tmp_path / "run").items() if k in before} == before
 
 
 def test_the_same_report_merged_twice_is_refused_naming_it(tmp_path, capsys):
     a = run_report(tmp_path / "a", "hano", 0.25)
     b = run_report(tmp_path / "b", "wo_sam", 0.0)
-    merge = script("merge_reports").main
-    refused(merge, [str(a), str(b), str(a), "--out", str(tmp_path / "m")], capsys,
-            f"{a}: given more than once")
+    merge_refused(["--results", str(a), str(b), str(a), "--output_dir", str(tmp_path / "m")], capsys,
+                  f"{a} is given twice")
     copy = tmp_path / "copy.json"
     shutil.copy(a, copy)
-    refused(merge, [str(a), str(copy), "--out", str(tmp_path / "m")], capsys,
-            f"{copy}: adds no model to {a}", "the same report twice?")
-    assert not list(tmp_path.glob("m.*"))
-    with pytest.raises(ReportMergeError, match="x.json: given more than once"):
-        merge_reports([("x.json", read_report(a)), ("x.json", read_report(b))])
+    merge_refused(["--results", str(a), str(copy), "--output_dir", str(tmp_path / "m")], capsys,
+                  f"{copy} adds no model to {a}", "the same results twice?")
+    assert not list(tmp_path.glob("m*"))
+    with pytest.raises(ReportError, match="x.json is given twice"):
+        merge_results([("x.json", read_results(a)), ("x.json", read_results(b))])
 
 
 def test_two_conditions_with_one_label_or_one_report_under_two_labels_are_refused(tmp_path, capsys):
