@@ -19,11 +19,10 @@ The collator tokenizes exactly as TRL 1.16 does: vision rows through ``prepare_m
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any
-
 import logging
 from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
 
 import torch
 
