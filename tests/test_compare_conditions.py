@@ -61,7 +61,7 @@ def test_a_missing_or_foreign_report_is_named(script, tmp_path, capsys):
     (tmp_path / "other.json").write_text("{}")
     with pytest.raises(SystemExit):
         script.main(["--condition", "tau 1", str(tmp_path / "other.json"), "--out", str(tmp_path / "x")])
-    assert "is not a pipeline report" in capsys.readouterr().err
+    assert "other.json is not evaluation results (no 'models')" in capsys.readouterr().err  # scripts/report.py
     first = report(tmp_path, "tau1", 0.02)
     with pytest.raises(SystemExit):
         script.main(["--condition", "tau 1", str(first), "--reference", "wo_all", "--out", str(tmp_path / "x")])

@@ -138,9 +138,11 @@ def test_huge_lambda_is_refused_with_its_row(tiny_tok, tmp_path):
 
 
 def test_non_finite_loss_or_gradient_stops_training_naming_the_step(tiny_tok, tmp_path):
+    """A real overflow (lambda 1e30: an infinite gradient norm at step 2), not an injected NaN. By default such a step
+    is skipped and training goes on (tests/test_trainer_reliability.py); max_nonfinite_steps=1 stops at the first."""
     ds = preference_dataset(n=8, with_images=False, lambdas=[1.0, 1e30] * 4)
     trainer = make_trainer(tiny_qwen2(tiny_tok), tiny_tok, ds, tmp_path, lambda_max=math.inf, use_responsiveness=False,
-                           save_strategy="steps", save_steps=1)
+                           save_strategy="steps", save_steps=1, max_nonfinite_steps=1)
     with pytest.raises(NonFiniteTrainingError) as info:
         trainer.train()
     match = re.match(r"training stopped at step (\d+): the (loss|gradient norm) is (nan|inf|-inf) \(not finite\)",
