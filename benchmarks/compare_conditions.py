@@ -25,9 +25,8 @@ import json
 import sys
 from pathlib import Path
 
-from hanorec_trl.evaluation.reporting import differences_table, plot_differences, seed_groups
+from hanorec_trl.evaluation.reporting import ReportError, differences_table, plot_differences, read_results, seed_groups
 from hanorec_trl.files import appended, check_new, new_files
-from hanorec_trl.scripts.report import ReportError, read_results
 
 
 def condition_entries(label: str, results: dict, reference: str) -> tuple[list[dict], dict[str, str]]:

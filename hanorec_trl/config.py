@@ -185,10 +185,7 @@ class HaNoDPOConfig(DPOConfig):
 
     def __post_init__(self):
         super().__post_init__()  # TRL's and transformers' own checks (and messages) first
-        for name, (accepts, what) in _FIELD_RULES.items():
-            value = getattr(self, name)
-            if not accepts(value):
-                raise ValueError(f"{name} must be {what}, got {value!r}")
+        _check_rules(self, _HANO_RULES | _DPO_RULES | _TRAINING_RULES)
         for name, choices in (("responsiveness", RESPONSIVENESS_MODES), ("lora_noise_mode", NOISE_MODES),
                               ("vision_cache_device", ("cpu", "model"))):
             if getattr(self, name) not in choices:
@@ -249,8 +246,7 @@ def _positive_integer(value) -> bool:
 
 # field -> (accepts, what it must be). Only values that TRL / transformers accept unchecked and that fail late, deep
 # or silently (NaN learning rate or weight decay, a negative seed, max_steps=2.7, ...); the rest is left to them.
-_FIELD_RULES = {
-    # HaNo
+_HANO_RULES = {
     "hardness_column": (_optional(lambda v: isinstance(v, str) and v != ""), "a column name or None"),
     "lambda_max": (lambda v: _number(v) and v > 0, "a number > 0 (inf: no bound)"),
     "responsiveness_momentum": (_finite(0, 1, hi_open=True), "in [0, 1)"),
@@ -265,7 +261,8 @@ _FIELD_RULES = {
     "lora_noise_seed": (_optional(lambda v: _integer(v) and v >= 0), "an integer >= 0 (or None: seed)"),
     "max_nonfinite_steps": (_positive_integer, "an integer >= 1"),
     "vision_cache_dir": (_optional(lambda v: isinstance(v, str)), "a folder name or None"),
-    # DPOConfig
+}
+_DPO_RULES = {
     "beta": (_finite(0, lo_open=True), "a finite number > 0 (beta0 of Eq. 11; beta <= 0 trains nothing)"),
     "label_smoothing": (_finite(0, 1, hi_open=True), "a finite number in [0, 1)"),
     "ld_alpha": (_optional(_finite(0, 1)), "a finite number in [0, 1] (or None)"),
@@ -277,7 +274,8 @@ _FIELD_RULES = {
     "precompute_ref_batch_size": (_optional(_positive_integer), "an integer >= 1 (or None)"),
     "ref_model_mixup_alpha": (_finite(0, 1), "a finite number in [0, 1]"),
     "ref_model_sync_steps": (_positive_integer, "an integer >= 1"),
-    # TrainingArguments
+}
+_TRAINING_RULES = {
     "learning_rate": (_finite(0), "a finite number >= 0"),
     "weight_decay": (_finite(0), "a finite number >= 0"),
     "max_grad_norm": (lambda v: _number(v) and v >= 0, "a number >= 0 (0 disables clipping; NaN would disable it "
@@ -293,3 +291,17 @@ _FIELD_RULES = {
     "seed": (_seed, f"an integer in [0, {SEED_MAX}] (numpy's seed range)"),
     "data_seed": (_optional(_seed), f"an integer in [0, {SEED_MAX}] (or None)"),
 }
+
+
+def _check_rules(args, rules: dict) -> None:
+    for name, (accepts, what) in rules.items():
+        value = getattr(args, name)
+        if not accepts(value):
+            raise ValueError(f"{name} must be {what}, got {value!r}")
+
+
+def check_training_arguments(args) -> None:
+    """Refuse, naming the field, the ``TrainingArguments`` values transformers accepts unchecked and that fail late,
+    deep or silently (a NaN learning rate, a negative seed, ``max_steps=2.7``, ...), for any trainer's config (TRL's
+    ``SFTConfig`` included); :class:`HaNoDPOConfig` checks them itself."""
+    _check_rules(args, _TRAINING_RULES)

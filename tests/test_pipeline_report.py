@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 from pipeline_utils import finished_run, record, refused, snapshot
 
+from hanorec_trl.evaluation.reporting import ReportError, merge_results
 from hanorec_trl.pipeline.running import script_main
 from hanorec_trl.scripts import report
-from hanorec_trl.scripts.report import ReportError, merge_results
 
 ROWS = [f"u{i}:3" for i in range(8)]
 

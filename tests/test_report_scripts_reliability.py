@@ -12,10 +12,10 @@ from pathlib import Path
 
 import pytest
 
+from hanorec_trl.evaluation.reporting import ReportError, merge_results, read_results
 from hanorec_trl.files import appended, new_files
 from hanorec_trl.pipeline.running import script_main
 from hanorec_trl.scripts import report
-from hanorec_trl.scripts.report import ReportError, merge_results, read_results
 
 ROOT = Path(__file__).resolve().parents[1]
 ROWS = [f"u{i}:3" for i in range(4)]

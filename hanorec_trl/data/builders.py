@@ -71,6 +71,7 @@ __all__ = [
     "build_ranking_eval_dataset",
     "build_auc_eval_dataset",
     "parse_tasks",
+    "shortest_example",
 ]
 
 TASK_NAMES = ("ranking", "next_item", "auc")
@@ -450,3 +451,20 @@ def build_auc_eval_dataset(
         return [({"prompt": messages, "label": ex.auc_label, "item": ex.auc_item}, ids)]
 
     return _build(examples, data, "auc", with_images, rows, "AUC eval rows")
+
+
+def shortest_example(dataset: Dataset, processing_class) -> tuple[int, int]:
+    """``(row, tokens)`` of the dataset's shortest prompt + completion (``chosen`` and ``rejected`` of a preference
+    dataset), tokenized as its chat template renders it; an image counts as its placeholder tokens only, a lower
+    bound of what a processor makes of it. A ``max_length`` below it truncates every example."""
+    tokenizer = getattr(processing_class, "tokenizer", processing_class)
+    answers = ["completion"] if "completion" in dataset.column_names else ["chosen", "rejected"]
+    shortest = (-1, 1 << 62)
+    for answer in answers:
+        for row, (prompt, completion) in enumerate(zip(dataset["prompt"], dataset[answer])):
+            if isinstance(prompt, str):
+                length = len(tokenizer(prompt + completion)["input_ids"])
+            else:
+                length = len(tokenizer.apply_chat_template(prompt + completion, tokenize=True, return_dict=False))
+            shortest = min(shortest, (row, length), key=lambda pair: pair[1])
+    return shortest

@@ -9,7 +9,8 @@ own arguments), flags on the command line override them, an unknown key is an er
   ``3e-4`` is a number (YAML 1.2; PyYAML alone reads it as a string);
 * a second ``--config`` is an error instead of being dropped;
 * a YAML value of the wrong type for its field (``max_steps: 2.7``) or outside the field's choices is refused naming
-  the field and the file: argparse converts and checks only values typed on the command line, not defaults.
+  the field and the file: argparse converts and checks only values typed on the command line, not defaults;
+* the values that would fail only once training runs are refused with the rest (:func:`check_values`).
 """
 
 from __future__ import annotations
@@ -147,6 +148,27 @@ class StageParser(TrlParser):
         self.set_defaults_with_config(**config)
 
 
+def check_values(parsed: Sequence[Any]) -> None:
+    """Refuse values no stage can train with, before any stage runs: the ``TrainingArguments`` numbers transformers
+    accepts unchecked (``SFTConfig``'s too: :func:`hanorec_trl.config.check_training_arguments`), a learning rate
+    above 1 or a DPO ``beta`` above 100 (no fine-tuning uses them; they diverge after the earlier stages ran) and a
+    LoRA dropout outside [0, 1) (1 zeroes every adapter's output, so nothing trains)."""
+    from transformers import TrainingArguments
+
+    from ..config import check_training_arguments
+
+    for args in parsed:
+        if isinstance(args, TrainingArguments):
+            check_training_arguments(args)
+            if args.learning_rate > 1:
+                raise ValueError(f"learning_rate must be at most 1 for fine-tuning, got {args.learning_rate!r}")
+            if getattr(args, "beta", 0) > 100:
+                raise ValueError(f"beta must be at most 100 (DPO uses 0.01-1), got {args.beta!r}")
+        dropout = getattr(args, "lora_dropout", 0.0)
+        if not 0 <= dropout < 1:
+            raise ValueError(f"lora_dropout must be in [0, 1) (1 zeroes every adapter's output), got {dropout!r}")
+
+
 def parse_stage_args(dataclass_types: Sequence[type], args: Sequence[str] | None = None, *,
                      config: dict[str, Any] | None = None, where: str = "configuration") -> tuple[Any, ...]:
     """Parse a stage's dataclasses from ``args`` (``--config`` + flags), or from a mapping ``config`` (the runner's
@@ -156,11 +178,13 @@ def parse_stage_args(dataclass_types: Sequence[type], args: Sequence[str] | None
     try:
         if config is not None:
             parser.apply_config(config, where)
-        return parser.parse_stage(args if args is not None or config is None else [])
+        parsed = parser.parse_stage(args if args is not None or config is None else [])
+        check_values(parsed)
+        return parsed
     except ConfigError:
         raise
     except (ValueError, TypeError) as err:
         raise ConfigError(f"{where}: {err}") from None
 
 
-__all__ = ["ConfigError", "StageParser", "load_yaml", "parse_stage_args"]
+__all__ = ["ConfigError", "StageParser", "check_values", "load_yaml", "parse_stage_args"]

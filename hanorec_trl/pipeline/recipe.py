@@ -73,6 +73,11 @@ def read_variants(path: Path) -> list[tuple[str, str, dict[str, Any]]]:
     return out
 
 
+def read_recipe(recipe: Path) -> dict[str, dict[str, Any]]:
+    """The stage files of a recipe folder, by stage name."""
+    return {p.stem: load_yaml(p) for p in sorted(recipe.glob("*.yaml")) if p.stem != "variants"}
+
+
 def make_plan(args: RecipeArguments, root: Path) -> dict[str, tuple]:
     """Every stage of the recipe, parsed and checked, by stage folder name, in the order they run."""
     from trl import ModelConfig, SFTConfig
@@ -88,7 +93,7 @@ def make_plan(args: RecipeArguments, root: Path) -> dict[str, tuple]:
     from .models import sees_images
 
     recipe = Path(args.recipe)
-    files = {p.stem: load_yaml(p) for p in sorted(recipe.glob("*.yaml")) if p.stem != "variants"}
+    files = read_recipe(recipe)
     if not {"data", "sft"} <= set(files) or ("dpo" in files) != ("hardness" in files):
         raise ConfigError(f"{recipe}: a recipe folder holds data.yaml and sft.yaml, and hardness.yaml with dpo.yaml "
                           f"(found: {', '.join(sorted(files)) or 'nothing'})")
@@ -130,6 +135,10 @@ def make_plan(args: RecipeArguments, root: Path) -> dict[str, tuple]:
         plan[f"eval-{name}"] = parse("evaluate", (EvalArguments, ModelConfig), {
             **loading, **evaluate, "model_name_or_path": merged, "adapter_path": adapter, "name": name,
             "label": label, "output_dir": str(root / f"eval-{name}")})
+    ks, candidates = plan[f"eval-{trained[0][0]}"][0].eval_ks, plan["data"][1].num_candidates
+    if ks and max(ks) > candidates:
+        raise ConfigError(f"{recipe / 'evaluate.yaml'}: eval_ks {ks}: the data stage ranks {candidates} candidates "
+                          f"(data.yaml num_candidates), so K is at most {candidates}")
     results = [str(root / name) for name in plan if name.startswith("eval-")]
     plan["report"] = (ReportArguments(results=results, output_dir=str(root / "report"), title=f"Results: {root}"),)
     return plan
@@ -174,18 +183,22 @@ def run_recipe(args: RecipeArguments, argv: Sequence[str] = ()) -> dict[str, Any
     if not Path(args.recipe).is_dir():
         raise ConfigError(f"--recipe {args.recipe}: no such folder")
     root = Path(args.run_dir or on_main_process(lambda: str(new_run_dir(Path(args.recipe).name))))
-    plan = make_plan(args, root)
     rundir, lock = RunDir(root), []
+    inputs = {"--recipe": args.recipe, "--data_dir": args.data_dir, "--variants": args.variants} | {
+        f"{name}.yaml {key}": value for name, values in read_recipe(Path(args.recipe)).items()
+        for key, value in values.items() if isinstance(value, str)}
+    on_main_process(lambda: rundir.check_inputs_outside(inputs, overwrite=args.overwrite))  # before reading them
+    if args.reuse_from:
+        RunDir(args.reuse_from).check_reuse_source()
+    plan = make_plan(args, root)
+    extra = {"recipe": str(Path(args.recipe).resolve()), "argv": list(argv)}
 
     def take() -> None:
         rundir.check(resume=args.resume, overwrite=args.overwrite)
-        rundir.check_inputs_outside({"--recipe": args.recipe, "--data_dir": plan["data"][0].data_dir,
-                                     "--variants": args.variants}, overwrite=args.overwrite)
         lock.append(rundir.lock())
         if lock[0].took_over:
             print(f"note: took over the lock of a run that is gone (pid {lock[0].took_over.get('pid')})", flush=True)
-        rundir.prepare(list(plan), overwrite=args.overwrite,
-                       extra={"recipe": str(Path(args.recipe).resolve()), "argv": list(argv)})
+        rundir.prepare(list(plan), overwrite=args.overwrite, extra=None if args.resume else extra)
 
     on_main_process(take)
     reuse = {"reuse_from": Path(args.reuse_from)} if args.reuse_from else {}
@@ -194,6 +207,7 @@ def run_recipe(args: RecipeArguments, argv: Sequence[str] = ()) -> dict[str, Any
     try:
         for name, parsed in plan.items():
             if name == "report":
+                on_main_process(lambda: rundir.prepare(list(plan), overwrite=False, extra=extra))  # the last command
                 return report.main(*parsed, rebuild=True)  # the run's report covers its current stages
             mains[name.split("-")[0]](*parsed, **({} if name == "data" else reuse))
             if name == "data":

@@ -115,16 +115,34 @@ class RunDir:
                     raise RunDirError(f"{name} {value} lies inside {root}, which --overwrite empties; move it out of "
                                       "the run directory first")
 
-    def prepare(self, stages: list[str], *, overwrite: bool, extra: dict[str, Any]) -> None:
-        """Create the run directory (or empty it for ``overwrite``: only the files it owns) and write ``run.json``."""
+    def check_reuse_source(self) -> None:
+        """Refuse, before anything is copied, a ``--reuse_from`` that is not a run directory of this pipeline or
+        holds a stage record that does not parse."""
+        if not self.root.is_dir():
+            raise RunDirError(f"--reuse_from {self.root}: no such folder")
+        problem = self.ownership_problem()
+        if problem:
+            raise RunDirError(f"--reuse_from {self.root} is not a run directory of this pipeline: {problem}")
+        for folder in self.stage_folders():
+            for record in (folder / RECORD, folder / STARTED):
+                if record.is_file():
+                    read_json(record, "stage record")
+
+    def prepare(self, stages: list[str], *, overwrite: bool, extra: dict[str, Any] | None) -> None:
+        """Create the run directory (or empty it for ``overwrite``: only the files it owns) and write ``run.json``
+        listing ``stages`` and ``extra`` (None: keep the recorded ones, and write only to list a new stage)."""
         if overwrite and self.root.is_dir() and not self.ownership_problem():
             for folder in self.stage_folders():
                 remove_owned(folder, owned_paths(folder)[0])
         self.root.mkdir(parents=True, exist_ok=True)
-        recorded = set()
+        recorded = {}
         if (self.root / RUN_FILE).is_file():
-            recorded = set(read_json(self.root / RUN_FILE, "run file").get("stages", []))
-        write_json(self.root / RUN_FILE, {"format": RUN_FORMAT, "stages": sorted(recorded | set(stages)), **extra})
+            recorded = read_json(self.root / RUN_FILE, "run file")
+        listed = set(recorded.get("stages", []))
+        if extra is None and set(stages) <= listed:
+            return
+        kept = {k: v for k, v in recorded.items() if k not in ("format", "stages")} if extra is None else extra
+        write_json(self.root / RUN_FILE, {"format": RUN_FORMAT, "stages": sorted(listed | set(stages)), **kept})
 
     def lock(self) -> RunLock:
         lock = RunLock(self.root / LOCK_FILE)

@@ -83,7 +83,7 @@ def run_stage(stage: Stage, work: Callable[[Path], dict[str, Any]], *, all_proce
 def user_errors() -> tuple[type[BaseException], ...]:
     """The errors a user can fix from the message alone: printed as one line, no traceback."""
     from ..data import DataFormatError, SplitMismatchError
-    from ..scripts.report import ReportError
+    from ..evaluation.reporting import ReportError
     from ..trainer import NonFiniteTrainingError
     from .parsing import ConfigError
 

@@ -58,10 +58,13 @@ def manifest(folder: Path, entries: Iterable[str]) -> dict[str, list]:
 
 
 def input_fingerprint(value: str | os.PathLike) -> str:
-    """A stage folder's output fingerprint, another local path's content hash, else the name itself."""
+    """A stage folder's output fingerprint, another local path's content hash (a ``save_to_disk`` folder's without
+    the ``cache-*.arrow`` files ``datasets`` writes beside it on every ``map``), else the name itself."""
     path = Path(value).expanduser()
     if (path / RECORD).is_file():
         return read_json(path / RECORD, "stage record")["fingerprint"]
+    if (path / "state.json").is_file():
+        return "content:" + content_hash(sorted(p for p in path.iterdir() if not p.name.startswith("cache-")))
     return "content:" + content_hash([path]) if path.exists() else f"name:{value}"
 
 

@@ -161,31 +161,13 @@ __all__ = ["StageProgress", "TrainingInterrupted", "compact_lm_head_on_cpu", "re
            "stop_at_step_end_on_interrupt", "train_in_stage", "without_zero3_init"]
 
 
-def shortest_row(dataset, processing_class) -> tuple[int, int]:
-    """(row, length) of the dataset's shortest prompt + completion (each image counted as one token: a lower bound
-    of what the processor makes of it)."""
-    tokenizer = getattr(processing_class, "tokenizer", processing_class)
-    answer = "completion" if "completion" in dataset.column_names else "chosen"
-    shortest = (-1, 1 << 62)
-    for row, (prompt, completion) in enumerate(zip(dataset["prompt"], dataset[answer])):
-        if isinstance(prompt, str):
-            length = len(tokenizer(prompt + completion)["input_ids"])
-        else:
-            length = len(tokenizer.apply_chat_template(prompt + completion, tokenize=True))
-        if length < shortest[1]:
-            shortest = (row, length)
-    if answer == "chosen":
-        rejected = shortest_row(dataset.rename_column("rejected", "completion").remove_columns("chosen"),
-                                processing_class)
-        shortest = min(shortest, rejected, key=lambda pair: pair[1])
-    return shortest
-
-
 def check_max_length(dataset, processing_class, max_length: int | None, field: str) -> None:
     """Refuse a ``max_length`` below the shortest prompt + completion: every row would be truncated or dropped."""
     if max_length is None:
         return
-    row, length = shortest_row(dataset, processing_class)
+    from ..data.builders import shortest_example
+
+    row, length = shortest_example(dataset, processing_class)
     if max_length < length:
         raise ConfigError(f"{field} {max_length} is shorter than every row of the dataset (the shortest, row {row}, "
                          f"has at least {length} tokens): training would see no complete example. Raise it, or set "

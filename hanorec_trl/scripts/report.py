@@ -10,7 +10,6 @@ merge when they share the test rows; a model they share must rank every row alik
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,6 +18,7 @@ import numpy as np
 
 from ..evaluation.reporting import (
     differences_table,
+    merge_results,
     paired_differences,
     plot_differences,
     plot_learning_curve,
@@ -26,6 +26,8 @@ from ..evaluation.reporting import (
     plot_training_dynamics,
     position_table,
     ranking_cutoffs,
+    read_results,
+    results_file,
     results_table,
     seed_groups,
 )
@@ -38,10 +40,6 @@ OUTPUTS = ("results.json", "results.md", "paired_differences.png", "training_dyn
            "title_image_similarity.png")
 
 
-class ReportError(ValueError):
-    """Results that are not evaluation results or reports, or that cannot be paired; the message names the file."""
-
-
 @dataclass
 class ReportArguments:
     results: list[str] = field(default_factory=list, metadata={
@@ -52,69 +50,6 @@ class ReportArguments:
     def __post_init__(self) -> None:
         if not self.results or not self.output_dir:
             raise ValueError("the report needs --results (one or more) and --output_dir")
-
-
-# ------------------------------------------------------------------------------------------------ reading results
-def results_file(path: str | Path) -> Path:
-    path = Path(path)
-    return path / "results.json" if path.is_dir() else path
-
-
-def read_results(path: str | Path) -> dict[str, Any]:
-    """An evaluation's or a report's ``results.json``, or :class:`ReportError` saying why the file is not one."""
-    file = results_file(path)
-    if not file.is_file():
-        raise ReportError(f"{file} does not exist")
-    try:
-        results = json.loads(file.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise ReportError(f"{file} is not JSON ({err})") from None
-    if not isinstance(results, dict) or not isinstance(results.get("models"), dict):
-        raise ReportError(f"{file} is not evaluation results (no 'models')")
-    return results
-
-
-def merge_results(sources: Sequence[tuple[str, dict[str, Any]]]) -> dict[str, Any]:
-    """One set of results from several on the same test rows: the union of their models. A model in several must
-    rank the target alike on every row; the same file twice, or two models with one label, is refused."""
-    if not sources:
-        raise ReportError("no results to report")
-    merged: dict[str, Any] = {"models": {}, "per_row_ranks": {}, "training": {}, "similarity": {},
-                              "merged_from": [], "illustrative": False}
-    owner: dict[str, str] = {}
-    for source, results in sources:
-        if source in merged["merged_from"]:
-            raise ReportError(f"{source} is given twice")
-        merged["merged_from"].append(source)
-        rows = results.get("test_rows")
-        if rows is not None and merged.get("test_rows") not in (None, rows):
-            raise ReportError(f"{source}: other test rows than {merged['merged_from'][0]} (test_rows differ)")
-        for key in ("test_rows", "test_users", "dataset", "learning_curve"):
-            merged[key] = merged.get(key) or results.get(key)
-        merged["illustrative"] |= bool(results.get("illustrative"))
-        adds_nothing = bool(owner) and all(name in owner for name in results.get("models", {}))
-        for name, ranks in results.get("per_row_ranks", {}).items():
-            known = merged["per_row_ranks"].get(name)
-            if known is not None and known != ranks:
-                differ = sum(a != b for a, b in zip(known, ranks)) + abs(len(known) - len(ranks))
-                raise ReportError(f"{source}: {name} ranks the target differently on {differ} test rows than in "
-                                  f"{owner[name]}: not the same model, or not the same rows")
-            merged["per_row_ranks"][name], owner[name] = ranks, owner.get(name, source)
-        if adds_nothing:
-            earlier = sorted({owner[name] for name in results["models"] if name in owner})
-            raise ReportError(f"{source} adds no model to {', '.join(earlier)} (every model in it is there already, "
-                              "with the same ranks): the same results twice?")
-        owner.update({name: owner.get(name, source) for name in results.get("models", {})})
-        for part in ("models", "training", "similarity"):
-            for name, value in results.get(part, {}).items():
-                merged[part].setdefault(name, value)
-    labels = [m["label"] for m in merged["models"].values()]
-    twice = sorted({label for label in labels if labels.count(label) > 1})
-    if twice:
-        raise ReportError(f"two models carry the label {', '.join(map(repr, twice))}: name them apart")
-    if len({len(r) for r in merged["per_row_ranks"].values()}) > 1:
-        raise ReportError("the models were scored on different numbers of test rows")
-    return merged
 
 
 # ------------------------------------------------------------------------------------------------ the stage
