@@ -6,21 +6,26 @@ it with ``os.replace`` only once complete, so an interrupted run leaves the old 
 
 Files a user names for a script's output (:func:`new_files`, :func:`appended`) are never overwritten: the name is
 taken as given (a suffix is appended, never substituted: ``tau0.1`` -> ``tau0.1.json``) and an existing file is
-refused with its name.
+refused with its name. :class:`LockFile` keeps a second process out of a folder (a run directory).
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
+import json
 import os
 import shutil
+import socket
 import tempfile
+import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
-__all__ = ["appended", "atomic_file", "atomic_folder", "cache_dir", "check_new", "content_hash", "file_sha256",
-           "new_files", "save_pretrained_atomic"]
+__all__ = ["LockError", "LockFile", "appended", "atomic_file", "atomic_folder", "cache_dir", "check_new",
+           "content_hash", "file_sha256", "new_files", "save_pretrained_atomic"]
 
 
 def cache_dir() -> Path:
@@ -167,3 +172,88 @@ def content_hash(paths) -> str:
             name = file.name if file == path else str(file.relative_to(path))
             digest.update(f"{name}\0{file.stat().st_size}\0{file_sha256(file)}\n".encode())
     return digest.hexdigest()
+
+
+class LockError(RuntimeError):
+    """A lock held by another process (or one that cannot be checked); the message names the holder."""
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    except OSError as err:  # pragma: no cover
+        return err.errno != errno.ESRCH
+    return True
+
+
+class LockFile:
+    """An exclusive ``flock`` on ``path`` held until :meth:`release`, the file recording the holder's pid and host
+    (a run directory's ``run.lock``). A second holder is refused naming them; the lock of a process that died on
+    this host is taken over; a lock from another host, or one that is a link, is never touched."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        self.fd: int | None = None
+        self.took_over: dict[str, Any] | None = None
+
+    def _holder(self, fd: int) -> dict[str, Any]:
+        try:
+            holder = json.loads(os.pread(fd, 4096, 0).decode("utf-8") or "{}")
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+            return {}
+        return holder if isinstance(holder, dict) else {}
+
+    def _refuse(self, holder: dict[str, Any], why: str) -> LockError:
+        since = f", since {holder['started']}" if holder.get("started") else ""
+        return LockError(f"{self.path.parent} is in use by another run (pid {holder.get('pid', '?')} on host "
+                         f"{holder.get('host', '?')}{since}; {why}). Wait for it to finish, or choose another "
+                         f"folder. If that run is gone, delete {self.path}.")
+
+    def acquire(self) -> None:
+        import fcntl
+
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        if self.path.is_symlink():
+            raise LockError(f"{self.path} is a link; the lock is never written through a link. Delete it")
+        host, pid = socket.gethostname(), os.getpid()
+        while True:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                holder = self._holder(fd)
+                os.close(fd)
+                raise self._refuse(holder, "it holds the lock") from None
+            try:
+                same = os.fstat(fd).st_ino == os.stat(self.path, follow_symlinks=False).st_ino
+            except FileNotFoundError:
+                same = False
+            if same:
+                break
+            os.close(fd)  # the holder deleted the file between our open and flock: try again
+        holder = self._holder(fd)
+        if holder.get("pid") is not None and holder.get("pid") != pid:
+            if holder.get("host") != host:
+                os.close(fd)
+                raise self._refuse(holder, "its host cannot be checked from here")
+            if _pid_alive(int(holder["pid"])):
+                os.close(fd)
+                raise self._refuse(holder, "that process is alive")
+            self.took_over = holder
+        payload = json.dumps({"pid": pid, "host": host, "started": time.strftime("%Y-%m-%d %H:%M:%S")}) + "\n"
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, payload.encode("utf-8"), 0)
+        os.fsync(fd)
+        self.fd = fd
+
+    def release(self) -> None:
+        if self.fd is None:
+            return
+        with contextlib.suppress(FileNotFoundError):
+            self.path.unlink()
+        os.close(self.fd)
+        self.fd = None

@@ -4,16 +4,20 @@
 * :func:`is_vision_language_model` and :func:`language_model_lora_regex` (LoRA targets that keep the vision tower
   out, ``docs/trainer.md``);
 * :func:`lora_config`: TRL's ``get_peft_config`` with those targets;
-* :func:`model_device` and :func:`eval_mode` for inference passes.
+* :func:`model_device` and :func:`eval_mode` for inference passes; :func:`without_zero3_init` to load whole models
+  after a DeepSpeed ZeRO-3 training.
 """
 
 from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
 
 import torch
 from torch import nn
 
 __all__ = ["eval_mode", "is_vision_language_model", "language_model_lora_regex", "lora_config", "model_device",
-           "unwrap_hf_model"]
+           "unwrap_hf_model", "without_zero3_init"]
 
 
 def unwrap_hf_model(model: nn.Module) -> nn.Module:
@@ -83,3 +87,20 @@ class _EvalMode:
 def eval_mode(model) -> _EvalMode:
     """A context manager: the model in eval mode without gradients, its training flag restored afterwards."""
     return _EvalMode(model)
+
+
+@contextlib.contextmanager
+def without_zero3_init() -> Iterator[None]:
+    """Load whole models inside, even after a DeepSpeed ZeRO-3 training registered its config with transformers
+    (the main-process stages would otherwise wait forever for the other processes)."""
+    try:
+        import transformers.integrations.deepspeed as hf_deepspeed
+    except ImportError:  # pragma: no cover
+        yield
+        return
+    saved = getattr(hf_deepspeed, "_hf_deepspeed_config_weak_ref", None)
+    hf_deepspeed._hf_deepspeed_config_weak_ref = None
+    try:
+        yield
+    finally:
+        hf_deepspeed._hf_deepspeed_config_weak_ref = saved

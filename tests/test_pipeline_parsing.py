@@ -128,7 +128,7 @@ def test_every_recipe_of_a_built_in_model_parses(tmp_path):
     no model loaded; a hub model's recipe needs its config from the hub, a bf16 recipe a GPU)."""
     from pipeline_utils import read_yaml
 
-    from hanorec_trl.pipeline.models import BUILTIN_MODELS
+    from hanorec_trl.models import BUILTIN_MODELS
     from hanorec_trl.pipeline.recipe import RecipeArguments, make_plan
 
     folders = sorted({p.parent for p in (REPO / "examples" / "recipes").rglob("sft.yaml")

@@ -35,7 +35,8 @@ from pipeline_utils import (
     write_recipe,
 )
 
-from hanorec_trl.pipeline.run_dir import LOCK_FILE, RUN_FORMAT, RunDir, RunDirError, RunLock
+from hanorec_trl.files import LockError, LockFile
+from hanorec_trl.pipeline.run_dir import LOCK_FILE, RUN_FORMAT, RunDir
 from hanorec_trl.pipeline.stage import PARTIAL, RECORD, STARTED, stage_key
 
 HOOK = Path(__file__).resolve().parent / "interrupt_hook"
@@ -356,7 +357,7 @@ def test_stale_lock_of_a_dead_process_is_taken_over_but_not_a_live_or_foreign_on
     path = tmp_path / LOCK_FILE
     host = socket.gethostname()
     path.write_text(json.dumps({"pid": _dead_pid(), "host": host}))
-    lock = RunLock(path)
+    lock = LockFile(path)
     lock.acquire()
     assert lock.took_over is not None and json.loads(path.read_text())["pid"] == os.getpid()
     lock.release()
@@ -364,27 +365,27 @@ def test_stale_lock_of_a_dead_process_is_taken_over_but_not_a_live_or_foreign_on
     sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
     try:  # a live process on this host that does not hold the flock is never taken over
         path.write_text(json.dumps({"pid": sleeper.pid, "host": host}))
-        with pytest.raises(RunDirError, match=rf"pid {sleeper.pid} on host .*that process is alive"):
-            RunLock(path).acquire()
+        with pytest.raises(LockError, match=rf"pid {sleeper.pid} on host .*that process is alive"):
+            LockFile(path).acquire()
     finally:
         sleeper.kill()
         sleeper.wait()
     path.write_text(json.dumps({"pid": 12345, "host": "another-host.example"}))
-    with pytest.raises(RunDirError, match="another-host.example.*cannot be checked"):
-        RunLock(path).acquire()
+    with pytest.raises(LockError, match="another-host.example.*cannot be checked"):
+        LockFile(path).acquire()
     path.unlink()
     holder = subprocess.Popen(
-        [sys.executable, "-c", "import sys, time; from pathlib import Path; from hanorec_trl.pipeline.run_dir import "
-         "RunLock; RunLock(Path(sys.argv[1])).acquire(); print('held', flush=True); time.sleep(60)", str(path)],
+        [sys.executable, "-c", "import sys, time; from pathlib import Path; from hanorec_trl.files import "
+         "LockFile; LockFile(Path(sys.argv[1])).acquire(); print('held', flush=True); time.sleep(60)", str(path)],
         stdout=subprocess.PIPE, text=True)
     try:  # a holder in another process (flock held) is refused
         assert holder.stdout.readline().strip() == "held"
-        with pytest.raises(RunDirError, match=rf"pid {holder.pid} on host {host}.*holds the lock"):
-            RunLock(path).acquire()
+        with pytest.raises(LockError, match=rf"pid {holder.pid} on host {host}.*holds the lock"):
+            LockFile(path).acquire()
     finally:
         holder.kill()
         holder.wait()
-    RunLock(path).acquire()  # the holder was killed: its lock is taken over
+    LockFile(path).acquire()  # the holder was killed: its lock is taken over
 
 
 # ------------------------------------------------------------------------------------------------ started stages

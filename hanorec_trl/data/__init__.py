@@ -28,7 +28,7 @@ from .protocol import (
 )
 from .recbole import export_recbole
 from .recdata import DataFormatError, MissingImageWarning, RecData, UnknownItemError
-from .synthetic import SyntheticConfig, write_synthetic_movielens
+from .synthetic import SyntheticConfig, cached_synthetic_movielens, write_synthetic_movielens
 
 __all__ = [
     "DEFAULT_TEMPLATES",
@@ -60,5 +60,6 @@ __all__ = [
     "load_netflix_llmrec",
     "load_split",
     "ranking_prompt",
+    "cached_synthetic_movielens",
     "write_synthetic_movielens",
 ]

@@ -71,6 +71,7 @@ __all__ = [
     "build_ranking_eval_dataset",
     "build_auc_eval_dataset",
     "parse_tasks",
+    "sample_pairs",
     "shortest_example",
 ]
 
@@ -468,3 +469,10 @@ def shortest_example(dataset: Dataset, processing_class) -> tuple[int, int]:
                 length = len(tokenizer.apply_chat_template(prompt + completion, tokenize=True, return_dict=False))
             shortest = min(shortest, (row, length), key=lambda pair: pair[1])
     return shortest
+
+
+def sample_pairs(pairs: Dataset, cap: int | None, seed: int) -> Dataset:
+    """A seeded sample of ``cap`` preference pairs, in their order (all when ``cap`` is None or not smaller)."""
+    if cap is None or len(pairs) <= cap:
+        return pairs
+    return pairs.select(np.sort(np.random.default_rng(seed).choice(len(pairs), size=cap, replace=False)).tolist())

@@ -31,7 +31,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 from tqdm.auto import tqdm
 
-__all__ = ["GENRES", "SyntheticConfig", "write_synthetic_movielens"]
+__all__ = ["GENRES", "SyntheticConfig", "cached_synthetic_movielens", "write_synthetic_movielens"]
 
 # name, poster colour, poster shape, title words. Colour and shape together identify a genre.
 # fmt: off
@@ -362,3 +362,21 @@ def write_synthetic_movielens(
     (out / "users.dat").write_text("".join(user_lines), encoding="ascii")
     (out / "synthetic_config.json").write_text(json.dumps(asdict(cfg), indent=2, sort_keys=True) + "\n")
     return out
+
+
+def cached_synthetic_movielens(config: SyntheticConfig | None = None) -> Path:
+    """The synthetic dataset of ``config``, written once into the library's cache folder and reused (the same
+    settings give byte-identical files); the folder is named by the settings' hash."""
+    import dataclasses
+    import hashlib
+    import json
+
+    from ..files import atomic_folder, cache_dir
+
+    cfg = config or SyntheticConfig()
+    key = hashlib.sha256(json.dumps(dataclasses.asdict(cfg), sort_keys=True).encode()).hexdigest()[:12]
+    folder = cache_dir() / "synthetic" / f"movielens-{key}"
+    if not (folder / "synthetic_config.json").is_file():
+        with atomic_folder(folder, replace=False) as tmp:
+            write_synthetic_movielens(tmp, cfg, overwrite=True)
+    return folder

@@ -96,6 +96,33 @@ def merge_results(sources: Sequence[tuple[str, dict[str, Any]]]) -> dict[str, An
     return merged
 
 
+def results_record(evaluated: dict[str, dict[str, Any]], test_examples, dataset: str, illustrative: bool,
+                   trained_in: dict[str, Path] | None = None) -> dict[str, Any]:
+    """What an evaluation's ``results.json`` holds (:func:`read_results`, :func:`merge_results`): each model's
+    metrics (``evaluate_recommender`` / ``evaluate_baselines`` output, by name, with its ``label``) with 95%
+    intervals and per-row ranks, the test rows and users, and the log history (and SFT learning curve) of the
+    folder that trained each model (``trained_in``)."""
+    ks = ranking_cutoffs([e["metrics"] for e in evaluated.values()])
+    results: dict[str, Any] = {
+        "dataset": dataset, "illustrative": illustrative, "test_rows": [ex.sequence_id for ex in test_examples],
+        "test_users": [ex.user for ex in test_examples], "models": {}, "per_row_ranks": {}, "training": {},
+        "similarity": {}}
+    for name, evaluation in evaluated.items():
+        intervals = {k: list(v) for k, v in metric_intervals(evaluation, ks).items()}
+        results["models"][name] = {"label": evaluation["label"], **evaluation["metrics"], "intervals": intervals}
+        ranks = evaluation.get("per_row", {}).get("ranking", {}).get("ranks")
+        if ranks is not None:
+            results["per_row_ranks"][name] = ranks
+        if "similarity" in evaluation:
+            results["similarity"][name] = evaluation["similarity"]
+        folder = (trained_in or {}).get(name)
+        if folder is not None:
+            results["training"][name] = json.loads((folder / "log_history.json").read_text())
+            if (folder / "learning_curve.json").is_file():
+                results["learning_curve"] = json.loads((folder / "learning_curve.json").read_text())
+    return results
+
+
 def ranking_cutoffs(metric_dicts: Sequence[dict[str, Any]]) -> list[int]:
     """The K of every ``ndcg@K`` among the models' metrics, ascending."""
     return sorted({int(m.split("@")[1]) for metrics in metric_dicts for m in metrics if m.startswith("ndcg@")})
@@ -339,6 +366,6 @@ def plot_similarity(before: np.ndarray, after: dict[str, np.ndarray], labels: di
 
 
 __all__ = ["METRIC_COLUMNS", "PLAIN_DPO_NAMES", "POWER_AT", "ReportError", "differences_table", "merge_results",
-           "metric_intervals", "read_results", "results_file",
+           "metric_intervals", "read_results", "results_file", "results_record",
            "paired_differences", "plot_differences", "plot_learning_curve", "plot_similarity", "plot_training_dynamics",
            "position_table", "ranking_cutoffs", "results_table", "seed_groups"]

@@ -1,17 +1,10 @@
 """Every stage of a recipe folder, in order, in one run directory: what ``examples/train_<dataset>.py`` runs.
 
-A recipe is a folder of stage files holding raw fields of each stage's dataclasses, as TRL's and the
-alignment-handbook's recipes do: ``data.yaml``, ``sft.yaml`` and, to go on to preference optimization,
-``hardness.yaml`` and ``dpo.yaml``; ``evaluate.yaml`` applies to every evaluation. The runner sets only what connects
-the stages: each ``output_dir`` inside the run directory, the paths of the inputs, ``images`` (from the model), the
-hardness stage's ``max_length`` (the DPO stage's) and, unless a stage's file sets them, ``sft.yaml``'s ``dtype`` and
-``attn_implementation``. ``variants.yaml`` (or ``--variants FILE``) names several DPO trainings from the one SFT model:
-``name: {label: ..., <HaNoDPOConfig field>: value}``, and ``seeds: [...]`` trains each once per ``seed``.
-
-Every file is parsed and checked before anything runs; what needs the data (``max_length`` against the shortest row,
-K against the catalogue) right after the data stage, before any training. Stages are identified by their content
-(:mod:`.stage`): ``--resume`` reuses the complete ones and continues an unfinished one; ``--reuse_from`` copies the
-stages another run directory made from the same configuration and inputs.
+A recipe folder holds one YAML of raw fields per stage (``data``, ``sft``, ``hardness``, ``dpo``, ``evaluate``) and
+optionally ``variants.yaml`` (``name: {label, HaNoDPOConfig fields}``, ``seeds: [...]``: several DPO trainings from
+the one SFT model). The runner sets only what connects the stages (output folders, input paths, ``images``, the
+hardness stage's ``max_length``, SFT's ``dtype`` / ``attn_implementation`` unless a file sets them). Every file is
+checked before anything runs; what needs the data right after the data stage (``docs/pipeline.md``).
 """
 
 from __future__ import annotations
@@ -84,13 +77,13 @@ def make_plan(args: RecipeArguments, root: Path) -> dict[str, tuple]:
 
     from ..config import HaNoDPOConfig
     from ..data import ProtocolConfig
+    from ..models import sees_images
     from ..scripts.data import DataArguments
     from ..scripts.dpo import DPOScriptArguments
     from ..scripts.evaluate import EvalArguments
     from ..scripts.hardness import HardnessArguments
     from ..scripts.report import ReportArguments
     from ..scripts.sft import SFTScriptArguments
-    from .models import sees_images
 
     recipe = Path(args.recipe)
     files = read_recipe(recipe)
@@ -146,8 +139,8 @@ def make_plan(args: RecipeArguments, root: Path) -> dict[str, tuple]:
 
 def check_against_data(plan: dict[str, tuple], root: Path) -> None:
     """The values that need the data, checked after the data stage and before any training."""
+    from ..models import base_tokenizer
     from ..scripts.data import load_prepared
-    from .models import base_tokenizer
     from .training import check_max_length
 
     prepared = load_prepared(root / "data")

@@ -1,24 +1,19 @@
 """The run directory of a recipe run: its stage folders (:mod:`.stage`), ``run.json`` and ``run.lock``.
 
-A run directory owns only what it wrote: ``run.json`` (the pipeline's format marker and the stage folders it made),
-``run.lock`` and, in each stage folder, the files of that stage's manifest (an unfinished stage: what is under the
-entries it declared). ``--overwrite`` deletes exactly those files, after checking that the folder holds nothing else
-(anything else is named and the run refused, before a byte is deleted); ``--resume`` deletes nothing but an
-incomplete checkpoint the trainer left. No link is followed for writing: a run directory, stage folder or lock that
-is a link is refused.
+It owns only what it wrote (``run.json``, the lock, each stage's manifest or declared entries): ``--overwrite``
+deletes exactly those, after refusing a folder that holds anything else; ``--resume`` deletes nothing but an
+incomplete checkpoint. No link is followed for writing.
 """
 
 from __future__ import annotations
 
-import contextlib
-import errno
 import json
 import os
-import socket
 import time
 from pathlib import Path
 from typing import Any
 
+from ..files import LockFile
 from .stage import PARTIAL, RECORD, STARTED, StageError, owned_paths, read_json, remove_owned, write_json
 
 RUN_FILE = "run.json"
@@ -144,91 +139,10 @@ class RunDir:
         kept = {k: v for k, v in recorded.items() if k not in ("format", "stages")} if extra is None else extra
         write_json(self.root / RUN_FILE, {"format": RUN_FORMAT, "stages": sorted(listed | set(stages)), **kept})
 
-    def lock(self) -> RunLock:
-        lock = RunLock(self.root / LOCK_FILE)
+    def lock(self) -> LockFile:
+        lock = LockFile(self.root / LOCK_FILE)
         lock.acquire()
         return lock
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    except OSError as err:  # pragma: no cover
-        return err.errno != errno.ESRCH
-    return True
-
-
-class RunLock:
-    """``run.lock``: an exclusive ``flock`` held for the life of the run, recording the holder's pid and host. A
-    second run is refused naming them; the lock of a process that died on this host is taken over; a lock from
-    another host, or one that is a link, is never touched."""
-
-    def __init__(self, path: Path):
-        self.path = Path(path)
-        self.fd: int | None = None
-        self.took_over: dict[str, Any] | None = None
-
-    def _holder(self, fd: int) -> dict[str, Any]:
-        try:
-            holder = json.loads(os.pread(fd, 4096, 0).decode("utf-8") or "{}")
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError):
-            return {}
-        return holder if isinstance(holder, dict) else {}
-
-    def _refuse(self, holder: dict[str, Any], why: str) -> RunDirError:
-        since = f", since {holder['started']}" if holder.get("started") else ""
-        return RunDirError(f"{self.path.parent} is in use by another run (pid {holder.get('pid', '?')} on host "
-                           f"{holder.get('host', '?')}{since}; {why}). Wait for it to finish, or choose another "
-                           f"--run_dir. If that run is gone, delete {self.path}.")
-
-    def acquire(self) -> None:
-        import fcntl
-
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        if self.path.is_symlink():
-            raise RunDirError(f"{self.path} is a link; the lock is never written through a link. Delete it")
-        host, pid = socket.gethostname(), os.getpid()
-        while True:
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except OSError:
-                holder = self._holder(fd)
-                os.close(fd)
-                raise self._refuse(holder, "it holds the lock") from None
-            try:
-                same = os.fstat(fd).st_ino == os.stat(self.path, follow_symlinks=False).st_ino
-            except FileNotFoundError:
-                same = False
-            if same:
-                break
-            os.close(fd)  # the holder deleted the file between our open and flock: try again
-        holder = self._holder(fd)
-        if holder.get("pid") is not None and holder.get("pid") != pid:
-            if holder.get("host") != host:
-                os.close(fd)
-                raise self._refuse(holder, "its host cannot be checked from here")
-            if _pid_alive(int(holder["pid"])):
-                os.close(fd)
-                raise self._refuse(holder, "that process is alive")
-            self.took_over = holder
-        payload = json.dumps({"pid": pid, "host": host, "started": time.strftime("%Y-%m-%d %H:%M:%S")}) + "\n"
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, payload.encode("utf-8"), 0)
-        os.fsync(fd)
-        self.fd = fd
-
-    def release(self) -> None:
-        if self.fd is None:
-            return
-        with contextlib.suppress(FileNotFoundError):
-            self.path.unlink()
-        os.close(self.fd)
-        self.fd = None
 
 
 def new_run_dir(name: str, parent: str | os.PathLike = "runs") -> Path:
@@ -241,4 +155,4 @@ def new_run_dir(name: str, parent: str | os.PathLike = "runs") -> Path:
     return path
 
 
-__all__ = ["LOCK_FILE", "RUN_FILE", "RUN_FORMAT", "RunDir", "RunDirError", "RunLock", "new_run_dir"]
+__all__ = ["LOCK_FILE", "RUN_FILE", "RUN_FORMAT", "RunDir", "RunDirError", "new_run_dir"]

@@ -84,11 +84,13 @@ def user_errors() -> tuple[type[BaseException], ...]:
     """The errors a user can fix from the message alone: printed as one line, no traceback."""
     from ..data import DataFormatError, SplitMismatchError
     from ..evaluation.reporting import ReportError
+    from ..files import LockError
+    from ..models import ModelError
     from ..trainer import NonFiniteTrainingError
     from .parsing import ConfigError
 
     return (ConfigError, StageError, DataFormatError, SplitMismatchError, FileNotFoundError, NonFiniteTrainingError,
-            ReportError)
+            ReportError, ModelError, LockError)
 
 
 def script_main(parse: Callable[[Sequence[str] | None], tuple], main: Callable[..., Any],

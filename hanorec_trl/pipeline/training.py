@@ -1,90 +1,20 @@
 """Training inside a stage folder, as the SFT and DPO stages do: from the last complete checkpoint when an unfinished
-stage continues, a progress bar with the loss (and beta', eta), Ctrl-C finishing the step and saving a checkpoint,
-a non-finite loss stopping training, then the adapter and the log history saved."""
+stage continues, with the library's progress bar, Ctrl-C and non-finite callbacks, then the adapter and the log
+history saved."""
 
 from __future__ import annotations
 
-import contextlib
 import json
-import logging
 import shutil
-import signal
-import sys
-import threading
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from transformers import PrinterCallback, ProgressCallback, TrainerCallback
+from transformers import PrinterCallback, ProgressCallback
 
+from ..callbacks import TrainingInterrupted, TrainingProgress, stop_at_step_end_on_interrupt
 from ..fast.cpu_lm_head import compact_lm_head_on_cpu
 from ..nonfinite import StopOnNonFinite
 from .parsing import ConfigError
-
-logger = logging.getLogger(__name__)
-
-
-class StageProgress(ProgressCallback):
-    """transformers' progress bar with the latest loss, beta', eta and reward accuracy as its postfix."""
-
-    SHOWN = {"loss": "loss", "hano/beta_mean": "beta", "hano/eta": "eta", "rewards/accuracies": "acc"}
-
-    def __init__(self, description: str):
-        super().__init__()
-        self.description = description
-
-    def on_train_begin(self, args, state, control, **kwargs):
-        super().on_train_begin(args, state, control, **kwargs)
-        if self.training_bar is not None:
-            self.training_bar.set_description(self.description)
-            self.training_bar.update(state.global_step)  # a continued stage starts at its checkpoint
-            self.current_step = state.global_step
-
-    def on_log(self, args, state, control, logs=None, **kwargs):
-        shown = {short: f"{logs[key]:.4g}" for key, short in self.SHOWN.items()
-                 if isinstance((logs or {}).get(key), float)}
-        if self.training_bar is not None and shown:
-            self.training_bar.set_postfix(shown, refresh=False)
-
-
-class TrainingInterrupted(KeyboardInterrupt):
-    """Ctrl-C stopped a training stage after saving a checkpoint."""
-
-
-class _StopAtStepEnd(TrainerCallback):
-    def __init__(self):
-        self.requested = False
-
-    def on_step_end(self, args, state, control, **kwargs):
-        if self.requested:
-            control.should_save = control.should_training_stop = True
-        return control
-
-
-@contextlib.contextmanager
-def stop_at_step_end_on_interrupt(trainer) -> Iterator[_StopAtStepEnd]:
-    """The first Ctrl-C lets the optimizer step finish, saves a checkpoint and stops; a second stops at once. Only
-    in one process on the main thread (under ``accelerate launch`` the processes get the signal at different points
-    of a step: Ctrl-C stops at once there)."""
-    callback = _StopAtStepEnd()
-    if threading.current_thread() is not threading.main_thread() or trainer.accelerator.num_processes > 1:
-        yield callback
-        return
-
-    def handler(signum, frame):
-        if callback.requested:
-            raise KeyboardInterrupt
-        callback.requested = True
-        print("\nCtrl-C: finishing this step, then saving a checkpoint and stopping (Ctrl-C again stops at once)",
-              file=sys.stderr, flush=True)
-
-    trainer.add_callback(callback)
-    previous = signal.signal(signal.SIGINT, handler)
-    try:
-        yield callback
-    finally:
-        signal.signal(signal.SIGINT, previous)
-        trainer.remove_callback(callback)
 
 
 def resume_point(trainer, folder: Path) -> str | None:
@@ -120,7 +50,7 @@ def train_in_stage(trainer, folder: Path, description: str, stats: dict[str, Any
     ``folder/log_history.json``; a first Ctrl-C saves a checkpoint and raises :class:`TrainingInterrupted`."""
     trainer.remove_callback(ProgressCallback)
     trainer.remove_callback(PrinterCallback)
-    trainer.add_callback(StageProgress(description))
+    trainer.add_callback(TrainingProgress(description))
     trainer.add_callback(StopOnNonFinite())
     checkpoint = resume_point(trainer, folder / "trainer")
     state = json.loads((Path(checkpoint) / "trainer_state.json").read_text()) if checkpoint else {}
@@ -140,27 +70,6 @@ def train_in_stage(trainer, folder: Path, description: str, stats: dict[str, Any
             "train_rows": len(trainer.train_dataset), **(stats or {})}
 
 
-@contextlib.contextmanager
-def without_zero3_init() -> Iterator[None]:
-    """Load whole models inside, even after a DeepSpeed ZeRO-3 training registered its config with transformers
-    (the main-process stages would otherwise wait forever for the other processes)."""
-    try:
-        import transformers.integrations.deepspeed as hf_deepspeed
-    except ImportError:  # pragma: no cover
-        yield
-        return
-    saved = getattr(hf_deepspeed, "_hf_deepspeed_config_weak_ref", None)
-    hf_deepspeed._hf_deepspeed_config_weak_ref = None
-    try:
-        yield
-    finally:
-        hf_deepspeed._hf_deepspeed_config_weak_ref = saved
-
-
-__all__ = ["StageProgress", "TrainingInterrupted", "compact_lm_head_on_cpu", "resume_point",
-           "stop_at_step_end_on_interrupt", "train_in_stage", "without_zero3_init"]
-
-
 def check_max_length(dataset, processing_class, max_length: int | None, field: str) -> None:
     """Refuse a ``max_length`` below the shortest prompt + completion: every row would be truncated or dropped."""
     if max_length is None:
@@ -172,3 +81,6 @@ def check_max_length(dataset, processing_class, max_length: int | None, field: s
         raise ConfigError(f"{field} {max_length} is shorter than every row of the dataset (the shortest, row {row}, "
                          f"has at least {length} tokens): training would see no complete example. Raise it, or set "
                          "it to None")
+
+
+__all__ = ["check_max_length", "resume_point", "train_in_stage"]

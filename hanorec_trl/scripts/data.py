@@ -9,18 +9,15 @@ Writes ``dataset.json`` (``RecData.save``), ``split/`` (frozen) and ``datasets.l
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-
-import numpy as np
 
 from ..data import PromptTemplates, ProtocolConfig, RecData, RecSplit
 from ..files import content_hash
 from ..pipeline.parsing import ConfigError, parse_stage_args
 from ..pipeline.running import run_stage, say, script_main
-from ..pipeline.stage import Stage, describe, read_json, stage_key
+from ..pipeline.stage import Stage, describe, read_json
 
 DATASETS = ("movielens", "microlens", "netflix", "custom")
 OUTPUTS = ("dataset.json", "split", "sft", "dpo", "eval_ranking", "eval_auc", "curve_ranking")
@@ -174,16 +171,10 @@ def load_prepared(folder: str | Path) -> Prepared:
     return Prepared(folder, args, protocol, data, load_split(folder / "split", data))
 
 
-def sample_pairs(pairs, cap: int | None, seed: int):
-    """A seeded sample of ``cap`` DPO pairs, in their order (all when ``cap`` is None or not smaller)."""
-    if cap is None or len(pairs) <= cap:
-        return pairs
-    return pairs.select(np.sort(np.random.default_rng(seed).choice(len(pairs), size=cap, replace=False)).tolist())
-
-
 def write_datasets(folder: Path, data: RecData, split: RecSplit, args: DataArguments, seed: int) -> dict[str, int]:
     """The SFT, DPO and evaluation datasets of the split, saved with ``save_to_disk``; returns their row counts."""
     from ..data import build_auc_eval_dataset, build_dpo_dataset, build_ranking_eval_dataset, build_sft_dataset
+    from ..data.builders import sample_pairs
 
     train = split.train[: args.max_train_sequences]
     test = split.test[: args.max_test_sequences]
@@ -206,29 +197,17 @@ def write_datasets(folder: Path, data: RecData, split: RecSplit, args: DataArgum
     return {name: len(dataset) for name, dataset in built.items()}
 
 
-def synthetic_data(args: DataArguments, seed: int) -> Path:
-    """The synthetic MovieLens-format files of these settings, generated once into the library's cache folder
-    (the same settings give byte-identical files)."""
-    from ..data import SyntheticConfig, write_synthetic_movielens
-    from ..files import atomic_folder, cache_dir
-
-    config = SyntheticConfig(num_users=args.synthetic_num_users, num_items=args.synthetic_num_items, seed=seed)
-    folder = cache_dir() / "synthetic" / f"movielens-{stage_key(dataclasses.asdict(config), {})[:12]}"
-    if not (folder / "synthetic_config.json").is_file():
-        with atomic_folder(folder, replace=False) as tmp:
-            write_synthetic_movielens(tmp, config, overwrite=True)
-    return folder
-
-
 def main(args: DataArguments, protocol: ProtocolConfig, *, data: RecData | None = None) -> dict[str, Any]:
     """Run the data stage into ``args.output_dir``; ``data``: a dataset in memory (e.g. from
     ``load_interactions`` on DataFrames) instead of files. Returns the stage record."""
-    from ..data import build_split, freeze_split
+    from ..data import SyntheticConfig, build_split, cached_synthetic_movielens, freeze_split
 
     if data is None and args.dataset == "custom" and not (args.tables or {}).get("interactions"):
         raise ConfigError("dataset custom needs tables: {interactions: ..., items: ..., ...} (docs/data.md)")
     if data is None:
-        location = synthetic_data(args, protocol.seed) if args.synthetic else Path(args.data_dir or ".")
+        synthetic = SyntheticConfig(num_users=args.synthetic_num_users, num_items=args.synthetic_num_items,
+                                    seed=protocol.seed)
+        location = cached_synthetic_movielens(synthetic) if args.synthetic else Path(args.data_dir or ".")
         data = load_source(args, location, protocol.seed)
     root = Path(args.output_dir).resolve().parent
     stage = Stage("data", args.output_dir, describe(args, protocol, root=root), {"data": data_fingerprint(data)},

@@ -84,7 +84,7 @@ def main(script_args: DPOScriptArguments, training_args, model_args, *, reuse_fr
     """Run HaNo DPO into ``training_args.output_dir``; returns the stage record."""
     from ..fast.cpu_lm_head import compact_lm_head_on_cpu
     from ..model_utils import lora_config
-    from ..pipeline.models import load_model, load_processing_class
+    from ..models import load_model, load_processing_class
     from ..pipeline.training import train_in_stage
     from ..trainer import HaNoDPOTrainer
 

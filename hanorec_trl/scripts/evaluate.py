@@ -16,8 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..evaluation.reporting import metric_intervals, ranking_cutoffs
-from ..pipeline.models import model_settings
+from ..evaluation.reporting import ranking_cutoffs, results_record
+from ..models import model_settings
 from ..pipeline.parsing import ConfigError, parse_stage_args
 from ..pipeline.running import run_stage, script_main
 from ..pipeline.stage import Stage, describe, input_fingerprint
@@ -77,7 +77,7 @@ def evaluate_model(args: EvalArguments, model_args, prepared: Prepared, folder: 
     import torch
 
     from ..evaluation import RecEvalConfig, evaluate_recommender
-    from ..pipeline.models import load_model, load_processing_class
+    from ..models import load_model, load_processing_class
 
     model = load_model(model_args.model_name_or_path, model_args)
     if args.adapter_path:
@@ -105,32 +105,6 @@ def evaluate_model(args: EvalArguments, model_args, prepared: Prepared, folder: 
     return {args.name: {"label": args.label or args.name, **evaluation}}
 
 
-def write_results(path: Path, evaluated: dict[str, dict[str, Any]], prepared, training: Path | None,
-                  random_weights: bool = False) -> dict:
-    """The evaluation stage's ``results.json``: each model's metrics with intervals and per-row ranks, the test rows,
-    and the log history (and SFT learning curve) of the stage that trained the model."""
-    ks = ranking_cutoffs([e["metrics"] for e in evaluated.values()])
-    results: dict[str, Any] = {
-        "dataset": prepared.data.name, "illustrative": prepared.args.synthetic or random_weights,
-        "test_rows": [ex.sequence_id for ex in prepared.test_examples],
-        "test_users": [ex.user for ex in prepared.test_examples], "models": {}, "per_row_ranks": {},
-        "training": {}, "similarity": {}}
-    for name, evaluation in evaluated.items():
-        intervals = {k: list(v) for k, v in metric_intervals(evaluation, ks).items()}
-        results["models"][name] = {"label": evaluation["label"], **evaluation["metrics"], "intervals": intervals}
-        ranks = evaluation.get("per_row", {}).get("ranking", {}).get("ranks")
-        if ranks is not None:
-            results["per_row_ranks"][name] = ranks
-        if "similarity" in evaluation:
-            results["similarity"][name] = evaluation["similarity"]
-        if training is not None:
-            results["training"][name] = json.loads((training / "log_history.json").read_text())
-            if (training / "learning_curve.json").is_file():
-                results["learning_curve"] = json.loads((training / "learning_curve.json").read_text())
-    path.write_text(json.dumps(results, indent=1) + "\n", encoding="utf-8")
-    return results
-
-
 def trained_by(args: EvalArguments, model_args) -> Path | None:
     """The stage folder that trained the model (the adapter's, else the merged model's parent), if it has logs."""
     path = Path(args.adapter_path or model_args.model_name_or_path or "").expanduser()
@@ -156,8 +130,10 @@ def main(args: EvalArguments, model_args, *, reuse_from: Path | None = None) -> 
                      else evaluate_model(args, model_args, prepared, folder))
         training = trained_by(args, model_args)
         settings = model_settings(model_args.model_name_or_path) if model_args.model_name_or_path else None
-        results = write_results(folder / "results.json", evaluated, prepared, training,
-                                random_weights=bool((settings or {}).get("random_weights")))
+        training = {name: training for name in evaluated} if training else {}
+        illustrative = prepared.args.synthetic or bool((settings or {}).get("random_weights"))
+        results = results_record(evaluated, prepared.test_examples, prepared.data.name, illustrative, training)
+        (folder / "results.json").write_text(json.dumps(results, indent=1) + "\n", encoding="utf-8")
         return {"models": {name: {k: m[k] for k in m if k.startswith(("hr@", "ndcg@", "auc"))}
                            for name, m in results["models"].items()},
                 "ks": ranking_cutoffs(list(results["models"].values()))}

