@@ -8,7 +8,8 @@ many parameter tensors are non-finite after the step, for:
     --trainer trl             trl.DPOTrainer (what TRL does: applies every update)
     --trainer trl --skip      trl.DPOTrainer, dropping the gradients of a non-finite step (weights stay finite: does
                               the next batch recover?)
-    --trainer hano [--fast]   HaNoDPOTrainer with HaNo off (the suite's mode b; --fast keeps the prompt-once path on)
+    --trainer hano [--fast]   HaNoDPOTrainer with HaNo off, on TRL's batches (--fast: the prompt-once path and the
+                              reference cache on, as in the suite's mode b)
 
 It needs the stand-ins of ../shared/tools/trl-dpo-suite (built by its run.sh) and the same environment:
 
