@@ -155,11 +155,12 @@ def check_values(parsed: Sequence[Any]) -> None:
     LoRA dropout outside [0, 1) (1 zeroes every adapter's output, so nothing trains)."""
     from transformers import TrainingArguments
 
-    from ..config import check_training_arguments
+    from ..config import HaNoDPOConfig, check_training_arguments
 
     for args in parsed:
         if isinstance(args, TrainingArguments):
-            check_training_arguments(args)
+            if not isinstance(args, HaNoDPOConfig):  # which checks them in its __post_init__
+                check_training_arguments(args)
             if args.learning_rate > 1:
                 raise ValueError(f"learning_rate must be at most 1 for fine-tuning, got {args.learning_rate!r}")
             if getattr(args, "beta", 0) > 100:

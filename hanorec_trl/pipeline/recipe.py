@@ -71,8 +71,8 @@ def read_recipe(recipe: Path) -> dict[str, dict[str, Any]]:
     return {p.stem: load_yaml(p) for p in sorted(recipe.glob("*.yaml")) if p.stem != "variants"}
 
 
-def make_plan(args: RecipeArguments, root: Path) -> dict[str, tuple]:
-    """Every stage of the recipe, parsed and checked, by stage folder name, in the order they run."""
+def make_plan(args: RecipeArguments, root: Path, files: dict[str, dict[str, Any]] | None = None) -> dict[str, tuple]:
+    """Every stage of the recipe (``files``: its stage files, else read), parsed and checked, in running order."""
     from trl import ModelConfig, SFTConfig
 
     from ..config import HaNoDPOConfig
@@ -86,7 +86,7 @@ def make_plan(args: RecipeArguments, root: Path) -> dict[str, tuple]:
     from ..scripts.sft import SFTScriptArguments
 
     recipe = Path(args.recipe)
-    files = read_recipe(recipe)
+    files = read_recipe(recipe) if files is None else files
     if not {"data", "sft"} <= set(files) or ("dpo" in files) != ("hardness" in files):
         raise ConfigError(f"{recipe}: a recipe folder holds data.yaml and sft.yaml, and hardness.yaml with dpo.yaml "
                           f"(found: {', '.join(sorted(files)) or 'nothing'})")
@@ -177,13 +177,14 @@ def run_recipe(args: RecipeArguments, argv: Sequence[str] = ()) -> dict[str, Any
         raise ConfigError(f"--recipe {args.recipe}: no such folder")
     root = Path(args.run_dir or on_main_process(lambda: str(new_run_dir(Path(args.recipe).name))))
     rundir, lock = RunDir(root), []
+    files = read_recipe(Path(args.recipe))
     inputs = {"--recipe": args.recipe, "--data_dir": args.data_dir, "--variants": args.variants} | {
-        f"{name}.yaml {key}": value for name, values in read_recipe(Path(args.recipe)).items()
-        for key, value in values.items() if isinstance(value, str)}
+        f"{name}.yaml {key}": value for name, values in files.items() for key, value in values.items()
+        if isinstance(value, str)}
     on_main_process(lambda: rundir.check_inputs_outside(inputs, overwrite=args.overwrite))  # before reading them
     if args.reuse_from:
         RunDir(args.reuse_from).check_reuse_source()
-    plan = make_plan(args, root)
+    plan = make_plan(args, root, files)
     extra = {"recipe": str(Path(args.recipe).resolve()), "argv": list(argv)}
 
     def take() -> None:

@@ -93,13 +93,12 @@ def main(args: HardnessArguments, model_args, *, reuse_from: Path | None = None)
 
     def work(folder: Path) -> dict[str, Any]:
         data = prepared.data
-        model = load_model(model_path, model_args)
-        encoder = QwenVLItemEncoder(model, load_processing_class(model_path), title_mode=args.hardness_title_mode)
+        model, processing_class = load_model(model_path, model_args), load_processing_class(model_path)
+        encoder = QwenVLItemEncoder(model, processing_class, title_mode=args.hardness_title_mode)
         item_ids = list(data.item_ids)
         titles = [data.title(i).strip() or f"item {i}" for i in item_ids]
         images = [data.image_path(i) for i in item_ids] if prepared.args.images else None
         embeddings = encode_items(encoder, item_ids, titles, images, use_cache=False)
-        del model, encoder
         np.savez(folder / "item_embeddings.npz", item_ids=np.array(item_ids), text=embeddings.text,
                  image=embeddings.image)
         index = HardnessIndex(embeddings.text, embeddings.image)
@@ -113,11 +112,10 @@ def main(args: HardnessArguments, model_args, *, reuse_from: Path | None = None)
                             "delta_mean": float(delta_mean)}
         say("        lambda (Top-K) min/mean/max = {min:.4f}/{mean:.4f}/{max:.4f}".format(**spread["topk"]))
         with_reference = None
-        if args.reference:
-            model = load_model(model_path, model_args)
+        if args.reference:  # the model that encoded the items: the SFT model, the DPO reference
             with compact_lm_head_on_cpu():
                 with_reference = add_reference_logps(
-                    pairs, model, load_processing_class(model_path), max_length=args.max_length,
+                    pairs, model, processing_class, max_length=args.max_length,
                     batch_size=args.reference_batch_size,
                     peft_config=lora_config(model, dataclasses.replace(model_args, use_peft=True)))
         reference = {"model": inputs["model"], "max_length": args.max_length,
