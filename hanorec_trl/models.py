@@ -156,12 +156,19 @@ def load_processing_class(folder: str | Path):
 
 
 def merge_into_base(model_args, seed: int, adapter: Path, tiny: bool):
-    """The base model (unquantized, also after QLoRA) with the SFT adapter merged into its weights."""
+    """The base model (unquantized, also after QLoRA) with the SFT adapter merged into its weights. An adapter saved
+    with item tokens (``item_tokens.json``) gets them installed first and baked in after: a plain model whose
+    tokenizer holds the item tokens (``docs/item_tokens.md``)."""
     from peft import PeftModel
+
+    from .item_tokens import ITEM_TOKENS_FILE, load_item_token_model
 
     base, tokenizer = build_base_model(dataclasses.replace(model_args, load_in_4bit=False, load_in_8bit=False), seed,
                                        tiny)
-    return PeftModel.from_pretrained(base, str(adapter)).merge_and_unload(), tokenizer
+    if not (Path(adapter) / ITEM_TOKENS_FILE).is_file():
+        return PeftModel.from_pretrained(base, str(adapter)).merge_and_unload(), tokenizer
+    model, items = load_item_token_model(base, tokenizer, adapter)
+    return items.bake(model.merge_and_unload()), tokenizer
 
 
 __all__ = ["BUILTIN_MODELS", "ModelError", "base_tokenizer", "build_base_model", "load_model", "load_processing_class",

@@ -13,6 +13,7 @@ See ``docs/data.md``. Typical use::
 
 from .builders import build_auc_eval_dataset, build_dpo_dataset, build_ranking_eval_dataset, build_sft_dataset
 from .custom import load_interactions
+from .loaders import DATASETS, load_dataset
 from .microlens import load_microlens
 from .movielens import load_movielens_1m, read_movielens_movies
 from .netflix import load_netflix_llmrec
@@ -31,6 +32,7 @@ from .recdata import DataFormatError, MissingImageWarning, RecData, UnknownItemE
 from .synthetic import SyntheticConfig, cached_synthetic_movielens, write_synthetic_movielens
 
 __all__ = [
+    "DATASETS",
     "DEFAULT_TEMPLATES",
     "NO",
     "YES",
@@ -56,6 +58,7 @@ __all__ = [
     "load_microlens",
     "load_movielens_1m",
     "read_movielens_movies",
+    "load_dataset",
     "load_interactions",
     "load_netflix_llmrec",
     "load_split",

@@ -101,4 +101,20 @@ class RecommendationEvalCallback(TrainerCallback):
         return control
 
 
-__all__ = ["RecommendationEvalCallback"]
+def learning_curve(output_dir: str | Path, examples, data, split,
+                   baselines: Sequence[str] = ("random", "popularity", "item_knn")) -> dict:
+    """The learning curve a :class:`RecommendationEvalCallback` wrote under ``<output_dir>/rec_eval`` (every
+    ``step-<N>.json``, also those of an interrupted and continued run, by step), beside ``baselines`` scored on the
+    same ``examples`` (the ``SequenceExample`` rows it evaluated) of ``split``."""
+    import json
+
+    from ..baselines import evaluate_baselines
+
+    points = sorted(({"step": int(p.stem.split("-")[1]), **json.loads(p.read_text())["metrics"]}
+                     for p in (Path(output_dir) / "rec_eval").glob("step-*.json")), key=lambda p: p["step"])
+    scored = evaluate_baselines(baselines, data, split, examples).items()
+    return {"examples": len(examples), "points": points,
+            "baselines": {k.removeprefix("baseline-"): {"label": e["label"], **e["metrics"]} for k, e in scored}}
+
+
+__all__ = ["RecommendationEvalCallback", "learning_curve"]

@@ -365,7 +365,58 @@ def plot_similarity(before: np.ndarray, after: dict[str, np.ndarray], labels: di
 
 
 
+BAR = "baseline-popularity"  # under uniform negatives the bar to beat (docs/evaluation.md)
+
+
+def write_report(merged: dict[str, Any], folder: Path, title: str) -> dict[str, Any]:
+    """Write ``results.json``, ``results.md`` and the plots of :func:`merge_results`' output into ``folder``: every
+    model's metrics with intervals, the position diagnostic, paired differences against popularity (the bar under
+    uniform negatives) and against the model each was trained from; returns the results record."""
+    models = merged["models"]
+    pairs = [(name, m["label"]) for name, m in models.items()]
+    labels = dict(pairs) | {base: label for base, (label, _) in seed_groups(pairs).items()}
+    ks = ranking_cutoffs(list(models.values()))
+    trained = [(n, label) for n, label in pairs if not n.startswith("baseline-")]
+    ranks = merged["per_row_ranks"]
+    differences = paired_differences(ranks, trained, ks, bar=BAR if BAR in ranks else None,
+                                     users=merged.get("test_users")) if ks and len(ranks) > 1 else []
+    plots: dict[str, str] = {}
+    if differences:
+        plots["paired_differences"] = plot_differences(differences, labels, folder / "paired_differences.png").name
+    histories = {n: h for n, h in merged["training"].items() if n != "sft"}
+    if histories:
+        plots["training_dynamics"] = plot_training_dynamics(histories, labels, folder / "training_dynamics.png").name
+    if (merged.get("learning_curve") or {}).get("points"):
+        plots["learning_curve"] = plot_learning_curve(merged["learning_curve"], folder / "learning_curve.png").name
+    similarity = merged["similarity"]
+    if "sft" in similarity and len(similarity) > 1:
+        before = np.asarray(similarity["sft"]["cosine"])
+        after = {n: np.asarray(s["cosine"]) for n, s in similarity.items() if n != "sft"}
+        plots["title_image_similarity"] = plot_similarity(before, after, labels,
+                                                          folder / "title_image_similarity.png").name
+    disclaimer = ("These numbers come from synthetic data or a model with random weights: they show that every stage "
+                  "ran, not how well HaNoRec recommends." if merged.get("illustrative") else None)
+    results = {**merged, "title": title, "paired_differences": differences, "plots": plots, "disclaimer": disclaimer}
+    (folder / "results.json").write_text(json.dumps(results, indent=1) + "\n", encoding="utf-8")
+    rows = len(merged.get("test_rows") or next(iter(ranks.values()), []))
+    lines = [f"# {title}", ""] + ([f"> **{disclaimer}**", ""] if disclaimer else [])
+    lines += [f"Dataset: {merged.get('dataset')}; every row is scored on the same {rows} test rows. In brackets: the "
+              "95% percentile-bootstrap interval over those rows. Under uniform negatives popularity is the bar to "
+              "beat, not random.", "", results_table(models), ""]
+    positions = position_table(models)
+    if positions:
+        lines += ["Position diagnostic (top = first listed near 1/candidates, Spearman near 0: no list-position "
+                  "preference; the ranking above averages over every candidate order):", "", positions, ""]
+    if differences:
+        lines += ["Paired differences on the same test rows (95% paired bootstrap; an interval containing 0 shows no "
+                  "difference):", "", differences_table(differences, labels), ""]
+    lines += [f"![{name}]({file})" for name, file in plots.items()]
+    (folder / "results.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return results
+
+
 __all__ = ["METRIC_COLUMNS", "PLAIN_DPO_NAMES", "POWER_AT", "ReportError", "differences_table", "merge_results",
            "metric_intervals", "read_results", "results_file", "results_record",
            "paired_differences", "plot_differences", "plot_learning_curve", "plot_similarity", "plot_training_dynamics",
+           "write_report",
            "position_table", "ranking_cutoffs", "results_table", "seed_groups"]

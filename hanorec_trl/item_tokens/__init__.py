@@ -16,7 +16,7 @@ Pieces (one module each):
 Prompts switch naming with :func:`hanorec_trl.data.prompts.item_templates` (title / token / both).
 """
 
-from .base import VARIANTS, ItemTokenVariant, load_item_token_model, load_item_tokens
+from .base import ITEM_TOKENS_FILE, VARIANTS, ItemTokenVariant, load_item_token_model, load_item_tokens
 from .catalogue import catalogue_log_probs
 from .cf import CF_METHODS, CFEmbeddings, cf_for_split, cf_from_interactions, cf_from_sasrec
 from .soft import ItemTokenCurriculum, SoftItemTokens, soft_item_embedding
@@ -26,6 +26,7 @@ from .vocabulary import ITEM_TOKEN_FORMAT, ItemVocabulary, find_item_tokens
 __all__ = [
     "CF_METHODS",
     "CFEmbeddings",
+    "ITEM_TOKENS_FILE",
     "ITEM_TOKEN_FORMAT",
     "ItemTokenCurriculum",
     "ItemTokenVariant",

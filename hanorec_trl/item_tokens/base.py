@@ -110,6 +110,11 @@ class ItemTokenVariant:
         self.vocabulary, self.cf = vocabulary, cf
         self.token_ids: list[int] | None = None
 
+    @classmethod
+    def for_data(cls, data, cf: CFEmbeddings, **options) -> ItemTokenVariant:
+        """The variant over every item of ``data`` (a ``RecData``), with the CF vectors ``cf``."""
+        return cls(ItemVocabulary(data.item_ids), cf, **options)
+
     # ---------------------------------------------------------------------------------------------- install
     def install(self, model, processing_class, *, keep_rows: bool = False):
         """Adds the item tokens to ``processing_class`` (in place), sizes and resets the item rows of ``model`` and

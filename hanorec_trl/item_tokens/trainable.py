@@ -60,6 +60,11 @@ class TrainableItemTokens(ItemTokenVariant):
             raise ValueError(f"TrainableItemTokens: ridge must be >= 0, got {ridge}")
         self.ridge = float(ridge)
 
+    @classmethod
+    def for_data(cls, data, cf: CFEmbeddings, **options) -> TrainableItemTokens:
+        """The variant over every item of ``data`` (a ``RecData``), projected onto its titles."""
+        return cls(ItemVocabulary(data.item_ids), cf, titles=data.titles, **options)
+
     def options(self) -> dict:
         return {"titles": self.titles, "ridge": self.ridge}
 

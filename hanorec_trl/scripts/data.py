@@ -4,7 +4,8 @@ r"""Stage 1, data: the dataset, the paper's protocol split (Sec. 4.1), and the S
         --data_dir ../shared/data/ml-1m --output_dir runs/ml1m/data
 
 Writes ``dataset.json`` (``RecData.save``), ``split/`` (frozen) and ``datasets.load_from_disk`` folders ``sft/``,
-``dpo/``, ``eval_ranking/``, ``eval_auc/``, ``curve_ranking/``. Without ``data_dir``: the synthetic MovieLens format.
+``dpo/``, ``eval_ranking/``, ``eval_auc/``, ``curve_ranking/``, and ``item_cf.npz`` (CF item vectors of the training
+interactions: item tokens, CF hardness). Without ``data_dir``: the synthetic MovieLens format.
 """
 
 from __future__ import annotations
@@ -14,13 +15,15 @@ from pathlib import Path
 from typing import Any
 
 from ..data import PromptTemplates, ProtocolConfig, RecData, RecSplit
+from ..data.loaders import DATASETS
+from ..data.prompts import item_templates
 from ..files import content_hash
 from ..pipeline.parsing import ConfigError, parse_stage_args
 from ..pipeline.running import run_stage, say, script_main
 from ..pipeline.stage import Stage, describe, read_json
 
-DATASETS = ("movielens", "microlens", "netflix", "custom")
-OUTPUTS = ("dataset.json", "split", "sft", "dpo", "eval_ranking", "eval_auc", "curve_ranking")
+OUTPUTS = ("dataset.json", "split", "sft", "dpo", "eval_ranking", "eval_auc", "curve_ranking", "item_cf.npz")
+NAMINGS = ["title", "token", "both"]
 
 
 @dataclass
@@ -63,6 +66,16 @@ class DataArguments:
     score_permutations: int | None = field(default=None, metadata={
         "help": "'list' prompt: candidate orders per test row (None: every cyclic shift, exactly position-free)."})
     curve_examples: int = field(default=100, metadata={"help": "Validation rows kept for the SFT learning curve."})
+    item_naming: str = field(default="title", metadata={
+        "help": "Items in prompts: by 'title', by item 'token' (<item_ID>; the SFT stage's item_tokens give it its "
+        "meaning) or 'both' ('\"Title\" <item_ID>'); docs/item_tokens.md.", "choices": NAMINGS})
+    answer_naming: str = field(default="title", metadata={
+        "help": "SFT targets, DPO completions, candidates: 'title', 'token' (one token, scored by its log-prob) or "
+        "'both'.", "choices": NAMINGS})
+    cf_method: str | None = field(default=None, metadata={
+        "help": "Write item_cf.npz, CF item vectors of the training interactions (item tokens, CF hardness need "
+        "them): 'svd' (matrix factors) or 'sasrec'; None: none.", "choices": [None, "svd", "sasrec"]})
+    cf_dim: int = field(default=64, metadata={"help": "Dimension of the CF item vectors."})
 
     def __post_init__(self) -> None:
         from ..data.builders import parse_tasks
@@ -76,11 +89,13 @@ class DataArguments:
                 raise ValueError(f"{name}: {err}") from None
         small = {"synthetic_num_users": 1, "synthetic_num_items": 2, "num_rejected": 1, "curve_examples": 0,
                  "max_users": 1, "max_train_sequences": 1, "max_test_sequences": 1, "max_dpo_pairs": 1,
-                 "score_permutations": 1}
+                 "score_permutations": 1, "cf_dim": 1}
         for name, least in small.items():
             value = getattr(self, name)
             if value is not None and value < least:
                 raise ValueError(f"{name} must be at least {least}, got {value}")
+        if self.names_by_token and not self.cf_method:
+            raise ValueError("items named by token need CF vectors for their tokens: set cf_method (svd or sasrec)")
         if self.dataset not in ("movielens", "custom") and self.data_dir is None:
             raise ValueError(f"dataset {self.dataset} needs data_dir (only movielens has a synthetic default)")
 
@@ -90,7 +105,18 @@ class DataArguments:
 
     @property
     def templates(self) -> PromptTemplates:
-        return PromptTemplates(system=self.system_prompt)
+        return item_templates(self.item_naming, self.answer_naming, PromptTemplates(system=self.system_prompt))
+
+    @property
+    def names_by_token(self) -> bool:
+        return self.item_naming != "title" or self.answer_naming != "title"
+
+    def naming(self, data: RecData) -> dict[str, Any]:
+        """How the dataset builders name items: images, templates, item tokens."""
+        from ..item_tokens import ItemVocabulary
+
+        return {"with_images": self.images, "templates": self.templates,
+                "item_tokens": ItemVocabulary(data.item_ids) if self.names_by_token else None}
 
     def ranking_prompt(self) -> str:
         from ..data.builders import parse_tasks
@@ -98,27 +124,6 @@ class DataArguments:
         if self.eval_prompt != "auto":
             return self.eval_prompt
         return "next_item" if "next_item" in parse_tasks(self.sft_task) else "list"
-
-
-def load_source(args: DataArguments, location: Path, seed: int) -> RecData:
-    """The dataset files (errors name file and line), users subsampled when asked."""
-    from ..data import load_interactions, load_microlens, load_movielens_1m, load_netflix_llmrec
-
-    if args.dataset == "custom":
-        tables = dict(args.tables)
-        for key in ("interactions", "items", "image_dir"):
-            if isinstance(tables.get(key), str):
-                tables[key] = location / tables[key]
-        if not args.images:
-            tables["image_dir"] = None
-        try:
-            data = load_interactions(images=args.images, **tables)
-        except TypeError as err:  # a key that is not a keyword of load_interactions
-            raise ConfigError(f"data.yaml tables: {err}") from None
-    else:
-        loader = {"movielens": load_movielens_1m, "microlens": load_microlens, "netflix": load_netflix_llmrec}
-        data = loader[args.dataset](location, images=args.images)
-    return data.subsample_users(args.max_users, seed) if args.max_users else data
 
 
 def data_fingerprint(data: RecData) -> str:
@@ -150,6 +155,14 @@ class Prepared:
     def test_examples(self):
         return self.split.test[: self.args.max_test_sequences]
 
+    @property
+    def cf(self):
+        from ..item_tokens import CFEmbeddings
+
+        if not self.args.cf_method:
+            raise ConfigError(f"the data stage ({self.folder}) wrote no CF item vectors: set cf_method in data.yaml")
+        return CFEmbeddings.load(self.folder / "item_cf.npz")
+
 
 def load_prepared(folder: str | Path) -> Prepared:
     """The data stage's output folder: its arguments, the dataset and the frozen split (checked against it)."""
@@ -178,7 +191,7 @@ def write_datasets(folder: Path, data: RecData, split: RecSplit, args: DataArgum
 
     train = split.train[: args.max_train_sequences]
     test = split.test[: args.max_test_sequences]
-    common = {"with_images": args.images, "templates": args.templates}
+    common = args.naming(data)
     ranking = {"prompt": args.ranking_prompt(), "permutations": args.score_permutations, "seed": seed}
     pairs = build_dpo_dataset(train, data, task=args.dpo_task, rejected=args.rejected,
                               num_rejected=args.num_rejected, seed=seed, **common)
@@ -201,6 +214,8 @@ def main(args: DataArguments, protocol: ProtocolConfig, *, data: RecData | None 
     """Run the data stage into ``args.output_dir``; ``data``: a dataset in memory (e.g. from
     ``load_interactions`` on DataFrames) instead of files. Returns the stage record."""
     from ..data import SyntheticConfig, build_split, cached_synthetic_movielens, freeze_split
+    from ..data.loaders import load_dataset
+    from ..item_tokens import cf_for_split
 
     if data is None and args.dataset == "custom" and not (args.tables or {}).get("interactions"):
         raise ConfigError("dataset custom needs tables: {interactions: ..., items: ..., ...} (docs/data.md)")
@@ -208,7 +223,11 @@ def main(args: DataArguments, protocol: ProtocolConfig, *, data: RecData | None 
         synthetic = SyntheticConfig(num_users=args.synthetic_num_users, num_items=args.synthetic_num_items,
                                     seed=protocol.seed)
         location = cached_synthetic_movielens(synthetic) if args.synthetic else Path(args.data_dir or ".")
-        data = load_source(args, location, protocol.seed)
+        try:
+            data = load_dataset(args.dataset, location, images=args.images, tables=args.tables,
+                                max_users=args.max_users, seed=protocol.seed)
+        except TypeError as err:
+            raise ConfigError(f"data.yaml {err}") from None
     root = Path(args.output_dir).resolve().parent
     stage = Stage("data", args.output_dir, describe(args, protocol, root=root), {"data": data_fingerprint(data)},
                   OUTPUTS)
@@ -223,6 +242,11 @@ def main(args: DataArguments, protocol: ProtocolConfig, *, data: RecData | None 
         freeze_split(split, folder / "split", overwrite=True)
         data.save(folder / "dataset.json")
         rows = write_datasets(folder, data, split, args, protocol.seed)
+        if args.cf_method:
+            try:
+                cf_for_split(data, split, args.cf_method, args.cf_dim, protocol.seed).save(folder / "item_cf.npz")
+            except ValueError as err:
+                raise ConfigError(f"data.yaml cf_method {args.cf_method}, cf_dim {args.cf_dim}: {err}") from None
         say(f"        {data.name}: {data.num_users} users, {data.num_items} items; sequences train/validation/test "
             f"= {counts['train']}/{counts['validation']}/{counts['test']}; rows {rows}")
         return {**data.summary(), "sequences": counts, "rows": rows}

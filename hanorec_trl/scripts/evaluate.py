@@ -88,7 +88,8 @@ def evaluate_model(args: EvalArguments, model_args, prepared: Prepared, folder: 
         model.to("cuda")
     proc = load_processing_class(model_args.model_name_or_path)
     config = RecEvalConfig(ks=tuple(args.eval_ks) if args.eval_ks else None, ranking_mode=args.ranking_mode,
-                           auc_probability=args.auc_probability, batch_size=args.eval_batch_size)
+                           auc_probability=args.auc_probability, batch_size=args.eval_batch_size,
+                           candidate_score="first_token" if prepared.args.answer_naming == "token" else "sequence")
     evaluate_recommender(model, proc, prepared.dataset("eval_ranking"), prepared.dataset("eval_auc"),
                          config=config, output_path=folder / "metrics" / f"{args.name}.json")
     evaluation = json.loads((folder / "metrics" / f"{args.name}.json").read_text(encoding="utf-8"))

@@ -39,6 +39,9 @@ class HardnessArguments:
     hardness_title_mode: str = field(default="input_embeddings", metadata={
         "help": "Title embedding: mean input embedding of the title tokens, or mean last hidden state "
         "('contextual'; docs/design.md section 2).", "choices": ["input_embeddings", "contextual"]})
+    hardness_space: str = field(default="lm", metadata={
+        "help": "The item vectors of lambda: 'lm', the SFT model's embeddings of titles (and images), the paper's; "
+        "'cf', the data stage's collaborative vectors (item_cf.npz; docs/hardness.md).", "choices": ["lm", "cf"]})
     hard_negatives: bool = field(default=False, metadata={
         "help": "Replace each pair's rejected item by the negative nearest to the target in the SFT model's item "
         "space (the data stage's num_rejected nearest; its random ones otherwise)."})
@@ -72,13 +75,13 @@ def _pairs(prepared: Prepared, args: HardnessArguments, index, item_rows):
     d = prepared.args
     pairs = build_dpo_dataset(prepared.train_examples, prepared.data, task=d.dpo_task, rejected="hard",
                               num_rejected=d.num_rejected, seed=prepared.protocol.seed, similarity=similarity,
-                              with_images=d.images, templates=d.templates)
+                              **d.naming(prepared.data))
     return sample_pairs(pairs, d.max_dpo_pairs, prepared.protocol.seed)
 
 
 def main(args: HardnessArguments, model_args, *, reuse_from: Path | None = None) -> dict[str, Any]:
     """Run the hardness stage into ``args.output_dir``; ``model_args.model_name_or_path`` is the SFT model."""
-    from ..encoders import QwenVLItemEncoder, encode_items
+    from ..encoders import CollaborativeItemEncoder, QwenVLItemEncoder, encode_items
     from ..fast.cpu_lm_head import compact_lm_head_on_cpu
     from ..hardness import HardnessIndex, add_hardness_column
     from ..model_utils import lora_config
@@ -94,7 +97,8 @@ def main(args: HardnessArguments, model_args, *, reuse_from: Path | None = None)
     def work(folder: Path) -> dict[str, Any]:
         data = prepared.data
         model, processing_class = load_model(model_path, model_args), load_processing_class(model_path)
-        encoder = QwenVLItemEncoder(model, processing_class, title_mode=args.hardness_title_mode)
+        encoder = (CollaborativeItemEncoder(prepared.cf) if args.hardness_space == "cf" else
+                   QwenVLItemEncoder(model, processing_class, title_mode=args.hardness_title_mode))
         item_ids = list(data.item_ids)
         titles = [data.title(i).strip() or f"item {i}" for i in item_ids]
         images = [data.image_path(i) for i in item_ids] if prepared.args.images else None

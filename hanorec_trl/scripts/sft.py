@@ -39,6 +39,10 @@ class SFTScriptArguments:
     curve_steps: int | None = field(default=None, metadata={
         "help": "Learning curve: evaluate the ranking on the data stage's validation rows every N steps."})
     curve_batch_size: int = field(default=4, metadata={"help": "Prompts per forward of the learning curve."})
+    item_tokens: str | None = field(default=None, metadata={
+        "help": "Data named by item token: 'trainable' (a trained vocabulary row per item) or 'soft' (LLaRA's "
+        "projector over the CF vectors, with its curriculum), from the data stage's item_cf.npz; "
+        "docs/item_tokens.md.", "choices": [None, "trainable", "soft"]})
 
     def __post_init__(self) -> None:
         if not self.data_path:
@@ -50,11 +54,15 @@ class SFTScriptArguments:
             raise ValueError("curve_steps and curve_batch_size must be at least 1")
 
 
-def check_model_fits_data(images: bool, prepared: Prepared, model: str) -> None:
+def check_model_fits_data(images: bool, prepared: Prepared, model: str, item_tokens: str | None) -> None:
     if images != prepared.args.images:
         raise ConfigError(f"model {model} {'sees' if images else 'does not see'} images but the data stage "
                          f"({prepared.folder}) was prepared with images={prepared.args.images}; prepare the data with "
                          f"images={images}")
+    if bool(item_tokens) != prepared.args.names_by_token:
+        raise ConfigError(f"item_tokens {item_tokens} but the data stage ({prepared.folder}) names items by "
+                          f"{prepared.args.item_naming} and answers by {prepared.args.answer_naming}: item tokens "
+                          "need data that names items by token, and such data needs item_tokens")
 
 
 def _learning_curve(trainer, prepared: Prepared, script_args) -> dict[str, Any] | None:
@@ -74,18 +82,14 @@ def _learning_curve(trainer, prepared: Prepared, script_args) -> dict[str, Any] 
 
 
 def _write_curve(folder: Path, prepared: Prepared, rows) -> dict[str, Any]:
-    """The curve's points (also those of an interrupted and continued run) and the baselines on the same rows."""
-    from ..baselines import evaluate_baselines
+    """The curve's points and the baselines on the same validation rows -> ``learning_curve.json``."""
+    from ..evaluation.callback import learning_curve
 
-    points = sorted(({"step": int(p.stem.split("-")[1]), **json.loads(p.read_text())["metrics"]}
-                     for p in (folder / "trainer" / "rec_eval").glob("step-*.json")), key=lambda p: p["step"])
     ids = set(rows["sequence_id"])
     examples = [ex for ex in prepared.split.validation if ex.sequence_id in ids]
-    scored = evaluate_baselines(("random", "popularity", "item_knn"), prepared.data, prepared.split, examples)
-    baselines = {k.removeprefix("baseline-"): {"label": e["label"], **e["metrics"]} for k, e in scored.items()}
-    curve = {"examples": len(examples), "split": "validation", "points": points, "baselines": baselines}
+    curve = {**learning_curve(folder / "trainer", examples, prepared.data, prepared.split), "split": "validation"}
     (folder / "learning_curve.json").write_text(json.dumps(curve, indent=1) + "\n")
-    return {"curve_points": len(points)}
+    return {"curve_points": len(curve["points"])}
 
 
 def main(script_args: SFTScriptArguments, training_args, model_args, *, reuse_from: Path | None = None):
@@ -95,6 +99,7 @@ def main(script_args: SFTScriptArguments, training_args, model_args, *, reuse_fr
     from trl import SFTTrainer
 
     from ..fast.forward import frozen_vision_without_graph, image_feature_cache, parameters_sharded
+    from ..item_tokens import VARIANTS, ItemTokenCurriculum
     from ..model_utils import lora_config, without_zero3_init
     from ..models import (
         BUILTIN_MODELS,
@@ -110,7 +115,7 @@ def main(script_args: SFTScriptArguments, training_args, model_args, *, reuse_fr
         raise ConfigError("use_peft false: the pipeline trains LoRA adapters (SFT, then DPO on the merged SFT model)")
     prepared = load_prepared(script_args.data_path)
     images = sees_images(model_args.model_name_or_path)
-    check_model_fits_data(images, prepared, model_args.model_name_or_path)
+    check_model_fits_data(images, prepared, model_args.model_name_or_path, script_args.item_tokens)
     root = Path(training_args.output_dir).resolve().parent
     inputs = {"data": input_fingerprint(script_args.data_path),
               "model": input_fingerprint(model_args.model_name_or_path)}
@@ -121,16 +126,24 @@ def main(script_args: SFTScriptArguments, training_args, model_args, *, reuse_fr
 
     def work(folder: Path) -> dict[str, Any]:
         model, tokenizer = build_base_model(model_args, training_args.seed, tiny)
+        peft_config, items, callbacks = lora_config(model, model_args), None, []
+        if script_args.item_tokens:  # installed before PEFT wraps the model; the curriculum is the soft tokens'
+            items = VARIANTS[script_args.item_tokens].for_data(prepared.data, prepared.cf)
+            items.install(model, tokenizer)
+            peft_config = items.lora_config(peft_config)
+            callbacks = [ItemTokenCurriculum()] if items.name == "soft" else []
         proc = processing_class(tokenizer, images, **pixels)
         train = prepared.dataset("sft")
         check_max_length(train, proc, training_args.max_length, "SFTConfig.max_length")
         args = dataclasses.replace(training_args, output_dir=str(folder / "trainer"))
         trainer = SFTTrainer(model=model, args=args, train_dataset=train, processing_class=proc,
-                             peft_config=lora_config(model, model_args))
+                             peft_config=peft_config, callbacks=callbacks)
         curve = _learning_curve(trainer, prepared, script_args)
         caching = contextlib.nullcontext() if parameters_sharded(trainer) else image_feature_cache(trainer.model)
         with frozen_vision_without_graph(trainer.model), caching as cache:
             summary = train_in_stage(trainer, folder, "SFT")
+            if items is not None and trainer.accelerator.is_main_process:
+                items.save(folder / "adapter")
             if cache is not None:
                 summary["vision_cache"] = cache.counts()
         if curve is not None and trainer.accelerator.is_main_process:
