@@ -14,14 +14,15 @@ REPO = Path(__file__).resolve().parents[1]
 TINY = REPO / "examples" / "recipes" / "movielens" / "tiny"
 
 #: The tiny recipe cut down to seconds per stage: 30 synthetic users and 80 items, 6 training and 3 test sequences,
-#: 4 candidates, the 512-token tokenizer, 2 SFT steps, 4 DPO steps (a checkpoint every 2), the popularity baseline.
+#: 4 candidates, the 512-token tokenizer, 2 SFT steps, 4 DPO steps (a checkpoint every 2), the popularity baseline
+#: (full data only).
 FAST: dict[str, dict[str, Any]] = {
     "data": {"synthetic_num_users": 30, "synthetic_num_items": 80, "max_train_sequences": 6, "max_test_sequences": 3,
              "num_candidates": 4, "auc_num_unwatched": 1, "score_permutations": 1, "curve_examples": 0},
     "sft": {"tokenizer": "tiny", "max_steps": 2, "num_train_epochs": None, "save_steps": 1},
     "hardness": {"hardness_k": 4},
     "dpo": {"max_steps": 4, "num_train_epochs": None, "save_steps": 2, "responsiveness_warmup": 1},
-    "evaluate": {"similarity_items": 4, "baselines": ["popularity"], "eval_batch_size": 8},
+    "evaluate": {"similarity_items": 4, "baselines": ["popularity"], "data_matched": False, "eval_batch_size": 8},
 }
 
 

@@ -23,11 +23,11 @@ def test_the_default_one_command_run_reports_baselines_sft_and_hanorec_with_its_
     assert done.returncode == 0, done.stderr[-5000:]
     assert f"run directory {root}" in done.stdout and "| HaNoRec |" in done.stdout  # the table is shown
     results = json.loads((root / "report" / "results.json").read_text())
-    baselines = {"baseline-random", "baseline-position", "baseline-popularity", "baseline-markov",
-                 "baseline-item_knn"}
-    assert set(results["models"]) == baselines | {"sft", "hano"}
+    fitted = {f"baseline-{name}{matched}" for name in ("popularity", "markov", "item_knn", "sasrec")
+              for matched in ("", "-matched")}  # fitted on all training data and on the LLM's windows only
+    assert set(results["models"]) == fitted | {"baseline-random", "baseline-position", "sft", "hano"}
     markdown = (root / "report" / "results.md").read_text()
-    for label in ("popularity", "item-kNN", "SFT", "HaNoRec"):
+    for label in ("popularity", "item-kNN", "SASRec", "SFT", "HaNoRec"):
         assert any(line.startswith(f"| {label}") for line in markdown.splitlines()), label
     assert results["disclaimer"] and results["disclaimer"] in markdown  # synthetic data, random weights: said
     for plot in ("paired_differences", "training_dynamics", "title_image_similarity"):

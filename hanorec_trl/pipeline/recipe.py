@@ -21,7 +21,7 @@ from .run_dir import RunDir, new_run_dir
 from .running import on_main_process, say, script_main
 
 MODEL_LOADING = ("dtype", "attn_implementation")
-DEFAULT_BASELINES = ["random", "position", "popularity", "markov", "item_knn"]
+DEFAULT_BASELINES = ["random", "position", "popularity", "markov", "item_knn", "sasrec"]  # each also data-matched
 
 
 @dataclass
@@ -106,7 +106,7 @@ def make_plan(args: RecipeArguments, root: Path, files: dict[str, dict[str, Any]
     data = {**files["data"], "output_dir": data_path, "images": images}
     plan = {"data": parse("data", (DataArguments, ProtocolConfig), data | ({"data_dir": args.data_dir} if
                                                                           args.data_dir else {}))}
-    evaluate = {**files.get("evaluate", {}), "data_path": data_path}
+    evaluate = {"data_matched": True, **files.get("evaluate", {}), "data_path": data_path}
     baselines = evaluate.pop("baselines", DEFAULT_BASELINES)
     if baselines:
         plan["eval-baselines"] = parse("evaluate", (EvalArguments, ModelConfig), {
