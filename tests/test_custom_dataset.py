@@ -115,3 +115,25 @@ def test_pipeline_runs_on_a_datasets_dataset(tmp_path):
     with pytest.raises(ConfigError, match="dataset custom needs tables"):  # files, unless the data is given
         data_stage.main(data_stage.DataArguments(output_dir=str(tmp_path / "other"), dataset="custom",
                                                  images=False), ProtocolConfig(num_candidates=5))
+
+
+def test_load_dataset_by_name_reads_relative_tables_samples_users_and_names_bad_input(tmp_path):
+    from hanorec_trl.data import load_dataset
+
+    rows, items = _world()
+    (tmp_path / "shop").mkdir()
+    _write_csv(tmp_path / "shop" / "orders.csv", rows)
+    _write_csv(tmp_path / "shop" / "catalogue.csv", items)
+    tables = {"interactions": "orders.csv", "items": "catalogue.csv", "sep": ";", **COLUMNS}
+    data = load_dataset("custom", tmp_path / "shop", images=False, tables=tables)  # paths relative to the folder
+    direct = load_interactions(tmp_path / "shop" / "orders.csv", tmp_path / "shop" / "catalogue.csv", sep=";",
+                               **COLUMNS)
+    assert data.fingerprint() == direct.fingerprint()
+    sampled = load_dataset("custom", tmp_path / "shop", images=False, tables=tables, max_users=10, seed=1)
+    assert sampled.num_users == 10 and set(sampled.user_sequences()) < set(data.user_sequences())
+    with pytest.raises(ValueError, match="unknown dataset 'movielens-20m'"):
+        load_dataset("movielens-20m", tmp_path)
+    with pytest.raises(ValueError, match="needs tables"):
+        load_dataset("custom", tmp_path / "shop")
+    with pytest.raises(TypeError, match="tables: .*colour_col"):
+        load_dataset("custom", tmp_path / "shop", images=False, tables={**tables, "colour_col": "x"})
