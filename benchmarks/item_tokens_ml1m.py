@@ -144,6 +144,7 @@ def check_baselines(world: dict, baselines: dict) -> None:
 
 def report(world: dict, baselines: dict, arms: dict, args: argparse.Namespace) -> None:
     """Table (every model on the same rows, 95% user-level intervals), paired differences, JSON and plot."""
+    from hanorec_trl.baselines import LABELS as BASELINE_LABELS
     from hanorec_trl.evaluation.metrics import mean_interval, paired_bootstrap, rows_for_power
 
     users = [ex.user for ex in world["test"]]
@@ -151,7 +152,7 @@ def report(world: dict, baselines: dict, arms: dict, args: argparse.Namespace) -
     for name in BASELINE_ORDER:
         for source, entry in baselines["baselines"][name].items():
             if source != "full_minus_data_matched":
-                models[f"{name} ({source})"] = np.asarray(
+                models[f"{BASELINE_LABELS[name]} ({source})"] = np.asarray(
                     entry["ranks"][: len(users)], dtype=np.float64)
     for arm, result in arms.items():
         models[LABELS[arm]] = np.asarray([np.inf if r is None else r for r in result["ranks"]], dtype=np.float64)
