@@ -77,8 +77,13 @@ def item_variant(arm: str, vocab, cf, data):
 
 
 def newest_checkpoint(folder: Path) -> str | None:
-    found = sorted(folder.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
-    return str(found[-1]) if found else None
+    """The newest complete checkpoint (one cut short by a kill is skipped, with a line saying so)."""
+    from hanorec_trl.checkpoints import last_complete_checkpoint
+
+    found, skipped = last_complete_checkpoint(folder)
+    for path, why in skipped:
+        print(f"# {path} is incomplete ({why}): resuming from {found or 'the start'}", flush=True)
+    return found
 
 
 def train_and_score(arm: str, world: dict, args: argparse.Namespace) -> dict:
