@@ -66,16 +66,6 @@ def templates_for(arm: str):
     return no_system if arm == "title" else item_templates("both", answer="token", base=no_system)
 
 
-def item_variant(arm: str, vocab, cf, data):
-    from hanorec_trl.item_tokens import SoftItemTokens, TrainableItemTokens
-
-    if arm == "soft":
-        return SoftItemTokens(vocab, cf)
-    if arm == "trainable":
-        return TrainableItemTokens(vocab, cf, titles=data.titles)
-    return None
-
-
 def newest_checkpoint(folder: Path) -> str | None:
     """The newest complete checkpoint (one cut short by a kill is skipped, with a line saying so)."""
     from hanorec_trl.checkpoints import last_complete_checkpoint
@@ -95,7 +85,7 @@ def train_and_score(arm: str, world: dict, args: argparse.Namespace) -> dict:
     from hanorec_trl.evaluation import RecEvalConfig
     from hanorec_trl.evaluation.evaluate import evaluate_ranking
     from hanorec_trl.fast.cpu_lm_head import compact_lm_head_on_cpu
-    from hanorec_trl.item_tokens import ItemTokenCurriculum
+    from hanorec_trl.item_tokens import VARIANTS, ItemTokenCurriculum
     from hanorec_trl.model_utils import language_model_lora_regex
     from hanorec_trl.pretrained import smollm2_135m_instruct
 
@@ -103,7 +93,7 @@ def train_and_score(arm: str, world: dict, args: argparse.Namespace) -> dict:
     folder = args.run_dir / arm
     folder.mkdir(parents=True, exist_ok=True)
     model, tokenizer = smollm2_135m_instruct()
-    items = item_variant(arm, vocab, cf, data)
+    items = None if arm == "title" else VARIANTS[arm].for_data(data, cf)
     if items is not None:
         items.install(model, tokenizer)
     templates, tokens = templates_for(arm), (vocab if items is not None else None)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Sequence
 from pathlib import Path
@@ -106,8 +107,6 @@ def learning_curve(output_dir: str | Path, examples, data, split,
     """The learning curve a :class:`RecommendationEvalCallback` wrote under ``<output_dir>/rec_eval`` (every
     ``step-<N>.json``, also those of an interrupted and continued run, by step), beside ``baselines`` scored on the
     same ``examples`` (the ``SequenceExample`` rows it evaluated) of ``split``."""
-    import json
-
     from ..baselines import evaluate_baselines
 
     points = sorted(({"step": int(p.stem.split("-")[1]), **json.loads(p.read_text())["metrics"]}

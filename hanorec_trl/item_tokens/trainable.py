@@ -63,7 +63,7 @@ class TrainableItemTokens(ItemTokenVariant):
     @classmethod
     def for_data(cls, data, cf: CFEmbeddings, **options) -> TrainableItemTokens:
         """The variant over every item of ``data`` (a ``RecData``), projected onto its titles."""
-        return cls(ItemVocabulary(data.item_ids), cf, titles=data.titles, **options)
+        return super().for_data(data, cf, titles=data.titles, **options)
 
     def options(self) -> dict:
         return {"titles": self.titles, "ridge": self.ridge}

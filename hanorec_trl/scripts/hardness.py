@@ -43,8 +43,8 @@ class HardnessArguments:
         "help": "The item vectors of lambda: 'lm', the SFT model's embeddings of titles (and images), the paper's; "
         "'cf', the data stage's collaborative vectors (item_cf.npz; docs/hardness.md).", "choices": ["lm", "cf"]})
     hard_negatives: bool = field(default=False, metadata={
-        "help": "Replace each pair's rejected item by the negative nearest to the target in the SFT model's item "
-        "space (the data stage's num_rejected nearest; its random ones otherwise)."})
+        "help": "Replace each pair's rejected item by the negative nearest to the target in lambda's item space "
+        "(hardness_space; the data stage's num_rejected nearest; its random ones otherwise)."})
     reference: bool = field(default=True, metadata={
         "help": "Compute the reference log-probs (TRL's ref_chosen_logps / ref_rejected_logps) once here."})
     max_length: int | None = field(default=None, metadata={
