@@ -70,13 +70,17 @@ def test_trainable_item_tokens_train_sft_and_dpo_and_score_one_token_per_candida
     assert warm.sum() > 10 and np.allclose(cosine, 1.0, atol=1e-5)
 
 
-def test_soft_item_tokens_merge_into_a_plain_model_that_scores_as_the_saved_adapter(tmp_path):
+def test_soft_item_tokens_merge_into_a_plain_model_that_scores_as_the_saved_adapter_and_trains_dpo(tmp_path):
     root = tmp_path / "run"
-    recipe = recipe_with(tmp_path, "soft", dpo=None, hardness=None)
+    recipe = recipe_with(tmp_path, "soft", hardness={"hardness_k": 4})
     assert run("--recipe", recipe, "--run_dir", root) == 0
     (merged, saved), _ = merged_and_saved_scores(root)
     np.testing.assert_allclose(merged, saved, atol=1e-5)
     assert not np.allclose(merged, merged[:, :1])
+    sft, hano = (json.loads((root / f"eval-{name}" / "metrics" / f"{name}.json").read_text()) for name in ("sft", "hano"))
+    assert hano["config"]["candidate_score"] == "first_token"
+    scores = [np.asarray(m["per_row"]["ranking"]["scores"]) for m in (sft, hano)]
+    assert scores[0].shape == scores[1].shape and not np.allclose(*scores)  # HaNo DPO on the baked tokens trained
 
 
 @pytest.mark.parametrize("data, sft", [({"images": False}, {"model_name_or_path": "tiny-qwen2",
