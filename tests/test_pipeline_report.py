@@ -141,3 +141,21 @@ def test_a_runs_evaluations_report_alone_as_in_the_run(tmp_path_factory, tmp_pat
     shutil.copytree(base / "eval-hano", tmp_path / "eval-hano-copy")
     refused(capsys, run_report(capsys, *folders, tmp_path / "eval-hano-copy", out=tmp_path / "again"),
             "adds no model")
+
+
+def test_every_trained_model_is_paired_with_popularity_and_with_the_strongest_full_data_baseline(tmp_path, capsys):
+    """The strongest baseline is the full-data fit with the best NDCG@10 on these rows: a data-matched fit or list
+    position that ranks better does not take its place."""
+    ranks = {"baseline-popularity": POPULARITY, "baseline-item_knn": [1, 1, 2, 2, 1, 2, 2, 2],
+             "baseline-markov": [2, 3, 2, 3, 2, 3, 2, 3], "baseline-item_knn-matched": [1] * 8,
+             "baseline-position": [1] * 8, "sft": SFT, "dpo-seed0": DPO}
+    labels = {"baseline-popularity": "popularity", "baseline-item_knn": "item-kNN", "baseline-markov": "Markov",
+              "baseline-item_knn-matched": "item-kNN (data-matched)", "baseline-position": "list position",
+              "sft": "SFT", "dpo-seed0": "DPO (seed 0)"}
+    assert run_report(capsys, written(tmp_path / "a", results(ranks, labels)), out=tmp_path / "out") == 0
+    merged = json.loads((tmp_path / "out" / "results.json").read_text())
+    pairs = {(d["model"], d["reference"], d["metric"]): d for d in merged["paired_differences"]}
+    assert {ref for _, ref, _ in pairs} == {"baseline-popularity", "baseline-item_knn", "sft"}
+    assert pairs[("sft", "baseline-item_knn", "hr@1")]["difference"] == pytest.approx(2 / 8 - 3 / 8)
+    assert pairs[("dpo", "baseline-item_knn", "hr@1")]["difference"] == pytest.approx(3 / 8 - 3 / 8)
+    assert "| SFT | item-kNN | HR@1 | 8 | -0.1250 |" in (tmp_path / "out" / "results.md").read_text()

@@ -18,6 +18,8 @@ HEADERS = {"auc": "AUC", "binary_auc": "binary AUC", "position_top_first": "top 
            "position_spearman": "Spearman(score, slot)"}
 PLAIN_DPO_NAMES = ("dpo", "wo_all")  # every HaNoRec switch off: TRL's DPO
 POWER_AT = 0.01  # the difference the rows-for-80%-power column is computed for
+BAR = "baseline-popularity"  # under uniform negatives the bar to beat (docs/evaluation.md)
+UNFITTED_BASELINES = ("baseline-random", "baseline-position")
 SEEDED = re.compile(r"^(?P<base>.+)-seed(?P<seed>-?\d+)$")
 
 
@@ -158,13 +160,27 @@ def seed_groups(models: Sequence[tuple[str, str]]) -> dict[str, tuple[str, list[
     return groups
 
 
+def strongest_baseline(per_row_ranks: dict[str, list], top: int) -> str | None:
+    """The full-data fitted baseline (not random, list position or a data-matched fit) with the highest mean
+    NDCG@``top`` on these rows: the one an LLM recommender has to beat to be worth its cost."""
+    from .metrics import ndcg_gains
+
+    fitted = {name: ranks for name, ranks in per_row_ranks.items() if name.startswith("baseline-")
+              and not name.endswith("-matched") and name not in UNFITTED_BASELINES}
+    if not fitted:
+        return None
+    score = {name: float(np.mean(ndcg_gains(np.asarray([np.inf if v is None else v for v in ranks], np.float64),
+                                            top))) for name, ranks in fitted.items()}
+    return max(score, key=score.get)
+
+
 def paired_differences(per_row_ranks: dict[str, list], models: Sequence[tuple[str, str]], ks: Sequence[int],
-                       bar: str | None = None, users: Sequence[str] | None = None) -> list[dict[str, Any]]:
-    """Each trained model against ``bar``, and each preference-optimized model against SFT and plain DPO, on the same
-    rows: the mean per-row difference of HR@1 and NDCG@max(K) with a 95% paired bootstrap interval (over users when
-    ``users`` is given) and the rows needed for 80% power at a difference of ``POWER_AT``. A seeded variant enters by
-    its per-row mean over its seeds, with the difference seed by seed (``per_seed``: against the reference's training
-    of the same seed)."""
+                       bars: Sequence[str] = (), users: Sequence[str] | None = None) -> list[dict[str, Any]]:
+    """Each trained model against each of ``bars`` (baselines), and each preference-optimized model against SFT and
+    plain DPO, on the same rows: the mean per-row difference of HR@1 and NDCG@max(K) with a 95% paired bootstrap
+    interval (over users when ``users`` is given) and the rows needed for 80% power at a difference of ``POWER_AT``.
+    A seeded variant enters by its per-row mean over its seeds, with the difference seed by seed (``per_seed``:
+    against the reference's training of the same seed)."""
     from .metrics import ndcg_gains, paired_bootstrap, rows_for_power
 
     top = max(ks)
@@ -180,7 +196,7 @@ def paired_differences(per_row_ranks: dict[str, list], models: Sequence[tuple[st
             names = [base if n == members[0] else n for n in names if n not in members[1:]]
             seeded[base] = {int(SEEDED.match(m)["seed"]): m for m in members}
     plain = [n for n in names if n in PLAIN_DPO_NAMES]
-    pairs = ([(n, bar) for n in names] if bar else []) + [(n, "sft") for n in names if n != "sft"]
+    pairs = [(n, bar) for bar in dict.fromkeys(bars) for n in names] + [(n, "sft") for n in names if n != "sft"]
     pairs += [(n, ref) for ref in plain for n in names if n not in ("sft", *plain)]
     out = []
     for name, reference in pairs:
@@ -364,21 +380,19 @@ def plot_similarity(before: np.ndarray, after: dict[str, np.ndarray], labels: di
     return path
 
 
-
-BAR = "baseline-popularity"  # under uniform negatives the bar to beat (docs/evaluation.md)
-
-
 def write_report(merged: dict[str, Any], folder: Path, title: str) -> dict[str, Any]:
     """Write ``results.json``, ``results.md`` and the plots of :func:`merge_results`' output into ``folder``: every
     model's metrics with intervals, the position diagnostic, paired differences against popularity (the bar under
-    uniform negatives) and against the model each was trained from; returns the results record."""
+    uniform negatives), against the strongest full-data baseline (:func:`strongest_baseline`) and against the model
+    each was trained from; returns the results record."""
     models = merged["models"]
     pairs = [(name, m["label"]) for name, m in models.items()]
     labels = dict(pairs) | {base: label for base, (label, _) in seed_groups(pairs).items()}
     ks = ranking_cutoffs(list(models.values()))
     trained = [(n, label) for n, label in pairs if not n.startswith("baseline-")]
     ranks = merged["per_row_ranks"]
-    differences = paired_differences(ranks, trained, ks, bar=BAR if BAR in ranks else None,
+    bars = [b for b in (BAR, strongest_baseline(ranks, max(ks)) if ks else None) if b in ranks]
+    differences = paired_differences(ranks, trained, ks, bars=bars,
                                      users=merged.get("test_users")) if ks and len(ranks) > 1 else []
     plots: dict[str, str] = {}
     if differences:
@@ -416,7 +430,6 @@ def write_report(merged: dict[str, Any], folder: Path, title: str) -> dict[str, 
 
 
 __all__ = ["METRIC_COLUMNS", "PLAIN_DPO_NAMES", "POWER_AT", "ReportError", "differences_table", "merge_results",
-           "metric_intervals", "read_results", "results_file", "results_record",
-           "paired_differences", "plot_differences", "plot_learning_curve", "plot_similarity", "plot_training_dynamics",
-           "write_report",
-           "position_table", "ranking_cutoffs", "results_table", "seed_groups"]
+           "metric_intervals", "paired_differences", "plot_differences", "plot_learning_curve", "plot_similarity",
+           "plot_training_dynamics", "position_table", "ranking_cutoffs", "read_results", "results_file",
+           "results_record", "results_table", "seed_groups", "strongest_baseline", "write_report"]
