@@ -77,7 +77,8 @@ def test_soft_item_tokens_merge_into_a_plain_model_that_scores_as_the_saved_adap
     (merged, saved), _ = merged_and_saved_scores(root)
     np.testing.assert_allclose(merged, saved, atol=1e-5)
     assert not np.allclose(merged, merged[:, :1])
-    sft, hano = (json.loads((root / f"eval-{name}" / "metrics" / f"{name}.json").read_text()) for name in ("sft", "hano"))
+    sft, hano = (json.loads((root / f"eval-{name}" / "metrics" / f"{name}.json").read_text())
+                 for name in ("sft", "hano"))
     assert hano["config"]["candidate_score"] == "first_token"
     scores = [np.asarray(m["per_row"]["ranking"]["scores"]) for m in (sft, hano)]
     assert scores[0].shape == scores[1].shape and not np.allclose(*scores)  # HaNo DPO on the baked tokens trained
