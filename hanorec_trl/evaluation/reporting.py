@@ -160,6 +160,12 @@ def seed_groups(models: Sequence[tuple[str, str]]) -> dict[str, tuple[str, list[
     return groups
 
 
+def rank_array(ranks: Sequence[float | None]) -> np.ndarray:
+    """Per-row ranks as stored in ``results.json`` (``None``: a row the model could not rank) as floats, ``inf``
+    for ``None``."""
+    return np.asarray([np.inf if v is None else v for v in ranks], dtype=np.float64)
+
+
 def strongest_baseline(per_row_ranks: dict[str, list], top: int) -> str | None:
     """The full-data fitted baseline (not random, list position or a data-matched fit) with the highest mean
     NDCG@``top`` on these rows: the one an LLM recommender has to beat to be worth its cost."""
@@ -169,8 +175,7 @@ def strongest_baseline(per_row_ranks: dict[str, list], top: int) -> str | None:
               and not name.endswith("-matched") and name not in UNFITTED_BASELINES}
     if not fitted:
         return None
-    score = {name: float(np.mean(ndcg_gains(np.asarray([np.inf if v is None else v for v in ranks], np.float64),
-                                            top))) for name, ranks in fitted.items()}
+    score = {name: float(np.mean(ndcg_gains(rank_array(ranks), top))) for name, ranks in fitted.items()}
     return max(score, key=score.get)
 
 
@@ -186,7 +191,7 @@ def paired_differences(per_row_ranks: dict[str, list], models: Sequence[tuple[st
     top = max(ks)
     per_metric = {}
     for name, values in per_row_ranks.items():
-        r = np.asarray([np.inf if v is None else v for v in values], dtype=np.float64)
+        r = rank_array(values)
         per_metric[name] = {"hr@1": (r <= 1).astype(np.float64), f"ndcg@{top}": ndcg_gains(r, top)}
     names = [name for name, _ in models]
     seeded: dict[str, dict[int, str]] = {}
